@@ -1,0 +1,46 @@
+"""The design card's layout installs under one namespace, `sunbeam.*`, and nothing else."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPED = {"shared": "sunbeam.shared", "services": "sunbeam.services", "refnet": "sunbeam.refnet"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_package_folder_is_listed():
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, dotted in MAPPED.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top)
+            found.add(".".join([dotted, *rel.parts]))
+    assert found == listed
+
+
+def test_no_top_level_shared_or_services():
+    mapping = _pyproject()["tool"]["setuptools"]["package-dir"]
+    assert mapping == {v: k for k, v in MAPPED.items()}
+    for name in _pyproject()["tool"]["setuptools"]["packages"]:
+        assert name.startswith("sunbeam.")
+
+
+def test_console_scripts_resolve():
+    scripts = _pyproject()["project"]["scripts"]
+    assert {"sunbeam-ctl", "sunbeam-refnet", "sunbeam-control", "sunbeam-derp", "sunbeam-udp", "sunbeam-wg",
+            "sunbeam-proxy"} <= set(scripts)
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_chosen_dependencies_declared():
+    deps = " ".join(_pyproject()["project"]["dependencies"])
+    for dep in ("pyzmq", "pynacl", "cryptography", "h2", "zstandard", "msgspec", "supervisor"):
+        assert dep in deps
