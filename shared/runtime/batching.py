@@ -1,0 +1,125 @@
+"""Batching packets into messages, and sending without ever blocking the loop.
+
+`Batcher`: packets are added per destination (a worker number, a peer key, ...). A
+destination's batch is encoded and handed back as soon as it holds ``max_packets`` packets
+or ``max_bytes`` bytes of packet data; whatever is left is handed back by `flush()`, which
+the service loop calls at the end of every poll iteration. So a batch never waits longer
+than one iteration, and a busy iteration produces few, large messages. Within a
+destination, packet order is preserved; batches come out in the order their destination
+first received a packet.
+
+`send_bounded`: every data-plane socket has a bounded high-water mark. Sending uses
+``zmq.NOBLOCK``; when the HWM is reached (or no peer is connected yet) ZeroMQ raises
+``zmq.Again`` and the message is *dropped and counted* instead of stalling the loop.
+Dropping is safe on the data plane: WireGuard and TCP both recover from loss.
+
+Ownership: a `Batcher` belongs to the loop thread that calls it; so does `Counters`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import zmq
+
+from ..messages.codec import Codec
+from ..messages.packets import MAX_PACKETS_PER_BATCH
+from .counters import Counters
+
+__all__ = ["Batcher", "EncodedBatch", "send_bounded"]
+
+D = TypeVar("D", bound=Hashable)
+
+DEFAULT_MAX_PACKETS = 128
+DEFAULT_MAX_BYTES = 256 * 1024
+
+
+class EncodedBatch(NamedTuple, Generic[D]):
+    """One encoded message ready to send to ``dest``."""
+
+    dest: D
+    data: bytes
+    packets: int
+    """How many packets ``data`` carries (to count packets, not messages, on a drop)."""
+
+
+class _Pending:
+    __slots__ = ("packets", "size")
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+        self.size = 0
+
+
+class Batcher(Generic[D]):
+    """Accumulates packets per destination; encodes them with ``make_message``.
+
+    ``make_message(dest, packets)`` builds the Struct (e.g. ``lambda key, p:
+    WireBatch(peer_key=key, packets=p)``); ``codec`` encodes it.
+    """
+
+    def __init__(
+        self,
+        codec: Codec[Any],
+        make_message: Callable[[D, list[bytes]], Any],
+        *,
+        max_packets: int = DEFAULT_MAX_PACKETS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if not 1 <= max_packets <= MAX_PACKETS_PER_BATCH:
+            raise ValueError(f"max_packets must be in 1..{MAX_PACKETS_PER_BATCH}")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        self._codec = codec
+        self._make_message = make_message
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self._pending: dict[D, _Pending] = {}  # owned by the loop thread
+
+    def add(self, dest: D, packet: bytes) -> EncodedBatch[D] | None:
+        """Queue ``packet`` for ``dest``; return ``dest``'s batch if it is now full."""
+        pending = self._pending.get(dest)
+        if pending is None:
+            pending = self._pending[dest] = _Pending()
+        pending.packets.append(packet)
+        pending.size += len(packet)
+        if len(pending.packets) >= self.max_packets or pending.size >= self.max_bytes:
+            del self._pending[dest]
+            return self._encode(dest, pending)
+        return None
+
+    def flush(self) -> list[EncodedBatch[D]]:
+        """Encode and return every non-empty batch, emptying the batcher."""
+        pending, self._pending = self._pending, {}
+        return [self._encode(dest, p) for dest, p in pending.items()]
+
+    @property
+    def pending_packets(self) -> int:
+        return sum(len(p.packets) for p in self._pending.values())
+
+    def _encode(self, dest: D, pending: _Pending) -> EncodedBatch[D]:
+        message = self._make_message(dest, pending.packets)
+        return EncodedBatch(dest, self._codec.encode(message), len(pending.packets))
+
+
+def send_bounded(
+    sock: zmq.Socket[Any],
+    data: bytes,
+    counters: Counters,
+    *,
+    counter: str = "send_dropped",
+    weight: int = 1,
+) -> bool:
+    """Send ``data`` without blocking; on a full HWM add ``weight`` to ``counter``.
+
+    Returns True if ZeroMQ queued the message. Pass ``weight=batch.packets`` to count
+    dropped packets rather than dropped messages. Other ZeroMQ errors propagate: they are
+    our bugs (wrong socket type or state), not back-pressure.
+    """
+    try:
+        sock.send(data, zmq.NOBLOCK)
+    except zmq.Again:
+        counters.incr(counter, weight)
+        return False
+    return True

@@ -1,0 +1,120 @@
+"""The runtime directory: where every service binds its ``ipc://`` endpoints.
+
+One directory per sunbeam context (its path comes from config). It must be private to the
+user running sunbeam, because anyone who can connect to our sockets can inject packets or
+stop the daemon:
+
+- missing: created with mode 0700 (parents are created with the default mode; choosing a
+  private parent such as ``$XDG_RUNTIME_DIR`` is config's job);
+- exists, owned by us, mode looser (or stricter) than 0700: tightened to exactly 0700;
+- exists but owned by another uid, or is a symlink, or is not a directory: refused with a
+  `RundirError` that says which, because we cannot make someone else's directory private.
+
+The checks and the chmod run on a file descriptor opened with O_NOFOLLOW, so a symlink
+swapped in between the check and the chmod cannot redirect them.
+
+Endpoint naming: service socket ``name`` lives at ``<rundir>/<name>.sock`` and its ZeroMQ
+endpoint is ``ipc://<rundir>/<name>.sock``. A unix socket path must fit ``sun_path``
+(108 bytes on Linux, including the terminating NUL), so at most 107 bytes;
+`SocketPathTooLong` is raised before ZeroMQ would fail with a bare ENAMETOOLONG.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+__all__ = [
+    "MAX_SOCKET_PATH_BYTES",
+    "RUNDIR_MODE",
+    "RundirError",
+    "SocketPathTooLong",
+    "endpoint",
+    "ensure_rundir",
+    "ipc_path",
+    "socket_path",
+]
+
+RUNDIR_MODE = 0o700
+# Linux: sizeof(sockaddr_un.sun_path) == 108, one byte of which is the NUL terminator.
+MAX_SOCKET_PATH_BYTES = 107
+IPC_PREFIX = "ipc://"
+_SOCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+class RundirError(RuntimeError):
+    """The runtime directory cannot be used safely (the message says why)."""
+
+
+class SocketPathTooLong(RundirError):
+    """A socket path does not fit in ``sockaddr_un.sun_path``."""
+
+
+def ensure_rundir(path: str | os.PathLike[str]) -> Path:
+    """Create or validate the runtime directory; return its absolute path.
+
+    Raises `RundirError` if it is a symlink, not a directory, or owned by another user.
+    """
+    rundir = Path(path).absolute()
+    rundir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(rundir, RUNDIR_MODE)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(rundir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        # ELOOP: the last component is a symlink; ENOTDIR: it is a file.
+        kind = "a symlink" if rundir.is_symlink() else "not a directory"
+        raise RundirError(f"runtime directory {rundir} is {kind}; refusing to use it") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise RundirError(f"runtime directory {rundir} is not a directory")
+        our_uid = os.geteuid()
+        if st.st_uid != our_uid:
+            raise RundirError(
+                f"runtime directory {rundir} is owned by uid {st.st_uid}, not by us (uid "
+                f"{our_uid}); refusing to bind sockets in a directory another user controls"
+            )
+        if stat.S_IMODE(st.st_mode) != RUNDIR_MODE:
+            os.fchmod(fd, RUNDIR_MODE)
+    finally:
+        os.close(fd)
+    return rundir
+
+
+def socket_path(rundir: str | os.PathLike[str], name: str) -> Path:
+    """The file path of socket ``name`` in ``rundir``: ``<rundir>/<name>.sock``.
+
+    ``name`` is a plain file-name stem (letters, digits, ``_.-``); the result is checked
+    against the ``sun_path`` limit.
+    """
+    if not _SOCKET_NAME.match(name):
+        raise ValueError(f"bad socket name {name!r}: use letters, digits and _.- only")
+    path = Path(rundir).absolute() / f"{name}.sock"
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise SocketPathTooLong(
+            f"socket path {str(path)!r} is {size} bytes; unix sockets allow at most "
+            f"{MAX_SOCKET_PATH_BYTES}: configure a shorter runtime directory"
+        )
+    return path
+
+
+def endpoint(rundir: str | os.PathLike[str], name: str) -> str:
+    """The ZeroMQ endpoint of socket ``name``: ``ipc:///abs/rundir/<name>.sock``."""
+    return IPC_PREFIX + str(socket_path(rundir, name))
+
+
+def ipc_path(zmq_endpoint: str) -> Path | None:
+    """The socket file behind an ``ipc://`` endpoint; None for other transports and for
+    Linux abstract-namespace endpoints (``ipc://@name``), which have no file."""
+    if not zmq_endpoint.startswith(IPC_PREFIX):
+        return None
+    rest = zmq_endpoint[len(IPC_PREFIX) :]
+    if rest.startswith("@"):
+        return None
+    return Path(rest)

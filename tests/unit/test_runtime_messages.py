@@ -1,0 +1,138 @@
+"""Codec round-trips for every message, and garbage -> BadMessage only."""
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sunbeam.shared.messages import (
+    CTL_REPLY_CODEC,
+    CTL_REQUEST_CODEC,
+    IP_CODEC,
+    MAX_PACKET_BYTES,
+    MAX_PACKETS_PER_BATCH,
+    PACKET_CODEC,
+    WIRE_CODEC,
+    Ack,
+    BadMessage,
+    Codec,
+    ErrorReply,
+    HealthRequest,
+    IPBatch,
+    ServiceHealth,
+    StatusRequest,
+    StopRequest,
+    WireBatch,
+)
+
+ALL_CODECS = [IP_CODEC, WIRE_CODEC, PACKET_CODEC, CTL_REQUEST_CODEC, CTL_REPLY_CODEC]
+
+SAMPLES = [
+    (IP_CODEC, IPBatch(packets=[])),
+    (IP_CODEC, IPBatch(packets=[b"\x45" + bytes(19), b"\x60" + bytes(39)])),
+    (WIRE_CODEC, WireBatch(peer_key=bytes(range(32)), packets=[b"\x04\0\0\0" + bytes(28)])),
+    (PACKET_CODEC, IPBatch(packets=[b"a"])),
+    (PACKET_CODEC, WireBatch(peer_key=b"k" * 32, packets=[b"a", b"b"])),
+    (CTL_REQUEST_CODEC, StatusRequest()),
+    (CTL_REQUEST_CODEC, HealthRequest()),
+    (CTL_REQUEST_CODEC, StopRequest(reason="sunbeam-ctl stop")),
+    (CTL_REPLY_CODEC, Ack()),
+    (CTL_REPLY_CODEC, ErrorReply(message="unknown request")),
+    (
+        CTL_REPLY_CODEC,
+        ServiceHealth(
+            service="wg-1", pid=4242, state="running", started_at=1.7e9,
+            counters={"bad_message": 3, "send_dropped": 0},
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("codec", "message"), SAMPLES, ids=lambda x: type(x).__name__)
+def test_round_trip(codec, message):
+    data = codec.encode(message)
+    decoded = codec.decode(data)
+    assert decoded == message and type(decoded) is type(message)
+    assert codec.decode(memoryview(data)) == message
+
+
+def test_messages_are_frozen():
+    batch = IPBatch(packets=[b"x"])
+    with pytest.raises(AttributeError):
+        batch.packets = []  # type: ignore[misc]
+
+
+def test_ctl_wire_form_is_a_tagged_map():
+    assert msgspec.msgpack.decode(CTL_REQUEST_CODEC.encode(StopRequest(reason="r"))) == {
+        "t": "StopRequest", "reason": "r",
+    }
+    assert msgspec.msgpack.decode(WIRE_CODEC.encode(WireBatch(peer_key=b"k" * 32, packets=[b"p"]))) == [
+        "WireBatch", b"k" * 32, [b"p"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("codec", "data"),
+    [
+        (IP_CODEC, b""),
+        (IP_CODEC, b"\xc1"),  # never-used msgpack byte
+        (IP_CODEC, b"\x93\xa9WireBatch"),  # truncated
+        (IP_CODEC, WIRE_CODEC.encode(WireBatch(peer_key=b"k" * 32, packets=[]))),  # wrong union
+        (WIRE_CODEC, msgspec.msgpack.encode(["WireBatch", b"short", []])),  # key length
+        (IP_CODEC, msgspec.msgpack.encode(["IPBatch", [b"x"] * (MAX_PACKETS_PER_BATCH + 1)])),
+        (IP_CODEC, msgspec.msgpack.encode(["IPBatch", [bytes(MAX_PACKET_BYTES + 1)]])),
+        (IP_CODEC, msgspec.msgpack.encode(["IPBatch", ["not bytes"]])),
+        (CTL_REQUEST_CODEC, CTL_REPLY_CODEC.encode(Ack())),  # a reply is not a request
+        (CTL_REQUEST_CODEC, msgspec.msgpack.encode({"t": "StopRequest"})),  # missing field
+        (CTL_REQUEST_CODEC, msgspec.msgpack.encode({"t": "Nope"})),
+        (CTL_REQUEST_CODEC, b"\x91" * 100_000),  # deeply nested arrays
+        # Invalid UTF-8 in the tag: msgspec raises UnicodeDecodeError (msgspec#714).
+        (IP_CODEC, b"\x92\xa9\x00\x00\x00\x00\x00\x00\x00\x00\x80"),
+        (CTL_REQUEST_CODEC, b"\x82\xa1t\xa2\xff\xfe\xa6reason\xa1x"),
+    ],
+)
+def test_garbage_is_bad_message(codec, data):
+    with pytest.raises(BadMessage):
+        codec.decode(data)
+
+
+def test_encoding_outside_the_union_is_our_bug():
+    with pytest.raises(TypeError):
+        IP_CODEC.encode(WireBatch(peer_key=b"k" * 32, packets=[]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        CTL_REQUEST_CODEC.encode(Ack())  # type: ignore[arg-type]
+
+
+def test_bad_message_is_a_value_error_with_a_reason():
+    with pytest.raises(BadMessage, match="Expected `array`"):
+        IP_CODEC.decode(msgspec.msgpack.encode({"t": "IPBatch"}))
+    assert issubclass(BadMessage, ValueError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=512), codec_index=st.integers(0, len(ALL_CODECS) - 1))
+def test_arbitrary_bytes_only_ever_raise_bad_message(data, codec_index):
+    codec: Codec = ALL_CODECS[codec_index]
+    try:
+        codec.decode(data)
+    except BadMessage:
+        pass
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=40) | st.sampled_from(["IPBatch", "WireBatch", "StopRequest", "t"]),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.sampled_from(["t", "reason", "message", "packets", "x"]) | st.text(max_size=5), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=msgpack_values, codec_index=st.integers(0, len(ALL_CODECS) - 1))
+def test_well_formed_msgpack_of_wrong_shape_only_raises_bad_message(value, codec_index):
+    data = msgspec.msgpack.encode(value)
+    try:
+        ALL_CODECS[codec_index].decode(data)
+    except BadMessage:
+        pass
