@@ -1,0 +1,142 @@
+"""The common `main` of every sunbeam service process.
+
+``run_service(name, setup)`` does, in order:
+
+1. parse ``--config PATH --context NAME`` (plus ``--worker K`` for sharded services);
+2. load the context (`load_config`); a `ConfigError` prints one line
+   ``sunbeam-<name>: config error: ...`` and exits 2 (supervisord gives up after its retries
+   instead of looping on a crash trace);
+3. create the context's runtime directory (0700), structured logging at the context's level;
+4. one `Shutdown` fed by SIGTERM/SIGINT and by `StopRequest` on the service's ctl socket;
+5. bind the ctl REP socket ``ipc://<rundir>/<service>-ctl.sock`` answering `HealthRequest`
+   and `StatusRequest` with `ServiceHealth`, `StopRequest` with `Ack` (then shutdown);
+6. call ``setup(service)`` so the service binds/connects its own sockets on ``service.loop``;
+7. run the loop; exit 0 on a requested stop, non-zero when our own code raised.
+
+Ownership: everything in `Service` belongs to the process's main thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from ..config import ConfigError, Context, load_config
+from ..messages.codec import BadMessage
+from ..messages.ctl import (
+    CTL_REPLY_CODEC,
+    CTL_REQUEST_CODEC,
+    Ack,
+    ErrorReply,
+    HealthRequest,
+    ServiceHealth,
+    StatusRequest,
+    StopRequest,
+)
+from .counters import Counters
+from .log import StructLogger, get_logger
+from .loop import ServiceLoop
+from .rundir import RundirError, endpoint, ensure_rundir
+from .shutdown import Shutdown
+from .stale import AlreadyRunning
+
+__all__ = ["Service", "ctl_endpoint", "run_service"]
+
+
+def ctl_endpoint(rundir: Any, service: str) -> str:
+    """The ipc endpoint of a service's ctl REP socket."""
+    return endpoint(rundir, f"{service}-ctl")
+
+
+@dataclass
+class Service:
+    """What a service's ``setup`` gets: its identity, config, loop, log and counters."""
+
+    name: str
+    context: Context
+    loop: ServiceLoop
+    log: StructLogger
+    counters: Counters
+    worker: int | None = None
+    state: str = "starting"
+    started_at: float = field(default_factory=time.time)
+
+    def health(self) -> ServiceHealth:
+        return ServiceHealth(service=self.name, pid=os.getpid(), state=self.state, started_at=self.started_at,
+                             counters=self.counters.snapshot())
+
+
+def _serve_ctl(svc: Service, sock: zmq.Socket[Any]) -> None:
+    try:
+        frame = sock.recv(zmq.NOBLOCK)
+    except zmq.Again:
+        return
+    try:
+        req = CTL_REQUEST_CODEC.decode(frame)
+    except BadMessage as exc:
+        svc.counters.incr("ctl_bad_request")
+        sock.send(CTL_REPLY_CODEC.encode(ErrorReply(message=f"bad request: {exc}")))
+        return
+    if isinstance(req, (HealthRequest, StatusRequest)):
+        sock.send(CTL_REPLY_CODEC.encode(svc.health()))
+    elif isinstance(req, StopRequest):
+        svc.state = "stopping"
+        sock.send(CTL_REPLY_CODEC.encode(Ack()))
+        svc.loop.shutdown.set(f"stop request: {req.reason}")
+
+
+def parse_args(name: str, argv: list[str] | None, sharded: bool) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=f"sunbeam-{name}", description=f"sunbeam {name} service")
+    ap.add_argument("--config", help="config file (default: $SUNBEAM_CONFIG or ~/.config/sunbeam/config.toml)")
+    ap.add_argument("--context", help="context name (default: $SUNBEAM_CONTEXT or default_context)")
+    if sharded:
+        ap.add_argument("--worker", type=int, default=0, help="this worker's number, 0..wg_workers-1")
+    return ap.parse_args(argv)
+
+
+def run_service(name: str, setup: Callable[[Service], None] | None = None, *, argv: list[str] | None = None,
+                sharded: bool = False) -> int:
+    args = parse_args(name, argv, sharded)
+    try:
+        ctx = load_config(args.config, context=args.context)
+    except ConfigError as exc:
+        print(f"sunbeam-{name}: config error: {exc}", file=sys.stderr)
+        return 2
+    worker = args.worker if sharded else None
+    if worker is not None and not 0 <= worker < ctx.wg_workers:
+        print(f"sunbeam-{name}: --worker {worker} is outside 0..{ctx.wg_workers - 1} (wg_workers)", file=sys.stderr)
+        return 2
+    ident = name if worker is None else f"{name}-{worker}"
+    try:
+        return _run(ident, ctx, worker, setup)
+    except (AlreadyRunning, RundirError) as exc:
+        print(f"sunbeam-{ident}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(ident: str, ctx: Context, worker: int | None, setup: Callable[[Service], None] | None) -> int:
+    rundir = ensure_rundir(ctx.runtime_dir)
+    log = get_logger(ident, level=ctx.log_level.upper())
+    with Shutdown() as shutdown:
+        shutdown.install_signal_handlers()
+        counters = Counters()
+        loop = ServiceLoop(ident, shutdown, log=log, counters=counters)
+        svc = Service(ident, ctx, loop, log, counters, worker)
+        with loop:
+            ctl = loop.socket(zmq.REP)
+            loop.bind(ctl, ctl_endpoint(rundir, ident))
+            loop.on_readable(ctl, lambda s: _serve_ctl(svc, s))
+            if setup is not None:
+                setup(svc)
+            svc.state = "running"
+            log.info("started", pid=os.getpid(), context=ctx.name, rundir=str(rundir))
+            reason = loop.run()
+        log.info("stopped", reason=reason)
+    return 0
