@@ -1,0 +1,158 @@
+"""A real Headscale control server for the reference network, and its CLI.
+
+Headscale runs inside the namespace with everything on loopback::
+
+    http://127.0.0.1:8080   control (TS2021 /key, /ts2021) and the embedded DERP (/derp), plain HTTP
+    127.0.0.1:3478/udp      embedded STUN
+    127.0.0.1:9090          metrics/debug
+    <workdir>/headscale.sock  the CLI's gRPC unix socket
+    <workdir>/db.sqlite     the database (sqlite, in the temp dir)
+
+DERP region 999 ("refnet") is generated from ``server_url``: HostName 127.0.0.1, DERPPort
+8080, STUNPort 3478; tailscaled speaks plain HTTP to it because of TS_DEBUG_USE_DERP_HTTP=1.
+The policy is empty (allow all); MagicDNS base domain ``tailnet.test``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from . import netns
+
+CONTROL_PORT = 8080
+STUN_PORT = 3478
+CONTROL_URL = f"http://127.0.0.1:{CONTROL_PORT}"
+BASE_DOMAIN = "tailnet.test"
+
+
+def config_yaml(workdir: Path) -> str:
+    return f"""\
+server_url: {CONTROL_URL}
+listen_addr: 127.0.0.1:{CONTROL_PORT}
+metrics_listen_addr: 127.0.0.1:9090
+grpc_listen_addr: 127.0.0.1:50443
+grpc_allow_insecure: false
+noise:
+  private_key_path: {workdir}/noise_private.key
+prefixes:
+  v4: 100.64.0.0/10
+  v6: fd7a:115c:a1e0::/48
+  allocation: sequential
+derp:
+  server:
+    enabled: true
+    region_id: 999
+    region_code: refnet
+    region_name: sunbeam refnet embedded DERP
+    verify_clients: true
+    stun_listen_addr: 127.0.0.1:{STUN_PORT}
+    private_key_path: {workdir}/derp_server_private.key
+    automatically_add_embedded_derp_region: true
+    ipv4: 127.0.0.1
+  urls: []
+  paths: []
+  auto_update_enabled: false
+  update_frequency: 24h
+disable_check_updates: true
+node:
+  expiry: 0
+  ephemeral:
+    inactivity_timeout: 30m
+database:
+  type: sqlite
+  sqlite:
+    path: {workdir}/db.sqlite
+    write_ahead_log: true
+log:
+  level: info
+  format: text
+policy:
+  mode: file
+  path: ""
+dns:
+  magic_dns: true
+  base_domain: {BASE_DOMAIN}
+  override_local_dns: false
+  nameservers:
+    global: []
+unix_socket: {workdir}/headscale.sock
+unix_socket_permission: "0770"
+logtail:
+  enabled: false
+"""
+
+
+class Headscale:
+    """Drives one Headscale instance: its config, its process and its CLI."""
+
+    def __init__(self, binary: Path, workdir: Path, ns: str) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.ns = ns
+        self.config = workdir / "headscale.yaml"
+
+    @property
+    def cli(self) -> list[str]:
+        return [str(self.binary), "-c", str(self.config)]
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(config_yaml(self.workdir))
+
+    def start(self) -> subprocess.Popen:
+        self.write_config()
+        log = open(self.workdir / "headscale.log", "ab")
+        return subprocess.Popen(
+            netns.exec_prefix(self.ns) + self.cli + ["serve"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def wait_healthy(self, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"headscale exited with {proc.returncode}:\n{self.log_tail()}")
+            try:
+                with netns.entered(self.ns):
+                    with urllib.request.urlopen(f"{CONTROL_URL}/health", timeout=2) as resp:
+                        if resp.status == 200 and self.sock_ready():
+                            return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise RuntimeError(f"headscale not healthy after {timeout}s ({last}):\n{self.log_tail()}")
+
+    def sock_ready(self) -> bool:
+        return (self.workdir / "headscale.sock").exists()
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join((self.workdir / "headscale.log").read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def run(self, *args: str) -> dict | list:
+        """Run a CLI command with JSON output and return the parsed result."""
+        res = subprocess.run(self.cli + list(args) + ["-o", "json"], capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"headscale {' '.join(args)} failed: {res.stderr.strip() or res.stdout.strip()}")
+        return json.loads(res.stdout)
+
+    def create_user(self, name: str) -> int:
+        return int(self.run("users", "create", name)["id"])
+
+    def create_preauth_key(self, user_id: int, *, reusable: bool, ephemeral: bool, expiration: str = "24h") -> str:
+        args = ["preauthkeys", "create", "--user", str(user_id), "--expiration", expiration]
+        if reusable:
+            args.append("--reusable")
+        if ephemeral:
+            args.append("--ephemeral")
+        return str(self.run(*args)["key"])
+
+    def nodes(self) -> list[dict]:
+        return list(self.run("nodes", "list"))
