@@ -58,6 +58,9 @@ class Codec(Generic[T]):
             # Invalid UTF-8 in a msgpack str escapes msgspec unwrapped
             # (msgspec/msgspec#714); found by the Hypothesis test.
             raise BadMessage(f"invalid UTF-8 in a string: {exc.reason}") from None
+        except RecursionError:
+            # msgspec recurses per nesting level, even inside fields it skips.
+            raise BadMessage("nesting too deep") from None
 
     def __repr__(self) -> str:
         return f"Codec({self.message_type})"

@@ -107,14 +107,19 @@ class ServiceLoop:
             self._files.track(path)
 
     def on_readable(self, source: Source, handler: Callable[[Any], object]) -> None:
-        """Call ``handler(source)`` whenever ``source`` has input. Replaces a previous one."""
-        if source not in self._handlers:
-            self._poller.register(source, zmq.POLLIN)
-        self._handlers[source] = handler
+        """Call ``handler(source)`` whenever ``source`` has input. Replaces a previous one.
+
+        A non-zmq source (a Python socket, a file) is polled by its file descriptor, since
+        ``zmq.Poller.poll`` reports those by fd, not by the object registered."""
+        key = _poll_key(source)
+        if key not in self._handlers:
+            self._poller.register(key, zmq.POLLIN)
+        self._handlers[key] = handler if key is source else (lambda _fd, s=source, h=handler: h(s))
 
     def remove_reader(self, source: Source) -> None:
-        if self._handlers.pop(source, None) is not None:
-            self._poller.unregister(source)
+        key = _poll_key(source)
+        if self._handlers.pop(key, None) is not None:
+            self._poller.unregister(key)
 
     def on_iteration_end(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` after every iteration (e.g. ``flush`` batchers and send)."""
@@ -207,6 +212,12 @@ class ServiceLoop:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _poll_key(source: Source) -> Any:
+    if isinstance(source, (zmq.Socket, int)):
+        return source
+    return source.fileno()
 
 
 def decoding_handler(

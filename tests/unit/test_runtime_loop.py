@@ -16,7 +16,6 @@ import zmq
 from sunbeam.shared.messages import IP_CODEC, IPBatch, WireBatch
 from sunbeam.shared.runtime import (
     AlreadyRunning,
-    Counters,
     RateLimitedLog,
     ServiceLoop,
     Shutdown,
@@ -308,3 +307,25 @@ def test_shutdown_pipe_drains_and_close_is_idempotent():
     s.close()
     s.close()
     s.set("after close")  # must not write to a recycled fd
+
+
+def test_plain_socket_reader_gets_its_socket_object(tmp_path):
+    """zmq.Poller reports non-zmq sources by fd; the loop must still route to the handler
+    registered for the socket object (the control service's TCP socket)."""
+    import socket as _socket
+
+    from sunbeam.shared.runtime import ServiceLoop, Shutdown
+
+    a, b = _socket.socketpair()
+    got = []
+    with Shutdown() as shutdown, ServiceLoop("t", shutdown) as loop:
+        loop.on_readable(a, lambda s: got.append((s, s.recv(10))))
+        b.send(b"ping")
+        loop.run_once(max_wait=1.0)
+        assert got == [(a, b"ping")]
+        loop.remove_reader(a)
+        b.send(b"again")
+        loop.run_once(max_wait=0.05)
+        assert len(got) == 1
+    a.close()
+    b.close()

@@ -136,3 +136,14 @@ def test_well_formed_msgpack_of_wrong_shape_only_raises_bad_message(value, codec
         ALL_CODECS[codec_index].decode(data)
     except BadMessage:
         pass
+
+
+def test_deep_nesting_is_a_bad_message_not_a_recursion_error():
+    from sunbeam.shared.messages.codec import BadMessage
+    from sunbeam.shared.messages.ctl import CTL_REQUEST_CODEC
+
+    # {"t": "StatusRequest", "zzz": [[[[...]]]]} written as raw msgpack (5000 levels)
+    deep = b"\x91" * 5000 + b"\x90"
+    frame = b"\x82\xa1t\xadStatusRequest\xa3zzz" + deep
+    with pytest.raises(BadMessage):
+        CTL_REQUEST_CODEC.decode(frame)
