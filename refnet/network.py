@@ -125,19 +125,69 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
             if u.returncode != 0:
                 raise RuntimeError(f"`tailscale up` on {p.name} failed ({u.returncode}): {out}\n{p.log_tail()}")
         _wait_mesh(members, timeout=60)
-        for p in members:
-            info["peers"].append({
-                "name": p.name, "ips": p.ips(), "socks5": f"127.0.0.1:{p.socks5_port}",
-                "http_proxy": f"127.0.0.1:{p.http_proxy_port}", "service_port": p.service_port,
-                "echo_port": p.echo_port, "socket": str(p.socket), "statedir": str(p.statedir),
-                "tailscale_cli": p.cli,
-            })
+        info["peers"] = [_peer_entry(p) for p in members]
         save()
         return info
     except BaseException:
         with contextlib.suppress(Exception):
             down(name)
         raise
+
+
+def _peer_entry(p: Peer) -> dict:
+    return {
+        "name": p.name, "ips": p.ips(), "socks5": f"127.0.0.1:{p.socks5_port}",
+        "http_proxy": f"127.0.0.1:{p.http_proxy_port}", "service_port": p.service_port,
+        "echo_port": p.echo_port, "socket": str(p.socket), "statedir": str(p.statedir), "tailscale_cli": p.cli,
+    }
+
+
+def _running(name: str) -> dict:
+    info = load_state(name)
+    if not info or not info.get("peers"):
+        raise RuntimeError(f"reference network {name!r} is not running")
+    return info
+
+
+def add_peer(name: str = DEFAULT_NAME, *, ephemeral: bool = False, log=print) -> dict:
+    """Start one more tailscaled peer in a running network and join it; returns its entry.
+    ``ephemeral``: join with the ephemeral key (Headscale deletes the node on logout)."""
+    info = _running(name)
+    bins = install(log=lambda m: log(f"install: {m}"))
+    index = max(int(p["name"].split("-")[1]) for p in info["peers"]) + 1
+    peer = Peer(index, Path(info["workdir"]), bins["tailscaled"], bins["tailscale"], name, info["derp_only"])
+    daemon = peer.start_daemon()
+    info["pids"][f"{peer.name}/tailscaled"] = daemon.pid
+    info["pids"][f"{peer.name}/testservice"] = peer.start_service().pid
+    state_file(name).write_text(json.dumps(info, indent=2))
+    peer.wait_socket(daemon)
+    key = info["auth_keys"]["ephemeral" if ephemeral else "reusable"]
+    res = subprocess.run(peer.up_command(CONTROL_URL, key), capture_output=True,
+                         text=True, timeout=90)
+    if res.returncode != 0:
+        raise RuntimeError(f"`tailscale up` on {peer.name} failed: {res.stdout}{res.stderr}\n{peer.log_tail()}")
+    entry = _peer_entry(peer)
+    info["peers"].append(entry)
+    state_file(name).write_text(json.dumps(info, indent=2))
+    return entry
+
+
+def restart_headscale(name: str = DEFAULT_NAME, *, down_for: float = 0.0) -> None:
+    """SIGKILL Headscale, wait ``down_for`` seconds, start it again on the same database."""
+    info = _running(name)
+    pid = int(info["pids"]["headscale"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(down_for)
+    bins = install(log=lambda m: None)
+    hs = Headscale(bins["headscale"], Path(info["workdir"]) / "headscale", name)
+    proc = hs.start()
+    info["pids"]["headscale"] = proc.pid
+    state_file(name).write_text(json.dumps(info, indent=2))
+    hs.wait_healthy(proc)
 
 
 def _alive(pid: int) -> bool:

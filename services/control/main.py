@@ -1,17 +1,49 @@
 """sunbeam-control: the control-plane service.
 
-Will own: the node, disco and machine keys; the TS2021 connection to the control server;
-registration; the streaming map and the netmap published to every other service; the
-state machine shown by ``sunbeam-ctl status``.
-
-Runs today as the supervised service shell (config, runtime dir, ctl socket answering
-health/status/stop, clean shutdown); the control protocol is built on it next.
+Owns the node, disco and machine keys (``<state_dir>/keys.json``), the TS2021 connection to
+the control server, registration, the streaming map and the netmap, which it publishes on
+``ipc://<rundir>/control-pub.sock`` (XPUB: `NetmapSnapshot` to every new subscriber, then
+`NetmapDelta`s, plus `ControlStatus`). Its ctl socket answers `StatusRequest` with the
+control state (Starting, Registering, Running, Reconnecting, Error(reason), Stopped).
 """
 
 from __future__ import annotations
 
-from sunbeam.shared.runtime.service import run_service
+import sys
+
+from sunbeam.shared.keys import KeyFormatError, load_or_create
+from sunbeam.shared.runtime.rundir import endpoint
+from sunbeam.shared.runtime.service import Service, run_service
+
+from .calls import Identity
+from .client import ControlClient
+from .publication import Publication
+from .publisher import NetmapPublisher
+
+PUB_NAME = "control-pub"
+
+
+class KeysUnusable(SystemExit):
+    pass
+
+
+def setup(svc: Service) -> None:
+    ctx = svc.context
+    try:
+        keys, created = load_or_create(ctx.state_dir)
+    except (KeyFormatError, OSError) as exc:
+        print(f"sunbeam-control: {exc}", file=sys.stderr)
+        raise KeysUnusable(2) from None
+    svc.log.info("keys", created=created, node_key=keys.node_public_text, disco_key=keys.disco_public_text)
+    publisher = NetmapPublisher(svc.loop, endpoint(ctx.runtime_dir, PUB_NAME), svc.counters)
+    publication = Publication(publisher, svc.log)
+    me = Identity(keys=keys, capability_version=ctx.capability_version, hostname=ctx.hostname,
+                  ephemeral=ctx.ephemeral)
+    client = ControlClient(svc, me, publication)
+    svc.status_provider = publication.status
+    svc.on_stop.append(client.stop)
+    client.start()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_service("control", argv=argv)
+    return run_service("control", setup, argv=argv)

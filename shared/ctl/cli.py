@@ -1,6 +1,7 @@
 """`sunbeam-ctl`: talk to the running sunbeam services over their ctl sockets.
 
-    sunbeam-ctl [--config PATH] [--context NAME] status [--json]   each service's health
+    sunbeam-ctl [--config PATH] [--context NAME] status [--json]   VPN state and each service's health
+    sunbeam-ctl [--config PATH] [--context NAME] netmap [--json]   the netmap the control service publishes
     sunbeam-ctl [--config PATH] [--context NAME] stop              ask every service to stop
 
 Exit codes: 0 ok; 1 nothing running / a service did not answer; 2 usage or config error.
@@ -16,36 +17,83 @@ import sys
 import msgspec
 
 from ..config import ConfigError, load_config
-from ..messages.ctl import Ack, ErrorReply, HealthRequest, ServiceHealth, StopRequest
+from ..messages.ctl import Ack, ErrorReply, ServiceHealth, StatusReply, StatusRequest, StopRequest
+from ..messages.netmap import ControlStatus
 from .client import CtlTimeout, discover, request
+from .watch import NetmapWatch
+
+
+def _vpn_lines(control: ControlStatus | None) -> tuple[list[str], bool]:
+    """The user-facing summary and whether it is healthy."""
+    if control is None:
+        return ["VPN: not connected (control service not running)"], False
+    addrs = ", ".join(a.split("/")[0] for a in control.addresses) or "none yet"
+    if control.state == "Running":
+        return [
+            "VPN: running", f"addresses: {addrs}", f"peers: {control.peers}",
+            f"derp home: region {control.home_derp}" if control.home_derp else "derp home: none yet",
+        ], True
+    if control.state == "Error":
+        return [f"VPN: error: {control.reason}"], False
+    reason = f" ({control.reason})" if control.reason else ""
+    return [f"VPN: {control.state.lower()}{reason}", f"addresses: {addrs}"], control.state != "Reconnecting"
 
 
 def _status(rundir, as_json: bool) -> int:
     found = discover(rundir)
     live = [f for f in found if f.live]
     rows, failed = [], []
+    control: ControlStatus | None = None
     for f in live:
         try:
-            reply = request(f.path, HealthRequest())
+            reply = request(f.path, StatusRequest())
         except CtlTimeout:
             failed.append(f.service)
             continue
-        if isinstance(reply, ServiceHealth):
+        if isinstance(reply, StatusReply):
+            rows.append(reply.health)
+            control = reply.control or control
+        elif isinstance(reply, ServiceHealth):
             rows.append(reply)
+    lines, healthy = _vpn_lines(control)
     if as_json:
-        print(json.dumps({"running": bool(rows), "services": [msgspec.to_builtins(r) for r in rows],
+        print(json.dumps({"running": bool(rows), "control": msgspec.to_builtins(control) if control else None,
+                          "services": [msgspec.to_builtins(r) for r in rows],
                           "not_answering": failed, "stale": [f.service for f in found if not f.live]}, indent=2))
     elif not rows:
         print("VPN: not running")
     else:
-        print(f"services in {rundir}:")
+        print("\n".join(lines))
+        print("services:")
         for r in rows:
             since = dt.datetime.fromtimestamp(r.started_at).strftime("%H:%M:%S")
-            drops = sum(v for k, v in r.counters.items() if "drop" in k or "bad" in k)
+            drops = sum(v for k, v in r.counters.items() if "drop" in k or "bad" in k or "malformed" in k)
             print(f"  {r.service:10} pid {r.pid:<8} {r.state:9} since {since}  drops {drops}")
         for name in failed:
             print(f"  {name:10} not answering")
-    return 0 if rows and not failed else 1
+    return 0 if rows and healthy and not failed else 1
+
+
+def _netmap(rundir, as_json: bool, timeout: float = 5.0) -> int:
+    watch = NetmapWatch(rundir)
+    try:
+        netmap = watch.wait_for(lambda nm: True, timeout)
+    except TimeoutError:
+        print("VPN: no netmap (control service not running or not registered yet)")
+        return 1
+    finally:
+        watch.close()
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(netmap), indent=2))
+        return 0
+    me = netmap.self_node
+    if me:
+        print(f"self: {me.name or me.hostname} id {me.id} {', '.join(me.addresses)}")
+    for p in netmap.peers:
+        state = {True: "online", False: "offline", None: "?"}[p.online]
+        print(f"  {p.hostname or p.name:20} id {p.id:<5} {', '.join(a.split('/')[0] for a in p.addresses):40} "
+              f"derp {p.home_derp:<5} {state}")
+    return 0
 
 
 def _stop(rundir) -> int:
@@ -77,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_status = sub.add_parser("status", help="show each service's health")
     p_status.add_argument("--json", action="store_true")
+    p_netmap = sub.add_parser("netmap", help="show the netmap the control service publishes")
+    p_netmap.add_argument("--json", action="store_true")
     sub.add_parser("stop", help="ask every service to stop")
     args = ap.parse_args(argv)
     try:
@@ -86,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "status":
         return _status(ctx.runtime_dir, args.json)
+    if args.cmd == "netmap":
+        return _netmap(ctx.runtime_dir, args.json)
     return _stop(ctx.runtime_dir)
 
 

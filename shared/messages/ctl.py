@@ -6,7 +6,8 @@ added later with defaults stay compatible with older peers.
 
     request             reply
     -----------------   -----------------------------------------
-    `StatusRequest`     `ServiceHealth` (later: a full status)
+    `StatusRequest`     `StatusReply` (health, plus the control state from the control
+                        service) 
     `HealthRequest`     `ServiceHealth`
     `StopRequest`       `Ack`, then the service shuts down
     anything invalid    `ErrorReply`
@@ -17,6 +18,7 @@ from __future__ import annotations
 import msgspec
 
 from .codec import Codec
+from .netmap import ControlStatus
 
 __all__ = [
     "Ack",
@@ -27,6 +29,7 @@ __all__ = [
     "ErrorReply",
     "HealthRequest",
     "ServiceHealth",
+    "StatusReply",
     "StatusRequest",
     "StopRequest",
 ]
@@ -76,8 +79,16 @@ class ServiceHealth(_CtlMessage, frozen=True):
     """The service's `Counters` snapshot (drops, bad messages, ...)."""
 
 
+class StatusReply(_CtlMessage, frozen=True):
+    """A service's answer to `StatusRequest`."""
+
+    health: ServiceHealth
+    control: ControlStatus | None = None
+    """The control session's state (only the control service sets it)."""
+
+
 CtlRequest = StatusRequest | StopRequest | HealthRequest
-CtlReply = Ack | ErrorReply | ServiceHealth
+CtlReply = Ack | ErrorReply | ServiceHealth | StatusReply
 
 CTL_REQUEST_CODEC: Codec[CtlRequest] = Codec(CtlRequest)
 CTL_REPLY_CODEC: Codec[CtlReply] = Codec(CtlReply)

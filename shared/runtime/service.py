@@ -37,6 +37,7 @@ from ..messages.ctl import (
     ErrorReply,
     HealthRequest,
     ServiceHealth,
+    StatusReply,
     StatusRequest,
     StopRequest,
 )
@@ -67,6 +68,10 @@ class Service:
     worker: int | None = None
     state: str = "starting"
     started_at: float = field(default_factory=time.time)
+    status_provider: Callable[[], Any] | None = None
+    """Returns the `ControlStatus` put into `StatusReply` (the control service sets it)."""
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    """Called after the loop ended and closed its sockets (e.g. to close TCP connections)."""
 
     def health(self) -> ServiceHealth:
         return ServiceHealth(service=self.name, pid=os.getpid(), state=self.state, started_at=self.started_at,
@@ -84,8 +89,11 @@ def _serve_ctl(svc: Service, sock: zmq.Socket[Any]) -> None:
         svc.counters.incr("ctl_bad_request")
         sock.send(CTL_REPLY_CODEC.encode(ErrorReply(message=f"bad request: {exc}")))
         return
-    if isinstance(req, (HealthRequest, StatusRequest)):
+    if isinstance(req, HealthRequest):
         sock.send(CTL_REPLY_CODEC.encode(svc.health()))
+    elif isinstance(req, StatusRequest):
+        control = svc.status_provider() if svc.status_provider else None
+        sock.send(CTL_REPLY_CODEC.encode(StatusReply(health=svc.health(), control=control)))
     elif isinstance(req, StopRequest):
         svc.state = "stopping"
         sock.send(CTL_REPLY_CODEC.encode(Ack()))
@@ -138,5 +146,7 @@ def _run(ident: str, ctx: Context, worker: int | None, setup: Callable[[Service]
             svc.state = "running"
             log.info("started", pid=os.getpid(), context=ctx.name, rundir=str(rundir))
             reason = loop.run()
+        for callback in svc.on_stop:
+            callback()
         log.info("stopped", reason=reason)
     return 0

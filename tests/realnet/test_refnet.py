@@ -62,8 +62,9 @@ def test_peers_list_each_other(refnet):
     # Headscale agrees: both nodes registered and online.
     nodes = json.loads(subprocess.run(refnet["headscale_cli"] + ["nodes", "list", "-o", "json"],
                                       capture_output=True, text=True, check=True).stdout)
-    assert sorted(n["given_name"] for n in nodes) == ["peer-1", "peer-2"]
-    assert all(n["online"] for n in nodes)
+    # (the session's network is shared: other test modules may have added nodes)
+    by_name = {n["given_name"]: n for n in nodes}
+    assert by_name["peer-1"]["online"] and by_name["peer-2"]["online"]
 
 
 def test_tailscale_ping(refnet):

@@ -1,0 +1,332 @@
+"""The control service's shell around `ControlConnection`: sockets, timers, reconnects.
+
+One connection at a time. Per connection: fetch the server's Noise key (``GET /key?v=``,
+cached), open TCP (TLS for https), upgrade to TS2021, then the calls in `calls.py`:
+register, lite update, map stream. Map frames feed the `NetmapBuilder`; every change is
+published (`NetmapPublisher`). Any failure closes the connection and retries after an
+exponential backoff with jitter; the last netmap stays published meanwhile. Failures the
+user must fix (rejected auth key, interactive login demanded, capability version refused)
+park the service in Error with the reason, and it does not retry on its own.
+
+The socket stays in blocking mode with a timeout: it is read only after the poller says it
+is readable, and what we write is small (requests), so neither call blocks for long.
+
+Owned by the control service's loop thread (everything here).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from sunbeam.shared.netmap import NetmapBuilder
+from sunbeam.shared.proto.controlbase import Initiator
+from sunbeam.shared.proto.mapframes import FrameError, MapFrameDecoder
+from sunbeam.shared.proto.tailcfg import BadControlMessage, decode_map_response
+from sunbeam.shared.proto.ts2021 import (
+    Connected,
+    ConnectionClosed,
+    ControlConnection,
+    ControlProtocolError,
+    ResponseData,
+    ResponseEnded,
+    ResponseStarted,
+    StreamReset,
+)
+from sunbeam.shared.runtime.backoff import Backoff
+from sunbeam.shared.runtime.log import RateLimitedLog
+from sunbeam.shared.runtime.service import Service
+
+from . import calls
+from .publication import Publication
+from .serverkey import ServerKeyError, fetch_server_key
+from .state import State
+
+IO_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 20.0
+STREAM_IDLE_TIMEOUT = 150.0  # Headscale sends a keepalive every ~50-60 s
+RECV_SIZE = 1 << 18
+
+
+class _Call:
+    """One request stream: collects status and body, calls ``done(status, body)`` at end."""
+
+    def __init__(self, done: Callable[[int, bytes], None], limit: int = 1 << 20) -> None:
+        self.done, self.limit = done, limit
+        self.status = 0
+        self.body = bytearray()
+
+    def on_data(self, data: bytes) -> None:
+        if len(self.body) < self.limit:
+            self.body += data[: self.limit - len(self.body)]
+
+    def on_end(self) -> None:
+        self.done(self.status, bytes(self.body))
+
+
+class _MapStream:
+    def __init__(self, client: ControlClient) -> None:
+        self.client = client
+        self.status = 0
+        self.decoder = MapFrameDecoder()
+        self.error_body = bytearray()
+
+    def on_data(self, data: bytes) -> None:
+        if self.status != 200:
+            self.error_body += data[: 2048 - len(self.error_body)]
+            return
+        try:
+            bodies = self.decoder.feed(data)
+        except FrameError as exc:
+            self.client.drop_connection(f"map stream framing broken: {exc}", counter="map_frame_fatal")
+            return
+        for drop in self.decoder.drops:
+            self.client.counters.incr("map_frame_corrupt")
+            self.client.noisy.warning("corrupt", "map_frame_corrupt", reason=drop.reason, size=drop.size)
+        for body in bodies:
+            self.client.on_map_body(body)
+
+    def on_end(self) -> None:
+        if self.status != 200:
+            text = self.error_body.decode(errors="replace").strip()
+            self.client.on_map_refused(self.status, text)
+        else:
+            self.client.drop_connection("server ended the map stream")
+
+
+class ControlClient:
+    def __init__(self, svc: Service, me: calls.Identity, publication: Publication) -> None:
+        self.svc = svc
+        self.loop = svc.loop
+        self.log = svc.log
+        self.noisy = RateLimitedLog(svc.log, max_lines=5, interval=60)
+        self.counters = svc.counters
+        self.ctx = svc.context
+        self.me = me
+        self.pub = publication
+        url = urlsplit(self.ctx.control_url)
+        self.url = url
+        self.host = url.hostname or ""
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.server_key: bytes | None = None
+        self.backoff = Backoff(base=1.0, cap=60.0)
+        self.sock: socket.socket | None = None
+        self.conn: ControlConnection | None = None
+        self.streams: dict[int, Any] = {}
+        self.builder = NetmapBuilder()
+        self.registered_marker = self.ctx.state_dir / "registered"
+        self._timers: list[Any] = []
+        self._idle_timer: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.pub.set_state(State.STARTING)
+        self.loop.call_later(0, self.connect)
+
+    def connect(self) -> None:
+        if self.loop.shutdown.is_set:
+            return
+        self.counters.incr("connect_attempts")
+        try:
+            if self.server_key is None:
+                self.server_key = fetch_server_key(self.ctx.control_url, self.me.capability_version, IO_TIMEOUT)
+            sock = self._open_socket()
+        except ServerKeyError as exc:
+            if exc.permanent:
+                return self.fail_permanently(str(exc))
+            return self.retry_later(str(exc))
+        except OSError as exc:
+            return self.retry_later(f"control server {self.host}:{self.port} unreachable: {exc.strerror or exc}")
+        self.sock = sock
+        initiator = Initiator(machine_private=self.me.keys.machine.private_bytes(), server_public=self.server_key,
+                              version=self.me.capability_version, ephemeral_private=os.urandom(32))
+        self.conn = ControlConnection(host=self.url.netloc, initiator=initiator)
+        self.loop.on_readable(sock, self._on_readable)
+        self.pub.set_state(State.REGISTERING)
+        self._arm_idle(HANDSHAKE_TIMEOUT, "no answer to the TS2021 handshake")
+        self._flush()
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=IO_TIMEOUT)
+        if self.url.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        sock.settimeout(IO_TIMEOUT)
+        return sock
+
+    def close_connection(self) -> None:
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock, self.conn = None, None
+        self.streams.clear()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def drop_connection(self, reason: str, *, counter: str = "connection_dropped") -> None:
+        self.counters.incr(counter)
+        self.close_connection()
+        self.retry_later(reason)
+
+    def retry_later(self, reason: str) -> None:
+        delay = self.backoff.next_delay()
+        self.noisy.warning("reconnect", "control_reconnect", reason=reason, retry_in=round(delay, 2))
+        self.pub.set_state(State.RECONNECTING, reason)
+        self.loop.call_later(delay, self.connect)
+
+    def fail_permanently(self, reason: str) -> None:
+        self.close_connection()
+        self.log.error("control_error", reason=reason)
+        self.pub.set_state(State.ERROR, reason)
+
+    def _arm_idle(self, timeout: float, reason: str) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(timeout, lambda: self.drop_connection(reason, counter="idle_timeout"))
+
+    # -- I/O ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self.sock is None or self.conn is None:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                self.drop_connection(f"send failed: {exc}")
+
+    def _on_readable(self, _source: Any) -> None:
+        sock, conn = self.sock, self.conn
+        if sock is None or conn is None:
+            return
+        try:
+            data = sock.recv(RECV_SIZE)
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                data += sock.recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        except OSError as exc:
+            return self.drop_connection(f"connection error: {exc}")
+        try:
+            events = conn.receive_data(data)
+        except ControlProtocolError as exc:
+            return self.drop_connection(str(exc), counter="protocol_error")
+        for ev in events:
+            if self.conn is not conn:
+                return  # a handler dropped the connection
+            self._on_event(ev)
+        self._flush()
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, Connected):
+            self.log.info("ts2021_connected", early_payload=bool(ev.early_payload))
+            self._register(with_auth_key=not self.registered_marker.exists())
+        elif isinstance(ev, ResponseStarted):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.status = ev.status
+        elif isinstance(ev, ResponseData):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.on_data(ev.data)
+        elif isinstance(ev, ResponseEnded):
+            stream = self.streams.pop(ev.stream_id, None)
+            if stream is not None:
+                stream.on_end()
+        elif isinstance(ev, StreamReset):
+            if self.streams.pop(ev.stream_id, None) is not None:
+                self.drop_connection(f"server reset a request stream (HTTP/2 error {ev.error_code})")
+        elif isinstance(ev, ConnectionClosed):
+            self.drop_connection(ev.reason)
+
+    def _post(self, path: str, body: bytes, handler: Any) -> None:
+        assert self.conn is not None
+        sid = self.conn.post(path, body, headers=(("ts-lb", self.me.keys.node_public_text),))
+        self.streams[sid] = handler
+
+    # -- the calls ----------------------------------------------------------------------
+
+    def _register(self, *, with_auth_key: bool) -> None:
+        key = self.ctx.auth_key.reveal() if with_auth_key else None
+        if with_auth_key and not key:
+            return self.fail_permanently("this node is not registered and no auth key is configured")
+        body = calls.register_request(self.me, key if isinstance(key, str) else None)
+        self._post(calls.REGISTER_PATH, body, _Call(lambda s, b: self._on_registered(s, b, with_auth_key)))
+
+    def _on_registered(self, status: int, body: bytes, sent_auth_key: bool) -> None:
+        outcome = calls.interpret_register(status, body, sent_auth_key=sent_auth_key)
+        if outcome.needs_auth_key:
+            self.registered_marker.unlink(missing_ok=True)
+            return self._register(with_auth_key=True)
+        if outcome.error:
+            return self.fail_permanently(outcome.error)
+        self.registered_marker.write_text("registered\n")
+        self.log.info("registered", user=outcome.user, node_key=self.me.keys.node_public_text)
+        self.send_lite_update()
+        self._post(calls.MAP_PATH, calls.map_stream_request(self.me), _MapStream(self))
+        self._arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
+
+    def send_lite_update(self) -> None:
+        """Tell the server our DiscoKey, endpoints and PreferredDERP without a new stream."""
+        if self.conn is None:
+            return
+        self._post(calls.MAP_PATH, calls.lite_update_request(self.me), _Call(self._on_lite_update))
+        self._flush()
+
+    def _on_lite_update(self, status: int, body: bytes) -> None:
+        if status != 200:
+            self.noisy.warning("lite", "lite_update_failed", status=status, body=body[:200].decode(errors="replace"))
+            self.counters.incr("lite_update_failed")
+        else:
+            self.counters.incr("lite_updates")
+
+    def on_map_refused(self, status: int, text: str) -> None:
+        if status == 400 and "version" in text.lower():
+            return self.fail_permanently(f"the control server refused capability version "
+                                         f"{self.me.capability_version}: {text}")
+        self.drop_connection(f"map request refused (HTTP {status}: {text or 'no reason'})")
+
+    def on_map_body(self, body: bytes) -> None:
+        self._arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
+        try:
+            resp = decode_map_response(body)
+        except BadControlMessage as exc:
+            self.counters.incr("map_response_malformed")
+            self.noisy.warning("malformed", "map_response_malformed", error=str(exc)[:200])
+            return
+        self.counters.incr("map_responses")
+        change = self.builder.apply(resp)
+        if change is None:
+            return
+        self.pub.publish_change(change, self.builder)
+        if self.pub.state is not State.RUNNING and self.builder.snapshot().self_node is not None:
+            self.backoff.reset()
+            self.pub.set_state(State.RUNNING)
+        self._maybe_choose_home_derp()
+
+    def _maybe_choose_home_derp(self) -> None:
+        """Until the DERP service reports a measured home, use the map's lowest region."""
+        derp_map = self.builder.snapshot().derp_map
+        regions = sorted(r for r, region in (derp_map.regions or {}).items() if region) if derp_map else []
+        if regions and self.me.preferred_derp not in regions:
+            self.set_preferred_derp(regions[0])
+
+    def set_preferred_derp(self, region: int) -> None:
+        self.me = replace(self.me, preferred_derp=region)
+        self.pub.set_home_derp(region)
+        self.log.info("preferred_derp", region=region)
+        self.send_lite_update()
+
+    def stop(self) -> None:
+        """After the loop ended (its sockets are closed): close the TCP connection."""
+        self.close_connection()

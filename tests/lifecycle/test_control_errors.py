@@ -1,0 +1,57 @@
+"""Control-service errors a user hits, without a control server: one clear line, no storm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+
+@pytest.fixture()
+def env(tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
+    e.update(SUNBEAM_RUNTIME_DIR=str(tmp_path / "run"), SUNBEAM_STATE_DIR=str(tmp_path / "state"),
+             SUNBEAM_CONTROL_URL="http://127.0.0.1:9", SUNBEAM_AUTH_KEY="hskey-auth-secret-value",
+             XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    return e
+
+
+def _control(env) -> dict:
+    res = subprocess.run(["sunbeam-ctl", "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    return (json.loads(res.stdout) if res.stdout.strip() else {}).get("control") or {}
+
+
+def test_unreachable_server_reconnects_with_backoff(env, tmp_path):
+    proc = subprocess.Popen(["sunbeam-control"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        control: dict = {}
+        while time.monotonic() < deadline and control.get("state") != "Reconnecting":
+            control = _control(env)
+            time.sleep(0.1)
+        assert control["state"] == "Reconnecting"
+        assert "unreachable" in control["reason"] and "refused" in control["reason"].lower()
+        out = subprocess.run(["sunbeam-ctl", "status"], env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1 and out.stdout.startswith("VPN: reconnecting (control server 127.0.0.1:9 unreachable")
+        time.sleep(4)
+        res = subprocess.run(["sunbeam-ctl", "status", "--json"], env=env, capture_output=True, text=True)
+        counters = json.loads(res.stdout)["services"][0]["counters"]
+        # backoff 0.5-1 s, 1-2 s, 2-4 s ...: a handful of attempts in ~5 s, not hundreds
+        assert 2 <= counters["connect_attempts"] <= 6, counters
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    assert "hskey-auth-secret-value" not in proc.stderr.read()
+
+
+def test_keys_file_readable_by_others_is_refused(env, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "keys.json").write_text("{}")
+    os.chmod(state / "keys.json", 0o644)
+    res = subprocess.run(["sunbeam-control"], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert "chmod 600" in res.stderr and "Traceback" not in res.stderr
