@@ -17,7 +17,7 @@ logging a Context never shows it; call :meth:`Secret.reveal` where the key is se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
