@@ -15,7 +15,7 @@ Persistence: ``<state_dir>/keys.json`` (dir 0700, file 0600)::
 
     {"machine": "privkey:…", "node": "privkey:…", "disco": "privkey:…"}
 
-written atomically (temp file + rename) once, on first start; every later start reuses it,
+written atomically (temp file + link, which never overwrites) once, on first start; every later start reuses it,
 so the node keeps its node ID and tailnet addresses, and the DiscoKey Headscale stored
 stays right. A keys file or state dir that others may read is refused with the reason.
 """
@@ -137,7 +137,7 @@ def load_or_create(state_dir: Path) -> tuple[NodeKeys, bool]:
     """The context's keys; generated and saved on first use. Returns (keys, created)."""
     state_dir = Path(state_dir)
     if not state_dir.exists():
-        state_dir.mkdir(mode=0o700, parents=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _check_private_dir(state_dir)
     path = state_dir / KEYS_FILE
     if path.exists():
@@ -152,5 +152,13 @@ def load_or_create(state_dir: Path) -> tuple[NodeKeys, bool]:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    # link() refuses to overwrite: when two services start at once and both generate keys,
+    # exactly one file wins and the loser reads the winner's keys (a replace() would let
+    # each keep different keys in memory: the DiscoKey registered would not be the one used).
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return _read(path), False
+    finally:
+        tmp.unlink(missing_ok=True)
     return keys, True

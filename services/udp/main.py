@@ -1,16 +1,206 @@
-"""sunbeam-udp: the UDP socket, disco, STUN and endpoint discovery service.
+"""sunbeam-udp: the UDP socket, inbound routing to the WireGuard workers, disco answers.
 
-Will own: the one UDP socket (IPv4 + IPv6), routing inbound WireGuard datagrams to the
-owning worker by receiver index, disco pings/pongs and the best path per peer.
+State owned by this process (its loop thread): the UDP socket (`udpsock.UdpSocket`), the
+disco key's precomputed boxes, the per-iteration batches to the workers.
 
-Runs today as the supervised service shell (config, runtime dir, ctl socket answering
-health/status/stop, clean shutdown).
+Sockets::
+
+    UDP [::]:$SUNBEAM_UDP_PORT (0 = random; logged as ``udp_listening port=…``)
+    udp-in      PULL bind     `UDP_IN_CODEC`:  UdpSend -> datagrams out;
+                                               DiscoReceived -> pongs via derp-in
+    wg-<k>-in   PUSH connect  `WG_IN_CODEC`:   UdpReceived(src, packets), one per
+                                               (worker, src) and loop iteration
+    derp-in     PUSH connect  `DERP_IN_CODEC`: DerpSend(peer, region, pongs)
+
+Inbound datagrams: disco (magic ``TS💬``) -> `discoreply.answer` (a ping is answered at
+once with a pong to its source); WireGuard -> the worker `wgroute.route` picks; anything
+else a counted drop ``rx.drop.<reason>``. PUSH sockets have a bounded HWM; a full one is
+a counted drop (``wg_in.dropped`` / ``derp_in.dropped``, in packets).
+
+Counters (health reply): see `udpsock` for ``rx.*``/``tx.*``; ``disco.ping_rx``,
+``disco.pong_tx``, ``disco.pong_rx``, ``disco.call_me_maybe_rx`` (with ``_derp`` for
+ones that came via DERP), ``rx.drop.disco_<reason>``, ``rx.to_wg``, ``offload.gro`` /
+``offload.gso`` (1 if the kernel has it).
 """
 
 from __future__ import annotations
 
-from sunbeam.shared.runtime.service import run_service
+import os
+import socket
+import sys
+from typing import Any
+
+import zmq
+
+from sunbeam.shared.keys import KeyFormatError, load_or_create
+from sunbeam.shared.messages.dataplane import (
+    DERP_IN_CODEC,
+    UDP_IN_CODEC,
+    WG_IN_CODEC,
+    DerpSend,
+    DiscoReceived,
+    UdpReceived,
+    UdpSend,
+)
+from sunbeam.shared.proto.disco import (
+    NONCE_LEN,
+    CallMeMaybe,
+    DiscoBoxes,
+    DiscoError,
+    Ping,
+    Pong,
+    derp_src,
+    looks_like_disco,
+)
+from sunbeam.shared.runtime import Batcher, RateLimitedLog, decoding_handler, endpoint, send_bounded
+from sunbeam.shared.runtime.service import Service, run_service
+
+from .discoreply import answer
+from .udpsock import UdpSocket
+from .wgroute import route
+
+ENV_PORT = "SUNBEAM_UDP_PORT"
+RECV_BUDGET = 256  # recvmsg calls per readable event; the poll is level-triggered
+PUSH_HWM = 1024  # messages (batches) queued per PUSH socket before drops
+SUPPRESSED_REPORT_S = 60.0
+
+
+class StartupFailed(SystemExit):
+    pass
+
+
+def _fail(message: str, code: int = 2) -> StartupFailed:
+    print(f"sunbeam-udp: {message}", file=sys.stderr)
+    return StartupFailed(code)
+
+
+def port_from_env(env: Any = os.environ) -> int:
+    text = env.get(ENV_PORT, "").strip() or "0"
+    if not text.isdigit() or not 0 <= int(text) <= 0xFFFF:
+        raise _fail(f"{ENV_PORT}={text!r}: expected a port number 0..65535 (0 = random)")
+    return int(text)
+
+
+class UdpService:
+    """The shell: feeds datagrams and udp-in messages to the cores, sends their output."""
+
+    def __init__(self, svc: Service, udp: UdpSocket, boxes: DiscoBoxes) -> None:
+        self.svc, self.udp, self.boxes = svc, udp, boxes
+        self.counters = svc.counters
+        self.workers = svc.context.wg_workers
+        self.drops = RateLimitedLog(svc.log)
+        rundir = svc.context.runtime_dir
+        loop = svc.loop
+        self.wg_out = [self._push(endpoint(rundir, f"wg-{k}-in")) for k in range(self.workers)]
+        self.derp_out = self._push(endpoint(rundir, "derp-in"))
+        self.batcher: Batcher[tuple[int, str]] = Batcher(
+            WG_IN_CODEC, lambda dest, packets: UdpReceived(src=dest[1], packets=packets))
+        udp_in = loop.socket(zmq.PULL)
+        udp_in.setsockopt(zmq.RCVHWM, PUSH_HWM)
+        loop.bind(udp_in, endpoint(rundir, "udp-in"))
+        loop.on_readable(udp_in, decoding_handler(UDP_IN_CODEC, self.on_udp_in, self.counters,
+                                                  bad_log=self.drops, counter="udp_in.bad_message"))
+        loop.on_readable(udp, self.on_datagrams)
+        loop.on_iteration_end(self.flush)
+        loop.call_later(SUPPRESSED_REPORT_S, self._report_suppressed)
+
+    def _push(self, ep: str) -> zmq.Socket[Any]:
+        sock = self.svc.loop.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, PUSH_HWM)
+        sock.connect(ep)
+        return sock
+
+    def drop(self, reason: str, **kv: Any) -> None:
+        self.counters.incr(f"rx.drop.{reason}")
+        self.drops.warning(reason, "udp_drop", reason=reason, **kv)
+
+    # -- from the network ------------------------------------------------------------
+
+    def on_datagrams(self, _udp: UdpSocket) -> None:
+        for pkt, src in self.udp.recv(RECV_BUDGET):
+            if looks_like_disco(pkt):
+                self.on_disco_udp(pkt, src)
+                continue
+            worker = route(pkt, src, self.workers)
+            if isinstance(worker, str):
+                self.drop(worker, src=src, size=len(pkt))
+                continue
+            full = self.batcher.add((worker, src), pkt)
+            if full is not None:
+                self._send_wg(full.dest[0], full.data, full.packets)
+
+    def on_disco_udp(self, pkt: bytes, src: str) -> None:
+        try:
+            got = answer(self.boxes, pkt, src, os.urandom(NONCE_LEN))
+        except DiscoError as exc:
+            self.drop(f"disco_{exc.reason}", src=src, error=str(exc))
+            return
+        self._count_disco(got.message, "")
+        if got.reply is not None:
+            self.udp.send([got.reply], src)
+            self.counters.incr("disco.pong_tx")
+
+    def flush(self) -> None:
+        for batch in self.batcher.flush():
+            self._send_wg(batch.dest[0], batch.data, batch.packets)
+
+    def _send_wg(self, worker: int, data: bytes, packets: int) -> None:
+        if send_bounded(self.wg_out[worker], data, self.counters, counter="wg_in.dropped", weight=packets):
+            self.counters.incr("rx.to_wg", packets)
+
+    # -- from the other services -----------------------------------------------------
+
+    def on_udp_in(self, msg: UdpSend | DiscoReceived) -> None:
+        if isinstance(msg, UdpSend):
+            for dst in msg.dsts:
+                self.udp.send(msg.packets, dst)
+            return
+        replies = []
+        src = derp_src(msg.region)
+        for pkt in msg.packets:
+            try:
+                got = answer(self.boxes, pkt, src, os.urandom(NONCE_LEN))
+            except DiscoError as exc:
+                self.drop(f"disco_{exc.reason}", via="derp", peer=msg.peer_key, region=msg.region, error=str(exc))
+                continue
+            self._count_disco(got.message, "_derp")
+            if got.reply is not None:
+                replies.append(got.reply)
+        if replies:
+            data = DERP_IN_CODEC.encode(DerpSend(peer_key=msg.peer_key, region=msg.region, packets=replies))
+            if send_bounded(self.derp_out, data, self.counters, counter="derp_in.dropped", weight=len(replies)):
+                self.counters.incr("disco.pong_tx_derp", len(replies))
+
+    def _count_disco(self, message: Any, suffix: str) -> None:
+        if isinstance(message, Ping):
+            self.counters.incr("disco.ping_rx" + suffix)
+        elif isinstance(message, Pong):
+            self.counters.incr("disco.pong_rx" + suffix)
+        elif isinstance(message, CallMeMaybe):
+            self.counters.incr("disco.call_me_maybe_rx" + suffix)
+
+    def _report_suppressed(self) -> None:
+        self.drops.report_suppressed()
+        self.svc.loop.call_later(SUPPRESSED_REPORT_S, self._report_suppressed)
+
+
+def setup(svc: Service) -> None:
+    port = port_from_env()
+    try:
+        keys, created = load_or_create(svc.context.state_dir)
+    except (KeyFormatError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        udp = UdpSocket(port, svc.counters)
+    except OSError as exc:
+        raise _fail(f"cannot bind UDP port {port}: {exc.strerror or exc}", 1) from None
+    svc.on_stop.append(udp.close)
+    svc.counters.incr("offload.gro", int(udp.gro))
+    svc.counters.incr("offload.gso", int(udp.gso))
+    svc.log.info("udp_listening", port=udp.port, family="dual-stack" if udp.family == socket.AF_INET6 else "ipv4",
+                 gro=udp.gro, gso=udp.gso, disco_key=keys.disco_public_text, keys_created=created)
+    UdpService(svc, udp, DiscoBoxes(keys.disco.private_bytes()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_service("udp", argv=argv)
+    return run_service("udp", setup, argv=argv)

@@ -1,0 +1,264 @@
+"""The one UDP socket: dual-stack bind, GRO receive, GSO send, address text forms.
+
+Socket: AF_INET6 with IPV6_V6ONLY=0 bound to ``[::]:port`` (IPv4 peers appear as
+``::ffff:a.b.c.d`` and are shown as ``a.b.c.d:port``); if IPv6 is unavailable, AF_INET on
+``0.0.0.0:port`` (IPv6 destinations are then a counted drop). Non-blocking.
+
+Linux UDP offload (probed at start like ts:net/batching/conn_linux.go tryEnableUDPOffload;
+either may be missing, then the plain path is used and counted):
+
+- receive, ``setsockopt(SOL_UDP=17, UDP_GRO=104, 1)``: the kernel may coalesce datagrams of
+  one flow into one ``recvmsg``; a cmsg ``(SOL_UDP, UDP_GRO, int gso_size)`` says so, and
+  the data is ``gso_size``-byte datagrams back to back (the last may be shorter);
+- send, cmsg ``(SOL_UDP, UDP_SEGMENT=103, u16 gso_size)`` on ``sendmsg``: one call sends a
+  run of equal-size datagrams to one destination (the last may be shorter), at most
+  `MAX_GSO_SEGMENTS` of them and `MAX_GSO_BYTES` in all. Probed with
+  ``getsockopt(SOL_UDP, UDP_SEGMENT)``. EIO from a GSO send (no checksum offload on the
+  route's device) turns GSO off for good; EINVAL (a segment above the route MTU) resends
+  that run datagram by datagram.
+
+Counters: ``rx.datagrams``, ``rx.gro_batches`` (recvmsg calls returning > 1 datagram),
+``rx.drop.truncated``, ``rx.error.<errno>``; ``tx.datagrams``, ``tx.gso_sends`` /
+``tx.gso_datagrams``, ``tx.plain_sends``, ``tx.gso_fallback``, ``tx.gso_disabled``,
+``tx.drop.<reason>`` (weighted by datagrams).
+
+Ownership: the udp service's loop thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from sunbeam.shared.proto.disco import format_addr_port, parse_addr_port
+from sunbeam.shared.runtime.counters import Counters
+
+__all__ = ["MAX_GSO_BYTES", "MAX_GSO_SEGMENTS", "UdpSocket", "gso_runs", "split_gro"]
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels (128 since 6.x); stay low
+MAX_GSO_BYTES = 65000  # under the 65507-byte IPv4 UDP payload limit
+RECV_BUFFER = 1 << 16
+SOCKET_BUFFER = 4 << 20
+_CACHE_MAX = 4096
+
+
+def split_gro(data: memoryview | bytes, gso_size: int) -> list[bytes]:
+    """Datagrams of a GRO-coalesced receive (``gso_size`` 0: one datagram)."""
+    if gso_size <= 0 or gso_size >= len(data):
+        return [bytes(data)]
+    return [bytes(data[i:i + gso_size]) for i in range(0, len(data), gso_size)]
+
+
+def gso_runs(packets: list[bytes], max_segments: int = MAX_GSO_SEGMENTS,
+             max_bytes: int = MAX_GSO_BYTES) -> Iterator[list[bytes]]:
+    """Split ``packets`` (order kept) into runs one GSO ``sendmsg`` can carry: the same
+    size as the run's first packet, except a shorter one that ends the run."""
+    run: list[bytes] = []
+    size = total = 0
+    for pkt in packets:
+        if run and (len(pkt) > size or len(run) >= max_segments or total + len(pkt) > max_bytes):
+            yield run
+            run = []
+        if not run:
+            size, total = len(pkt), 0
+        run.append(pkt)
+        total += len(pkt)
+        if len(pkt) < size:  # a shorter datagram can only be the last segment
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+class UdpSocket:
+    """The service's UDP socket (see the module docstring)."""
+
+    def __init__(self, port: int, counters: Counters, *, offload: bool = True) -> None:
+        self.counters = counters
+        self.sock = _open(port)
+        self.family = self.sock.family
+        self.port: int = self.sock.getsockname()[1]
+        self.gro = offload and _try(lambda: self.sock.setsockopt(SOL_UDP, UDP_GRO, 1))
+        self.gso = offload and _try(lambda: self.sock.getsockopt(SOL_UDP, UDP_SEGMENT))
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._ancsize = socket.CMSG_SPACE(4)
+        self._src_text: dict[Any, str] = {}  # sockaddr -> text; cleared when full
+        self._dst_addr: dict[str, Any] = {}  # text -> sockaddr; cleared when full
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # -- receive ---------------------------------------------------------------------
+
+    def recv(self, budget: int) -> list[tuple[bytes, str]]:
+        """Up to ``budget`` recvmsg calls until EAGAIN: [(datagram, src text)]."""
+        out: list[tuple[bytes, str]] = []
+        for _ in range(budget):
+            try:
+                n, anc, flags, addr = self.sock.recvmsg_into([self._buf], self._ancsize)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # e.g. a queued ICMP error; the socket stays usable
+                self.counters.incr(f"rx.error.{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+                break
+            if flags & socket.MSG_TRUNC:
+                self.counters.incr("rx.drop.truncated")
+                continue
+            gso_size = 0
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
+                    gso_size = int.from_bytes(data[:4], "little") if len(data) >= 4 else \
+                        int.from_bytes(data[:2], "little")
+            src = self._text_of(addr)
+            datagrams = split_gro(self._view[:n], gso_size)
+            if len(datagrams) > 1:
+                self.counters.incr("rx.gro_batches")
+            self.counters.incr("rx.datagrams", len(datagrams))
+            out.extend((d, src) for d in datagrams)
+        return out
+
+    def _text_of(self, addr: Any) -> str:
+        text = self._src_text.get(addr)
+        if text is None:
+            text = sockaddr_text(addr)
+            if len(self._src_text) >= _CACHE_MAX:
+                self._src_text.clear()
+            self._src_text[addr] = text
+        return text
+
+    # -- send ------------------------------------------------------------------------
+
+    def send(self, packets: list[bytes], dst: str) -> None:
+        """Send every packet to ``dst`` (``"ip:port"`` / ``"[v6]:port"``); failures are
+        counted drops (the network may refuse; WireGuard and disco retry)."""
+        addr = self._dst_addr.get(dst)
+        if addr is None:
+            try:
+                addr = self._sockaddr(dst)
+            except ValueError:
+                self.counters.incr("tx.drop.bad_dst", len(packets))
+                return
+            if len(self._dst_addr) >= _CACHE_MAX:
+                self._dst_addr.clear()
+            self._dst_addr[dst] = addr
+        if not self.gso or len(packets) < 2:
+            self._send_plain(packets, addr)
+            return
+        for run in gso_runs(packets):
+            if len(run) == 1 or not self._send_gso(run, addr):
+                self._send_plain(run, addr)
+
+    def _send_gso(self, run: list[bytes], addr: Any) -> bool:
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(run[0])))]
+        try:
+            self.sock.sendmsg([b"".join(run)], cmsg, 0, addr)
+        except BlockingIOError:
+            self.counters.incr("tx.drop.eagain", len(run))
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                self.gso = False
+                self.counters.incr("tx.gso_disabled")
+            elif exc.errno != errno.EINVAL:
+                self._count_error(exc, len(run))
+                return True
+            self.counters.incr("tx.gso_fallback")
+            return False
+        self.counters.incr("tx.gso_sends")
+        self.counters.incr("tx.gso_datagrams", len(run))
+        self.counters.incr("tx.datagrams", len(run))
+        return True
+
+    def _send_plain(self, packets: list[bytes], addr: Any) -> None:
+        for i, pkt in enumerate(packets):
+            try:
+                self.sock.sendto(pkt, addr)
+            except BlockingIOError:
+                self.counters.incr("tx.drop.eagain", len(packets) - i)
+                return
+            except OSError as exc:
+                self._count_error(exc, len(packets) - i)
+                return
+            self.counters.incr("tx.plain_sends")
+            self.counters.incr("tx.datagrams")
+
+    def _count_error(self, exc: OSError, n: int) -> None:
+        self.counters.incr(f"tx.drop.{errno.errorcode.get(exc.errno or 0, 'oserror').lower()}", n)
+
+    def _sockaddr(self, text: str) -> Any:
+        addr, port = parse_addr_port(text)
+        if self.family == socket.AF_INET:
+            if addr.version != 4:
+                raise ValueError("IPv6 destination on an IPv4-only socket")
+            return (str(addr), port)
+        if addr.version == 4:
+            return (f"::ffff:{addr}", port, 0, 0)
+        scope = addr.scope_id  # type: ignore[union-attr]
+        scope_id = 0
+        if scope:
+            scope_id = int(scope) if scope.isdigit() else _if_index(scope)
+        return (str(ipaddress.IPv6Address(addr.packed)), port, 0, scope_id)
+
+
+def sockaddr_text(addr: Any) -> str:
+    """``recvmsg``'s address tuple -> ``"ip:port"`` / ``"[v6]:port"`` / ``"[v6%scope]:port"``."""
+    if len(addr) == 2:
+        return f"{addr[0]}:{addr[1]}"
+    host, port, _flow, scope = addr
+    ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+    if scope and ip.ipv4_mapped is None:
+        return f"[{ip}%{scope}]:{port}"
+    return format_addr_port(ip, port)
+
+
+def _if_index(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise ValueError(f"unknown interface {name!r}") from None
+
+
+def _try(probe: Any) -> bool:
+    try:
+        probe()
+    except OSError:
+        return False
+    return True
+
+
+def _open(port: int) -> socket.socket:
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        sock = None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise
+            sock = None  # IPv6 disabled (EADDRNOTAVAIL, EAFNOSUPPORT): IPv4 only
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            sock.close()
+            raise
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        _try(lambda opt=opt: sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER))
+    sock.setblocking(False)
+    return sock
