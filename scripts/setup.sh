@@ -6,9 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# iproute2: network namespaces; curl: a real HTTP/SOCKS5 client; wireguard-go +
+# wireguard-tools + ping: the real WireGuard peer our WireGuard core is tested against.
 need_apt=()
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v wireguard-go >/dev/null || need_apt+=(wireguard-go)
+command -v wg >/dev/null || need_apt+=(wireguard-tools)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
 if ((${#need_apt[@]})); then
     echo "==> apt-get install ${need_apt[*]}" >&2
     apt-get update -qq
