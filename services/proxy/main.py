@@ -1,16 +1,33 @@
-"""sunbeam-proxy: the userspace TCP/IP engine and the local listeners.
+"""sunbeam-proxy: the IP side of the tailnet for this node.
 
-Will own: the TCP connections (our sans-IO TCP), port forwards, SOCKS5 and HTTP proxy
-listeners on 127.0.0.1, and inbound connections from tailnet peers.
+Today it answers ICMP/ICMPv6 echo requests and TSMP pings addressed to our tailnet
+addresses, and sends ICMP echo requests to peers on request. It will own the userspace
+TCP/IP engine (our sans-IO TCP), port forwards, SOCKS5 and HTTP proxy listeners on
+127.0.0.1, and inbound connections from tailnet peers.
 
-Runs today as the supervised service shell (config, runtime dir, ctl socket answering
-health/status/stop, clean shutdown).
+Sockets (all ``ipc://<rundir>/<name>.sock``):
+
+    proxy-in     PULL, bound     FromPeer(peer_key, packets) from the wg workers  (plane.py)
+    wg-<k>-in    PUSH, connected ToPeer(peer_key, packets) to worker owner(peer)   (outbox.py)
+    control-pub  SUB, connected  the netmap: our addresses, peers' AllowedIPs     (plane.py)
+    proxy-ping   REP, bound      PingPeer -> PingResult                            (ping.py)
+    proxy-ctl    REP, bound      health / status / stop (run_service)
+
+The packet work is sans-IO in `sunbeam.shared.proto.ip` (`IpResponder`) and `pinger.py`.
 """
 
 from __future__ import annotations
 
-from sunbeam.shared.runtime.service import run_service
+from sunbeam.shared.runtime.service import Service, run_service
+
+from .pingserver import PingServer
+from .plane import IpPlane
+
+
+def setup(svc: Service) -> None:
+    plane = IpPlane(svc)
+    PingServer(svc, plane)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_service("proxy", argv=argv)
+    return run_service("proxy", setup, argv=argv)

@@ -1,0 +1,64 @@
+"""`WgOutbox`: IP packets from the proxy to the WireGuard worker owning each peer.
+
+Socket: one PUSH per worker k, connected lazily (on the first packet for one of its
+peers) to ``ipc://<rundir>/wg-<k>-in.sock``; messages ``ToPeer(peer_key, packets)``
+(`WG_IN_CODEC`). Packets are batched per peer and flushed at the end of every loop
+iteration (a full batch goes out at once); a send that finds the worker's queue full
+(``SNDHWM`` messages) is dropped and counted in ``wg_send_dropped`` (packets).
+
+Ownership: the proxy's loop thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zmq
+from sunbeam.shared.messages.dataplane import WG_IN_CODEC, ToPeer
+from sunbeam.shared.runtime import (
+    Batcher,
+    Counters,
+    ServiceLoop,
+    endpoint,
+    send_bounded,
+)
+from sunbeam.shared.sharding import owner
+
+__all__ = ["WgOutbox"]
+
+SNDHWM = 1000
+
+
+class WgOutbox:
+    def __init__(self, loop: ServiceLoop, rundir: Path, workers: int, counters: Counters) -> None:
+        self.loop = loop
+        self.rundir = rundir
+        self.workers = workers
+        self.counters = counters
+        self._socks: dict[int, zmq.Socket[Any]] = {}
+        self._batcher: Batcher[bytes] = Batcher(WG_IN_CODEC, lambda key, packets: ToPeer(peer_key=key, packets=packets))
+        loop.on_iteration_end(self.flush)
+
+    def add(self, peer_key: bytes, packet: bytes) -> None:
+        full = self._batcher.add(peer_key, packet)
+        if full is not None:
+            self._send(full.dest, full.data, full.packets)
+
+    def flush(self) -> None:
+        for batch in self._batcher.flush():
+            self._send(batch.dest, batch.data, batch.packets)
+
+    def _send(self, peer_key: bytes, data: bytes, packets: int) -> None:
+        sock = self._socket(owner(peer_key, self.workers))
+        if send_bounded(sock, data, self.counters, counter="wg_send_dropped", weight=packets):
+            self.counters.incr("wg_sent_packets", packets)
+
+    def _socket(self, worker: int) -> zmq.Socket[Any]:
+        sock = self._socks.get(worker)
+        if sock is None:
+            sock = self.loop.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, SNDHWM)
+            sock.connect(endpoint(self.rundir, f"wg-{worker}-in"))
+            self._socks[worker] = sock
+        return sock

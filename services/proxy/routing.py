@@ -1,0 +1,71 @@
+"""Where a packet we originate goes: longest-prefix match over the peers' AllowedIPs.
+
+Built from the netmap (``Peer.allowed_ips``, ``Peer.key``); the answer is the peer's
+32-byte node key, and ``owner(key, wg_workers)`` (shared/sharding.py) names the WireGuard
+worker whose ``wg-<k>-in`` socket takes it. The same prefix routed to two peers (which
+control should not send) goes to the peer listed first (lowest node id).
+
+Our own source address for a destination: the first single-address prefix of our node
+(``self_node.addresses``) in the destination's family, as tailscaled's
+``mySelfIPMatchingFamily`` picks it (ts:wgengine/userspace.go).
+
+Ownership: the proxy's loop thread; a new table replaces the old one on every netmap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from sunbeam.shared.keys import KeyFormatError, from_text
+from sunbeam.shared.netmap import Netmap
+
+__all__ = ["RouteTable", "self_address_for"]
+
+
+class RouteTable:
+    def __init__(self, routes: Iterable[tuple[str, bytes]] = ()) -> None:
+        # per family (4 / 6): [(prefix length, mask, {network int: key})], longest first
+        self._tables: dict[int, list[tuple[int, int, dict[int, bytes]]]] = {4: [], 6: []}
+        by_len: dict[tuple[int, int], dict[int, bytes]] = {}
+        for prefix, key in routes:
+            net = ipaddress.ip_network(prefix, strict=False)
+            by_len.setdefault((net.version, net.prefixlen), {}).setdefault(int(net.network_address), key)
+        for (version, plen), nets in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
+            bits = 32 if version == 4 else 128
+            mask = ((1 << plen) - 1) << (bits - plen)
+            self._tables[version].append((plen, mask, nets))
+        self.size = sum(len(n) for n in by_len.values())
+
+    @classmethod
+    def from_netmap(cls, netmap: Netmap) -> RouteTable:
+        routes = []
+        for peer in netmap.peers:
+            try:
+                key = from_text("nodekey:", peer.key)
+            except KeyFormatError:  # the netmap builder validated it; stay safe anyway
+                continue
+            routes.extend((prefix, key) for prefix in peer.allowed_ips)
+        return cls(routes)
+
+    def lookup(self, dst: str | bytes) -> bytes | None:
+        """The node key of the peer that ``dst`` (text or packed) routes to, or None."""
+        ip = ipaddress.ip_address(dst)
+        value = int(ip)
+        for _plen, mask, nets in self._tables[ip.version]:
+            key = nets.get(value & mask)
+            if key is not None:
+                return key
+        return None
+
+
+def self_address_for(netmap: Netmap | None, dst: str) -> str | None:
+    """Our address in ``dst``'s family, or None (no netmap, or no such address)."""
+    if netmap is None or netmap.self_node is None:
+        return None
+    version = ipaddress.ip_address(dst).version
+    for prefix in netmap.self_node.addresses:
+        iface = ipaddress.ip_interface(prefix)
+        if iface.version == version and iface.network.num_addresses == 1:
+            return str(iface.ip)
+    return None
