@@ -70,12 +70,15 @@ class Service:
     started_at: float = field(default_factory=time.time)
     status_provider: Callable[[], Any] | None = None
     """Returns the `ControlStatus` put into `StatusReply` (the control service sets it)."""
+    extra_counters: Callable[[], dict[str, int]] | None = None
+    """Replaces the plain counters in health replies (e.g. a worker adding its device's)."""
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     """Called after the loop ended and closed its sockets (e.g. to close TCP connections)."""
 
     def health(self) -> ServiceHealth:
+        counters = self.extra_counters() if self.extra_counters else self.counters.snapshot()
         return ServiceHealth(service=self.name, pid=os.getpid(), state=self.state, started_at=self.started_at,
-                             counters=self.counters.snapshot())
+                             counters=counters)
 
 
 def _serve_ctl(svc: Service, sock: zmq.Socket[Any]) -> None:

@@ -1,0 +1,137 @@
+"""Data-plane messages between the services, one union per PULL socket.
+
+Every message carries a batch (``packets: list[bytes]``): one ZeroMQ message per batch,
+never per packet, never multipart. Structs are ``array_like`` msgpack arrays
+``[tag, field1, ...]``. Addresses are text: ``"1.2.3.4:41641"`` or ``"[fd00::1]:41641"``.
+
+Sockets (``ipc://<rundir>/<name>.sock``, bound by the receiving service)::
+
+    wg-<k>-in   PULL at WireGuard worker k   `WG_IN_CODEC`
+        ToPeer(peer_key, packets)            proxy -> wg: IP packets to encrypt for a peer
+        UdpReceived(src, packets)            udp   -> wg: WireGuard messages from src
+        DerpReceived(peer_key, region, packets)  derp -> wg: WireGuard messages via DERP
+    proxy-in    PULL at the proxy            `PROXY_IN_CODEC`
+        FromPeer(peer_key, packets)          wg -> proxy: decrypted IP packets (source
+                                             address already checked against AllowedIPs)
+    udp-in      PULL at the udp service      `UDP_IN_CODEC`
+        UdpSend(dsts, packets)               wg -> udp: send every packet to every dst
+        DiscoReceived(peer_key, region, packets)  derp -> udp: disco messages via DERP
+    derp-in     PULL at the derp service     `DERP_IN_CODEC`
+        DerpSend(peer_key, region, packets)  wg/udp -> derp: send via ``region`` (the
+                                             peer's home DERP region) to ``peer_key``
+
+``peer_key`` is the remote node's 32-byte public key (its WireGuard static key).
+Limits (a violation decodes as `BadMessage`): `MAX_PACKETS_PER_BATCH` packets per batch,
+each at most `MAX_PACKET_BYTES`; at most 16 destinations per `UdpSend`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from .codec import Codec
+from .packets import KEY_BYTES, MAX_PACKET_BYTES, MAX_PACKETS_PER_BATCH, Packets, PeerKey
+
+__all__ = [
+    "DERP_IN_CODEC",
+    "DERP_PUB_CODEC",
+    "DerpStatus",
+    "DerpReceived",
+    "DerpSend",
+    "DiscoReceived",
+    "FromPeer",
+    "KEY_BYTES",
+    "MAX_PACKETS_PER_BATCH",
+    "MAX_PACKET_BYTES",
+    "PROXY_IN_CODEC",
+    "ToPeer",
+    "UDP_IN_CODEC",
+    "UdpReceived",
+    "UdpSend",
+    "WG_IN_CODEC",
+]
+
+Addr = Annotated[str, msgspec.Meta(max_length=64)]
+Region = Annotated[int, msgspec.Meta(ge=0, le=1 << 31)]
+
+
+class _Batch(msgspec.Struct, frozen=True, tag_field="t", tag=True, array_like=True, gc=False):
+    pass
+
+
+class ToPeer(_Batch, frozen=True):
+    """IP packets for one peer, to be encrypted by the worker that owns it."""
+
+    peer_key: PeerKey
+    packets: Packets
+
+
+class FromPeer(_Batch, frozen=True):
+    """IP packets decrypted from one peer."""
+
+    peer_key: PeerKey
+    packets: Packets
+
+
+class UdpReceived(_Batch, frozen=True):
+    """WireGuard messages received on the UDP socket from one source address."""
+
+    src: Addr
+    packets: Packets
+
+
+class DerpReceived(_Batch, frozen=True):
+    """WireGuard messages relayed by DERP from ``peer_key``."""
+
+    peer_key: PeerKey
+    region: Region
+    packets: Packets
+
+
+class DiscoReceived(_Batch, frozen=True):
+    """Disco messages relayed by DERP from ``peer_key``."""
+
+    peer_key: PeerKey
+    region: Region
+    packets: Packets
+
+
+class UdpSend(_Batch, frozen=True):
+    """Datagrams to send from our UDP socket, each to every address in ``dsts``."""
+
+    dsts: Annotated[list[Addr], msgspec.Meta(max_length=16)]
+    packets: Packets
+
+
+class DerpSend(_Batch, frozen=True):
+    """Packets to relay through DERP region ``region`` to ``peer_key``."""
+
+    peer_key: PeerKey
+    region: Region
+    packets: Packets
+
+
+WgInput = ToPeer | UdpReceived | DerpReceived
+UdpInput = UdpSend | DiscoReceived
+
+WG_IN_CODEC: Codec[WgInput] = Codec(WgInput)
+PROXY_IN_CODEC: Codec[FromPeer] = Codec(FromPeer)
+UDP_IN_CODEC: Codec[UdpInput] = Codec(UdpInput)
+DERP_IN_CODEC: Codec[DerpSend] = Codec(DerpSend)
+
+
+class DerpStatus(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
+    """Published by the derp service on ``derp-pub`` (PUB; re-sent on every change and every
+    few seconds). The control service reports ``home_region`` as NetInfo.PreferredDERP."""
+
+    home_region: int
+    """0 until a home region is connected."""
+    connected: tuple[int, ...] = ()
+    """Regions with an established connection."""
+    state: str = "starting"
+    """``starting``, ``connected`` (home connected) or ``disconnected`` (retrying)."""
+
+
+DERP_PUB_CODEC: Codec[DerpStatus] = Codec(DerpStatus)
