@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import sys
 
+import zmq
+
 from sunbeam.shared.keys import KeyFormatError, load_or_create
+from sunbeam.shared.messages.codec import BadMessage
+from sunbeam.shared.messages.dataplane import DERP_PUB_CODEC
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service, run_service
 
@@ -40,9 +44,33 @@ def setup(svc: Service) -> None:
     me = Identity(keys=keys, capability_version=ctx.capability_version, hostname=ctx.hostname,
                   ephemeral=ctx.ephemeral)
     client = ControlClient(svc, me, publication)
+    follow_derp_home(svc, client)
     svc.status_provider = publication.status
     svc.on_stop.append(client.stop)
     client.start()
+
+
+def follow_derp_home(svc: Service, client: ControlClient) -> None:
+    """SUB to the derp service's status: its connected home region is our PreferredDERP."""
+    sub = svc.loop.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint(svc.context.runtime_dir, "derp-pub"))
+
+    def on_status(sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                status = DERP_PUB_CODEC.decode(frame)
+            except BadMessage:
+                svc.counters.incr("derp_status_bad_message")
+                continue
+            if status.state == "connected" and status.home_region and status.home_region != client.me.preferred_derp:
+                client.set_preferred_derp(status.home_region)
+
+    svc.loop.on_readable(sub, on_status)
 
 
 def main(argv: list[str] | None = None) -> int:
