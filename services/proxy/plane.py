@@ -7,8 +7,7 @@ Sockets:
   TSMP pings addressed to us are answered to the same peer (via `WgOutbox`), echo
   replies go to the `PingServer`, everything else is counted (``ip.*``); malformed
   packets also get a rate-limited ``ip_drop`` log line per peer and reason.
-- ``control-pub`` SUB (connected), `CONTROL_EVENT_CODEC`: the netmap, followed with
-  `NetmapFollower`. Our addresses come from ``self_node.addresses``, routes from the
+- ``control-pub`` SUB (connected): the netmap, followed with `NetmapSubscription`. Our addresses come from ``self_node.addresses``, routes from the
   peers' ``allowed_ips``. On a seq gap the SUB re-subscribes, which makes the control
   service re-send its snapshot.
 
@@ -22,12 +21,8 @@ from typing import Any
 
 import zmq
 from sunbeam.shared.messages.dataplane import PROXY_IN_CODEC, FromPeer
-from sunbeam.shared.messages.netmap import (
-    CONTROL_EVENT_CODEC,
-    ControlEvent,
-    NetmapFollower,
-)
 from sunbeam.shared.netmap import Netmap
+from sunbeam.shared.netmap_sub import NetmapSubscription
 from sunbeam.shared.proto.ip import EchoReplied, IpResponder, Reply
 from sunbeam.shared.runtime import RateLimitedLog, decoding_handler, endpoint
 from sunbeam.shared.runtime.service import Service
@@ -38,7 +33,6 @@ from .routing import RouteTable
 __all__ = ["IpPlane"]
 
 IN_SOCKET = "proxy-in"
-CONTROL_PUB = "control-pub"
 RCVHWM = 1000
 
 
@@ -50,7 +44,6 @@ class IpPlane:
         self.outbox = WgOutbox(svc.loop, rundir, svc.context.wg_workers, svc.counters)
         self.responder = IpResponder(counters=svc.counters)
         self.routes = RouteTable()
-        self.follower = NetmapFollower()
         self.bad_log = RateLimitedLog(svc.log)
         self.on_echo_reply: Callable[[EchoReplied], None] = lambda _reply: None
         """Set by the ping server."""
@@ -61,26 +54,13 @@ class IpPlane:
         svc.loop.on_readable(self.pull, decoding_handler(PROXY_IN_CODEC, self._from_peer, svc.counters,
                                                          bad_log=self.bad_log, counter="proxy_in_bad_message"))
 
-        self.sub: zmq.Socket[Any] = svc.loop.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(endpoint(rundir, CONTROL_PUB))
-        svc.loop.on_readable(self.sub, decoding_handler(CONTROL_EVENT_CODEC, self._control_event, svc.counters,
-                                                        bad_log=self.bad_log, counter="control_bad_message"))
+        self.netmap_sub = NetmapSubscription(svc.loop, rundir, svc.counters, self.apply_netmap)
 
     @property
     def netmap(self) -> Netmap | None:
-        return self.follower.netmap
+        return self.netmap_sub.netmap
 
     # -- netmap ------------------------------------------------------------------------
-
-    def _control_event(self, event: ControlEvent) -> None:
-        netmap = self.follower.apply(event)
-        if netmap is not None:
-            self.apply_netmap(netmap)
-        elif self.follower.needs_snapshot and self.follower.netmap is not None:
-            self.counters.incr("netmap_gap")
-            self.sub.setsockopt(zmq.UNSUBSCRIBE, b"")
-            self.sub.setsockopt(zmq.SUBSCRIBE, b"")
 
     def apply_netmap(self, netmap: Netmap) -> None:
         addresses = netmap.self_node.addresses if netmap.self_node is not None else ()

@@ -1,16 +1,21 @@
 """sunbeam-wg: one WireGuard worker (``--worker K`` of ``wg_workers``).
 
-Will own: the handshakes, sessions, replay windows and timers of the peers whose node key
-hashes to this worker; encryption and decryption for them.
-
-Runs today as the supervised service shell (config, runtime dir, ctl socket
-``wg-K-ctl.sock`` answering health/status/stop, clean shutdown).
+Owns the handshakes, sessions, replay windows and timers of the peers whose node key hashes
+to this worker (`sunbeam.shared.sharding.owner`), and encrypts/decrypts for them; see
+`worker.py` for its sockets. The node key IS the WireGuard static key.
 """
 
 from __future__ import annotations
 
-from sunbeam.shared.runtime.service import run_service
+from sunbeam.shared.runtime.service import Service, run_service
+
+from .worker import Worker
+
+
+def setup(svc: Service) -> None:
+    worker = Worker(svc)
+    svc.extra_counters = worker.health_counters
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_service("wg", argv=argv, sharded=True)
+    return run_service("wg", setup, argv=argv, sharded=True)

@@ -175,6 +175,6 @@ def test_netmap_gap_resubscribes_and_new_addresses_apply(proxy):
                    peers=NETMAP.peers)
     proxy.pub.send(CONTROL_EVENT_CODEC.encode(NetmapSnapshot(seq=9, netmap=moved)))
     proxy.wait_counter("netmap_applied", 2)
-    assert proxy.counters()["netmap_gap"] == 1
+    assert proxy.counters()["control_resubscribe"] == 1
     proxy.from_peer(UPSTREAM["echo4_req"])  # to 100.64.0.5: no longer ours
     proxy.wait_counter("ip.not_for_us", 1)

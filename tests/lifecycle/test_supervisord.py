@@ -91,9 +91,13 @@ def test_pipeline_runs_restarts_and_stops_cleanly(env):
         res = ctl(env, "status")
         assert res.returncode == 1 and res.stdout.strip() == "VPN: not running"
     finally:
-        if sup.poll() is None:
-            sup.kill()
-            sup.wait()
+        if sup.poll() is None:  # a failed assertion: stop it the way that stops its children
+            sup.send_signal(signal.SIGTERM)
+            try:
+                sup.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                sup.kill()
+                sup.wait()
 
 
 def test_config_error_is_one_line_and_exit_2(env):

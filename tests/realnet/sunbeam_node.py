@@ -35,12 +35,23 @@ class SunbeamNode:
         self.env.update(extra_env or {})
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, service: str = "control") -> subprocess.Popen:
-        log = open(self.base / f"{service}.log", "ab")
-        proc = subprocess.Popen(self.refnet["exec_prefix"] + [f"sunbeam-{service}"], env=self.env, stdout=log,
+    def start(self, service: str = "control", *args: str, name: str | None = None) -> subprocess.Popen:
+        """Start ``sunbeam-<service> args...``; ``name`` (default: the service) keys it here."""
+        name = name or service
+        log = open(self.base / f"{name}.log", "ab")
+        proc = subprocess.Popen(self.refnet["exec_prefix"] + [f"sunbeam-{service}", *args], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs[service] = proc
+        self.procs[name] = proc
         return proc
+
+    def start_pipeline(self, workers: int = 1) -> None:
+        """Every service, as supervisord would run them (without supervisord)."""
+        self.env["SUNBEAM_WG_WORKERS"] = str(workers)
+        self.start("control")
+        for k in range(workers):
+            self.start("wg", "--worker", str(k), name=f"wg-{k}")
+        for service in ("derp", "udp", "proxy"):
+            self.start(service)
 
     def stop(self, service: str = "control", sig: int = signal.SIGTERM) -> int:
         proc = self.procs.pop(service)

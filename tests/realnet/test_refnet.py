@@ -26,7 +26,7 @@ def _status(peer: dict) -> dict:
 
 
 def _check_mesh(info: dict) -> None:
-    a, b = info["peers"]
+    a, b = info["peers"][:2]  # (other modules may have added peers to the shared network)
     for me, other in ((a, b), (b, a)):
         st = _status(me)
         assert st["BackendState"] == "Running"
@@ -37,7 +37,7 @@ def _check_mesh(info: dict) -> None:
 
 
 def _ping(info: dict) -> str:
-    a, b = info["peers"]
+    a, b = info["peers"][:2]  # (other modules may have added peers to the shared network)
     # In DERP-only mode no direct path can form, and `tailscale ping` would report that as a
     # failure; there, count the DERP pongs instead of waiting for a direct one.
     until_direct = "--until-direct=false" if info["derp_only"] else "--until-direct=true"
@@ -49,7 +49,7 @@ def _ping(info: dict) -> str:
 
 
 def _blob_through_socks(info: dict, size: int) -> None:
-    a, b = info["peers"]
+    a, b = info["peers"][:2]  # (other modules may have added peers to the shared network)
     res = fetch_via_socks(info, a, b, f"/blob/{size}?seed=refnet")
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     assert len(res.stdout) == size
@@ -57,7 +57,7 @@ def _blob_through_socks(info: dict, size: int) -> None:
 
 
 def test_peers_list_each_other(refnet):
-    assert len(refnet["peers"]) == 2
+    assert len(refnet["peers"]) >= 2
     _check_mesh(refnet)
     # Headscale agrees: both nodes registered and online.
     nodes = json.loads(subprocess.run(refnet["headscale_cli"] + ["nodes", "list", "-o", "json"],
@@ -77,7 +77,7 @@ def test_blob_through_socks5(refnet):
 
 
 def test_upload_and_echo_through_socks5(refnet):
-    a, b = refnet["peers"]
+    a, b = refnet["peers"][:2]
     payload = os.urandom(3 * 1024 * 1024 + 7)
     base = f"http://{b['ips'][0]}:{b['service_port']}"
     curl = refnet["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", "60", "--socks5-hostname", a["socks5"]]

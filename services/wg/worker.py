@@ -1,0 +1,257 @@
+"""One WireGuard worker process: the sole owner of the peers that hash to it.
+
+Sockets (ipc in the runtime dir)::
+
+    wg-<k>-in     PULL (bind)   ToPeer | UdpReceived | DerpReceived     (WG_IN_CODEC)
+    control-pub   SUB           the netmap: which peers we own, their AllowedIPs,
+                                endpoints and home DERP region
+    udp-in        PUSH          UdpSend(dsts, msgs)        our WireGuard messages over UDP
+    derp-in       PUSH          DerpSend(key, region, msgs)  ... and over DERP
+    proxy-in      PUSH          FromPeer(key, ip packets)  decrypted, source-checked packets
+    wg-<j>-in     PUSH          UdpReceived(src, [init])   a handshake initiation that
+                                                             belongs to worker j
+
+Ownership: a peer belongs to worker ``owner(node_key, wg_workers)``; this worker's
+`Device` holds only those peers. Inbound messages reach the right worker without shared
+state: the udp service routes types 2/3/4 by the worker number in the receiver index,
+DERP by the sender's key; a type-1 initiation from an unknown address may land anywhere:
+we decrypt the initiator's static key and forward the datagram to its owner.
+
+Paths: until disco confirms a direct path (a later issue), every message to a peer goes
+both to each UDP endpoint the netmap (or the peer's last packet) gives and over DERP via
+the peer's home region; the receiver's replay window drops the duplicates.
+
+Everything here is owned by the worker's loop thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from sunbeam.shared.keys import from_text, load_or_create
+from sunbeam.shared.messages.codec import BadMessage
+from sunbeam.shared.messages.dataplane import (
+    DERP_IN_CODEC,
+    PROXY_IN_CODEC,
+    UDP_IN_CODEC,
+    WG_IN_CODEC,
+    DerpReceived,
+    DerpSend,
+    FromPeer,
+    ToPeer,
+    UdpReceived,
+    UdpSend,
+)
+from sunbeam.shared.netmap import Netmap
+from sunbeam.shared.netmap_sub import NetmapSubscription
+from sunbeam.shared.proto.wireguard import MESSAGE_INITIATION, Device, message_type
+from sunbeam.shared.runtime import RateLimitedLog, send_bounded
+from sunbeam.shared.runtime.rundir import endpoint
+from sunbeam.shared.runtime.service import Service
+from sunbeam.shared.sharding import owner
+
+HWM = 4096
+MAX_BATCH = 256
+
+
+@dataclass
+class PeerRoute:
+    """Where to send a peer's messages (from the netmap, plus what we learned)."""
+
+    endpoints: tuple[str, ...] = ()
+    home_derp: int = 0
+    last_udp_src: str | None = None
+
+    def udp_dsts(self) -> list[str]:
+        dsts = list(self.endpoints)
+        if self.last_udp_src and self.last_udp_src not in dsts:
+            dsts.append(self.last_udp_src)
+        return dsts[:16]
+
+
+@dataclass
+class Outbox:
+    """Per-iteration batches, flushed by the loop's end-of-iteration callback."""
+
+    udp: dict[tuple[str, ...], list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    derp: dict[tuple[bytes, int], list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    proxy: dict[bytes, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    forward: dict[tuple[int, str], list[bytes]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Worker:
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.loop = svc.loop
+        self.counters = svc.counters
+        self.noisy = RateLimitedLog(svc.log, max_lines=10, interval=60)
+        ctx = svc.context
+        self.index = svc.worker or 0
+        self.workers = ctx.wg_workers
+        keys, _ = load_or_create(ctx.state_dir)
+        self.device = Device(private_key=keys.node.private_bytes(), worker=self.index, random_bytes=os.urandom)
+        self.routes: dict[bytes, PeerRoute] = {}
+        self.out = Outbox()
+        rundir = ctx.runtime_dir
+        z = self.loop
+
+        self.inbox = z.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.RCVHWM, HWM)
+        z.bind(self.inbox, endpoint(rundir, f"wg-{self.index}-in"))
+        z.on_readable(self.inbox, self._on_inbox)
+
+        self.netmap_sub = NetmapSubscription(z, rundir, self.counters, self._apply_netmap)
+
+        self.udp = self._push(endpoint(rundir, "udp-in"))
+        self.derp = self._push(endpoint(rundir, "derp-in"))
+        self.proxy = self._push(endpoint(rundir, "proxy-in"))
+        self.peers_out = {j: self._push(endpoint(rundir, f"wg-{j}-in")) for j in range(self.workers) if j != self.index}
+        z.on_iteration_end(self._flush)
+        self._timer: Any = None
+
+    def _push(self, ep: str) -> zmq.Socket[Any]:
+        sock = self.loop.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.connect(ep)
+        return sock
+
+    # -- netmap -------------------------------------------------------------------------
+
+    def _apply_netmap(self, netmap: Netmap) -> None:
+        wanted: dict[bytes, Any] = {}
+        for peer in netmap.peers:
+            try:
+                key = from_text("nodekey:", peer.key)
+            except ValueError:
+                self.counters.incr("netmap_bad_key")
+                continue
+            if owner(key, self.workers) == self.index:
+                wanted[key] = peer
+        for key in list(self.routes):
+            if key not in wanted:
+                self.device.remove_peer(key)
+                del self.routes[key]
+        for key, peer in wanted.items():
+            self.device.set_peer(key, peer.allowed_ips)
+            route = self.routes.setdefault(key, PeerRoute())
+            route.endpoints, route.home_derp = tuple(peer.endpoints), peer.home_derp
+        self.counters.incr("netmap_updates")
+        self._rearm()
+
+    # -- inbound ------------------------------------------------------------------------
+
+    def _on_inbox(self, sock: zmq.Socket[Any]) -> None:
+        now = time.time()
+        for _ in range(MAX_BATCH):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                msg = WG_IN_CODEC.decode(frame)
+            except BadMessage as exc:
+                self.counters.incr("inbox_bad_message")
+                self.noisy.warning("inbox", "bad_message", error=str(exc)[:200])
+                continue
+            if isinstance(msg, ToPeer):
+                self._send_ip(msg.peer_key, msg.packets, now)
+            elif isinstance(msg, UdpReceived):
+                for pkt in msg.packets:
+                    self._receive(pkt, now, udp_src=msg.src)
+            elif isinstance(msg, DerpReceived):
+                for pkt in msg.packets:
+                    self._receive(pkt, now, derp_from=msg.peer_key)
+        self._rearm()
+
+    def _send_ip(self, peer_key: bytes, packets: list[bytes], now: float) -> None:
+        if peer_key not in self.routes:
+            self.counters.incr("to_unknown_peer_drop", len(packets))
+            return
+        msgs = self.device.encapsulate(peer_key, packets, now)
+        if msgs:
+            self._to_peer(peer_key, msgs)
+
+    def _receive(self, pkt: bytes, now: float, *, udp_src: str | None = None, derp_from: bytes | None = None) -> None:
+        if udp_src is not None and message_type(pkt) == MESSAGE_INITIATION:
+            initiator = self.device.initiator_static(pkt, now)
+            if initiator is None:
+                self.counters.incr("initiation_invalid")
+                return
+            target = owner(initiator, self.workers)
+            if target != self.index:
+                self.out.forward[(target, udp_src)].append(pkt)
+                self.counters.incr("initiation_forwarded")
+                return
+        result = self.device.decapsulate(pkt, now, src=(udp_src or "").encode())
+        if result.error:
+            self.noisy.info(result.error, "wg_drop", reason=result.error)
+        peer = result.peer_key
+        if peer is None:
+            if result.to_peer and udp_src is not None:  # a cookie reply goes back to the source
+                self.out.udp[(udp_src,)].extend(result.to_peer)
+            return
+        route = self.routes.get(peer)
+        if route is not None and udp_src is not None:
+            route.last_udp_src = udp_src
+        if result.to_peer:
+            self._to_peer(peer, result.to_peer)
+        if result.to_tunnel:
+            self.out.proxy[peer].extend(result.to_tunnel)
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def _to_peer(self, peer_key: bytes, msgs: list[bytes]) -> None:
+        route = self.routes.get(peer_key)
+        if route is None:
+            return
+        dsts = route.udp_dsts()
+        if dsts:
+            self.out.udp[tuple(dsts)].extend(msgs)
+        self.out.derp[(peer_key, route.home_derp)].extend(msgs)
+
+    def _flush(self) -> None:
+        out, self.out = self.out, Outbox()
+        for dsts, msgs in out.udp.items():
+            for i in range(0, len(msgs), MAX_BATCH):
+                send_bounded(self.udp, UDP_IN_CODEC.encode(UdpSend(dsts=list(dsts), packets=msgs[i:i + MAX_BATCH])),
+                             self.counters, counter="udp_send_dropped")
+        for (key, region), msgs in out.derp.items():
+            for i in range(0, len(msgs), MAX_BATCH):
+                send_bounded(self.derp, DERP_IN_CODEC.encode(DerpSend(peer_key=key, region=region,
+                                                                       packets=msgs[i:i + MAX_BATCH])),
+                             self.counters, counter="derp_send_dropped")
+        for key, pkts in out.proxy.items():
+            for i in range(0, len(pkts), MAX_BATCH):
+                send_bounded(self.proxy, PROXY_IN_CODEC.encode(FromPeer(peer_key=key, packets=pkts[i:i + MAX_BATCH])),
+                             self.counters, counter="proxy_send_dropped")
+        for (target, src), pkts in out.forward.items():
+            send_bounded(self.peers_out[target], WG_IN_CODEC.encode(UdpReceived(src=src, packets=pkts)),
+                         self.counters, counter="forward_dropped")
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        when = self.device.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer = self.loop.call_later(max(0.0, when - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for peer_key, msgs in self.device.update_timers(time.time()):
+            self._to_peer(peer_key, msgs)
+        self._rearm()
+
+    def health_counters(self) -> dict[str, int]:
+        merged = dict(self.counters.snapshot())
+        merged.update({f"wg_{k}": v for k, v in self.device.counters.items()})
+        merged["peers"] = len(self.routes)
+        return merged
