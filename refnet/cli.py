@@ -4,7 +4,7 @@
     sunbeam-refnet up [--peers N] [--json] [--derp-only] [--name NAME]
     sunbeam-refnet show [--json] [--name NAME]  describe a running network
     sunbeam-refnet down [--name NAME]           remove every process, the namespace, temp files
-    sunbeam-refnet demo [--keep]                up, show two peers talking, fetch a page, down
+    sunbeam-refnet demo [--keep]                up, join sunbeam to it, show traffic both ways, down
 
 DERP-only mode: ``--derp-only`` or ``TS_DEBUG_ALWAYS_USE_DERP=1`` in the environment.
 Needs root (network namespaces). Nothing started here talks outside loopback and the namespace.
@@ -50,27 +50,6 @@ def fetch_via_socks(info: dict, via: dict, target: dict, path: str, timeout: int
                           capture_output=True, timeout=timeout + 10)
 
 
-def demo(keep: bool) -> int:
-    info = network.up(2, log=_log)
-    try:
-        print(describe(info))
-        a, b = info["peers"]
-        _log(f"tailscale status on {a['name']}:")
-        print(subprocess.run(a["tailscale_cli"] + ["status"], capture_output=True, text=True).stdout.rstrip())
-        _log(f"tailscale ping {b['name']} from {a['name']}:")
-        print(subprocess.run(a["tailscale_cli"] + ["ping", "--c=3", b["ips"][0]],
-                             capture_output=True, text=True).stdout.rstrip())
-        _log(f"fetching http://{b['ips'][0]}:{b['service_port']}/ through {a['name']}'s SOCKS5 proxy:")
-        res = fetch_via_socks(info, a, b, "/")
-        print(res.stdout.decode(errors="replace").rstrip() or res.stderr.decode(errors="replace"))
-        return 0 if res.returncode == 0 else 1
-    finally:
-        if keep:
-            _log(f"kept running; remove it with: sunbeam-refnet down --name {info['name']}")
-        else:
-            _log("tearing down: " + "; ".join(network.down(info["name"])))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sunbeam-refnet", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -84,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop and remove the reference network")
     p_demo = sub.add_parser("demo", help="bring it up, show it working, tear it down")
     p_demo.add_argument("--keep", action="store_true", help="leave it running afterwards")
+    p_demo.add_argument("--supervisord-conf", help="sunbeam's supervisord.conf (default: ./supervisord.conf)")
     for p in (p_up, p_show, sub.choices["down"]):
         p.add_argument("--name", default=network.DEFAULT_NAME)
     args = ap.parse_args(argv)
@@ -108,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                 _log(line)
             return 0
         if args.cmd == "demo":
-            return demo(args.keep)
+            from .demo import run
+
+            return run(args.keep, args.supervisord_conf)
     except (InstallError, RuntimeError, ValueError, OSError) as exc:
         print(f"sunbeam-refnet: error: {exc}", file=sys.stderr)
         return 1

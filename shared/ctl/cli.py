@@ -2,6 +2,7 @@
 
     sunbeam-ctl [--config PATH] [--context NAME] status [--json]   VPN state and each service's health
     sunbeam-ctl [--config PATH] [--context NAME] netmap [--json]   the netmap the control service publishes
+    sunbeam-ctl [--config PATH] [--context NAME] ping PEER [-c N]  ICMP echo to a peer (name or IP)
     sunbeam-ctl [--config PATH] [--context NAME] stop              ask every service to stop
 
 Exit codes: 0 ok; 1 nothing running / a service did not answer; 2 usage or config error.
@@ -15,6 +16,7 @@ import json
 import sys
 
 import msgspec
+import zmq
 
 from ..config import ConfigError, load_config
 from ..messages.ctl import Ack, ErrorReply, ServiceHealth, StatusReply, StatusRequest, StopRequest
@@ -36,7 +38,7 @@ def _vpn_lines(control: ControlStatus | None) -> tuple[list[str], bool]:
     if control.state == "Error":
         return [f"VPN: error: {control.reason}"], False
     reason = f" ({control.reason})" if control.reason else ""
-    return [f"VPN: {control.state.lower()}{reason}", f"addresses: {addrs}"], control.state != "Reconnecting"
+    return [f"VPN: {control.state.lower()}{reason}", f"addresses: {addrs}"], False
 
 
 def _status(rundir, as_json: bool) -> int:
@@ -118,6 +120,56 @@ def _stop(rundir) -> int:
     return 0 if ok else 1
 
 
+def _find_peer(rundir, target: str) -> tuple[str, str] | None:
+    """(name, IPv4-or-first address) of the peer called ``target`` (hostname, MagicDNS name or IP)."""
+    watch = NetmapWatch(rundir)
+    try:
+        netmap = watch.wait_for(lambda nm: True, 5.0)
+    except TimeoutError:
+        return None
+    finally:
+        watch.close()
+    want = target.lower().rstrip(".")
+    for p in netmap.peers:
+        ips = [a.split("/")[0] for a in p.addresses]
+        names = {(p.hostname or "").lower(), p.name.lower().rstrip("."), p.name.lower().split(".")[0]}
+        if want in names or target in ips:
+            return (p.hostname or p.name), (target if target in ips else ips[0])
+    return None
+
+
+def _ping(rundir, target: str, count: int) -> int:
+    from ..messages.codec import BadMessage
+    from ..runtime.rundir import endpoint
+
+    found = _find_peer(rundir, target)
+    if found is None:
+        print(f"sunbeam-ctl: no peer called {target!r} in the netmap (or the VPN is not running)")
+        return 1
+    name, ip = found
+    # the proxy owns the IP layer: it sends the echoes and matches the replies
+    from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int((count * 2.0 + 5) * 1000))
+    sock.connect(endpoint(rundir, "proxy-ping"))
+    try:
+        sock.send(PING_REQUEST_CODEC.encode(PingPeer(dst_ip=ip, count=count, timeout=2.0)))
+        result = PING_REPLY_CODEC.decode(sock.recv())
+    except (zmq.Again, BadMessage):
+        print("sunbeam-ctl: the proxy service did not answer")
+        return 1
+    finally:
+        sock.close()
+    if result.error:
+        print(f"sunbeam-ctl: ping {name}: {result.error}")
+        return 1
+    for rtt in result.rtts:
+        print(f"pong from {name} ({ip}) in {rtt * 1000:.1f} ms" if rtt is not None else f"no reply from {name} ({ip})")
+    return 0 if any(r is not None for r in result.rtts) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sunbeam-ctl", description=__doc__.splitlines()[0])
     ap.add_argument("--config")
@@ -127,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--json", action="store_true")
     p_netmap = sub.add_parser("netmap", help="show the netmap the control service publishes")
     p_netmap.add_argument("--json", action="store_true")
+    p_ping = sub.add_parser("ping", help="ICMP echo to a peer through the tunnel")
+    p_ping.add_argument("peer")
+    p_ping.add_argument("-c", "--count", type=int, default=3)
     sub.add_parser("stop", help="ask every service to stop")
     args = ap.parse_args(argv)
     try:
@@ -138,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(ctx.runtime_dir, args.json)
     if args.cmd == "netmap":
         return _netmap(ctx.runtime_dir, args.json)
+    if args.cmd == "ping":
+        return _ping(ctx.runtime_dir, args.peer, max(1, min(args.count, 100)))
     return _stop(ctx.runtime_dir)
 
 

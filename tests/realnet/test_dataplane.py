@@ -106,3 +106,16 @@ def test_each_peer_served_by_its_owner_and_all_reachable(refnet_derp, node):
         assert counters["peers"] == len(expected[k]), (k, counters, expected)
         if expected[k]:
             assert counters.get("wg_handshake_completed", 0) >= 1, counters
+
+
+def test_sunbeam_ctl_ping_by_name(refnet_derp, node):
+    target = refnet_derp["peers"][1]
+    deadline = time.monotonic() + 30
+    while True:
+        res = node.ctl("ping", target["name"], "-c", "3")
+        if res.returncode == 0 or time.monotonic() > deadline:
+            break
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"pong from {target['name']} ({target['ips'][0]}) in " in res.stdout
+    unknown = node.ctl("ping", "no-such-peer")
+    assert unknown.returncode == 1 and "no peer called 'no-such-peer'" in unknown.stdout
