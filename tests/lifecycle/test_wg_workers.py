@@ -1,0 +1,143 @@
+"""Two sunbeam-wg worker processes: ownership, forwarding of initiations, AllowedIPs.
+
+No network: the test plays the control service (XPUB ``control-pub`` answering each
+subscription with a snapshot), the udp/derp/proxy services (PULL sockets), and a remote
+WireGuard peer (our own `Device`, whose key is chosen so that worker 1 owns it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+import zmq
+
+from sunbeam.shared.ctl.client import request
+from sunbeam.shared.keys import load_or_create, public_from_private
+from sunbeam.shared.messages.ctl import HealthRequest
+from sunbeam.shared.messages.dataplane import (
+    DERP_IN_CODEC,
+    PROXY_IN_CODEC,
+    UDP_IN_CODEC,
+    WG_IN_CODEC,
+    DerpReceived,
+    UdpReceived,
+)
+from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
+from sunbeam.shared.netmap import Netmap, Peer, SelfNode
+from sunbeam.shared.proto.ip.icmp import build_echo_request
+from sunbeam.shared.proto.wireguard import Device, receiver_index
+from sunbeam.shared.sharding import owner, worker_of_index
+
+OURS, PEER_IP, OUTSIDER = "100.64.0.5", "100.64.0.9", "100.64.0.77"
+SRC = "127.0.0.1:40000"
+
+
+@pytest.fixture()
+def harness(tmp_path):
+    base = tmp_path
+    rundir, state = base / "run", base / "state"
+    rundir.mkdir(mode=0o700)
+    keys, _ = load_or_create(state)
+    while True:  # a peer key that worker 1 owns
+        peer_priv = os.urandom(32)
+        if owner(public_from_private(peer_priv), 2) == 1:
+            break
+    peer_pub = public_from_private(peer_priv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
+    env.update(SUNBEAM_RUNTIME_DIR=str(rundir), SUNBEAM_STATE_DIR=str(state), SUNBEAM_WG_WORKERS="2",
+               SUNBEAM_CONTROL_URL="http://127.0.0.1:9", SUNBEAM_AUTH_KEY="k", XDG_CONFIG_HOME=str(base / "cfg"))
+    ctx = zmq.Context()
+    socks = {}
+    for name, kind in (("control-pub", zmq.XPUB), ("udp-in", zmq.PULL), ("derp-in", zmq.PULL), ("proxy-in", zmq.PULL)):
+        s = ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.XPUB:
+            s.setsockopt(zmq.XPUB_VERBOSE, 1)
+        s.bind(f"ipc://{rundir}/{name}.sock")
+        socks[name] = s
+    netmap = Netmap(
+        self_node=SelfNode(id=1, key="nodekey:" + keys.node.public.hex(), addresses=(f"{OURS}/32",)),
+        peers=(Peer(id=2, key="nodekey:" + peer_pub.hex(), addresses=(f"{PEER_IP}/32",),
+                    allowed_ips=(f"{PEER_IP}/32",), home_derp=999),),
+    )
+    procs = [subprocess.Popen(["sunbeam-wg", "--worker", str(k)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    subscribed = 0
+    deadline = time.monotonic() + 15
+    while subscribed < 2 and time.monotonic() < deadline:
+        if socks["control-pub"].poll(200) and socks["control-pub"].recv()[:1] == b"\x01":
+            subscribed += 1
+            socks["control-pub"].send(CONTROL_EVENT_CODEC.encode(NetmapSnapshot(seq=1, netmap=netmap)))
+    assert subscribed == 2
+    push = {}
+    for k in (0, 1):
+        push[k] = ctx.socket(zmq.PUSH)
+        push[k].setsockopt(zmq.LINGER, 0)
+        push[k].connect(f"ipc://{rundir}/wg-{k}-in.sock")
+    peer = Device(private_key=peer_priv, worker=0, random_bytes=os.urandom)
+    peer.set_peer(keys.node.public, [f"{OURS}/32"])
+
+    def counters(k):
+        return request(rundir / f"wg-{k}-ctl.sock", HealthRequest(), timeout=5.0, context=ctx).counters
+
+    deadline = time.monotonic() + 10
+    while not (counters(0).get("netmap_updates") and counters(1).get("netmap_updates")):
+        assert time.monotonic() < deadline, "workers never applied the netmap"
+        time.sleep(0.05)
+    yield dict(socks=socks, push=push, peer=peer, our_pub=keys.node.public, peer_pub=peer_pub, counters=counters)
+    for p in procs:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+    ctx.destroy(linger=0)
+
+
+def _recv(sock, codec, timeout=5.0):
+    assert sock.poll(int(timeout * 1000)), "nothing arrived"
+    return codec.decode(sock.recv())
+
+
+def _icmp(src: str) -> bytes:
+    return build_echo_request(src, OURS, 7, 1, b"sunbeam")
+
+
+def test_initiation_reaches_owner_and_data_flows(harness):
+    h = harness
+    c0, c1 = h["counters"](0), h["counters"](1)
+    assert (c0["peers"], c1["peers"]) == (0, 1)  # worker 1 alone owns the peer
+    init = h["peer"].encapsulate(h["our_pub"], [_icmp(PEER_IP)], time.time())
+    assert len(init) == 1 and init[0][0] == 1
+    # the udp service may hand a type-1 from an unknown address to any worker: give it to 0
+    h["push"][0].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=init)))
+    udp = _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
+    assert SRC in udp.dsts and udp.packets[0][0] == 2  # the owner answered, to where it came from
+    derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
+    assert derp.peer_key == h["peer_pub"] and derp.region == 999 and derp.packets == udp.packets  # every path
+    assert h["counters"](0)["initiation_forwarded"] == 1
+    assert worker_of_index(receiver_index(udp.packets[0]) or 0) == 0  # the response names the peer's index
+    # the peer completes the handshake and sends its staged echo request
+    out = []
+    for m in udp.packets:
+        out += h["peer"].decapsulate(m, time.time()).to_peer
+    assert out and all(m[0] == 4 for m in out)
+    assert worker_of_index(receiver_index(out[0])) == 1  # our index names worker 1
+    h["push"][1].send(WG_IN_CODEC.encode(DerpReceived(peer_key=h["peer_pub"], region=999, packets=out)))
+    got = _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC)
+    assert got.peer_key == h["peer_pub"] and got.packets == [_icmp(PEER_IP)]
+    # a packet whose source is outside the peer's AllowedIPs is dropped and counted
+    bad = h["peer"].encapsulate(h["our_pub"], [_icmp(OUTSIDER)], time.time())
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=bad)))
+    deadline = time.monotonic() + 5
+    while h["counters"](1).get("wg_allowed_ips_drop", 0) < 1:
+        assert time.monotonic() < deadline, h["counters"](1)
+        time.sleep(0.05)
+    assert not h["socks"]["proxy-in"].poll(200)
+    # a duplicate (as 'send on every path' produces) is dropped by the replay window
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=out)))
+    deadline = time.monotonic() + 5
+    while h["counters"](1).get("wg_replay", 0) < 1:
+        assert time.monotonic() < deadline, h["counters"](1)
+        time.sleep(0.05)
+    assert not h["socks"]["proxy-in"].poll(200)
