@@ -10,7 +10,9 @@ Headscale runs inside the namespace with everything on loopback::
 
 DERP region 999 ("refnet") is generated from ``server_url``: HostName 127.0.0.1, DERPPort
 8080, STUNPort 3478; tailscaled speaks plain HTTP to it because of TS_DEBUG_USE_DERP_HTTP=1.
-The policy is empty (allow all); MagicDNS base domain ``tailnet.test``.
+The policy (`POLICY`) allows every connection except to TCP/UDP port `DENIED_PORT`
+(7777), so tests can prove that a connection the packet filter forbids is refused.
+MagicDNS base domain ``tailnet.test``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ CONTROL_PORT = 8080
 STUN_PORT = 3478
 CONTROL_URL = f"http://127.0.0.1:{CONTROL_PORT}"
 BASE_DOMAIN = "tailnet.test"
+DENIED_PORT = 7777
+POLICY = json.dumps({"acls": [{"action": "accept", "src": ["*"],
+                               "dst": [f"*:1-{DENIED_PORT - 1}", f"*:{DENIED_PORT + 1}-65535"]}]}, indent=2)
 
 
 def config_yaml(workdir: Path) -> str:
@@ -72,7 +77,7 @@ log:
   format: text
 policy:
   mode: file
-  path: ""
+  path: {workdir}/policy.hujson
 dns:
   magic_dns: true
   base_domain: {BASE_DOMAIN}
@@ -102,6 +107,7 @@ class Headscale:
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(config_yaml(self.workdir))
+        (self.workdir / "policy.hujson").write_text(POLICY + "\n")
 
     def start(self) -> subprocess.Popen:
         self.write_config()

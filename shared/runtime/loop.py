@@ -76,7 +76,8 @@ class ServiceLoop:
         # All of the following are owned by the loop thread.
         self._poller = zmq.Poller()
         self._poller.register(shutdown.wakeup_fd, zmq.POLLIN)
-        self._handlers: dict[Source, Callable[[Any], object]] = {}
+        self._handlers: dict[Source, Callable[[Any], object]] = {}  # readers
+        self._writers: dict[Source, Callable[[Any], object]] = {}
         self._sockets: list[zmq.Socket[Any]] = []  # closed by close()
         self._files = OwnedSocketFiles()
         self._timers = TimerHeap()
@@ -112,13 +113,30 @@ class ServiceLoop:
         A non-zmq source (a Python socket, a file) is polled by its file descriptor, since
         ``zmq.Poller.poll`` reports those by fd, not by the object registered."""
         key = _poll_key(source)
-        if key not in self._handlers:
-            self._poller.register(key, zmq.POLLIN)
         self._handlers[key] = handler if key is source else (lambda _fd, s=source, h=handler: h(s))
+        self._update_poll(key)
 
     def remove_reader(self, source: Source) -> None:
         key = _poll_key(source)
         if self._handlers.pop(key, None) is not None:
+            self._update_poll(key)
+
+    def on_writable(self, source: Source, handler: Callable[[Any], object]) -> None:
+        """Call ``handler(source)`` while ``source`` can take output (remove it when done)."""
+        key = _poll_key(source)
+        self._writers[key] = handler if key is source else (lambda _fd, s=source, h=handler: h(s))
+        self._update_poll(key)
+
+    def remove_writer(self, source: Source) -> None:
+        key = _poll_key(source)
+        if self._writers.pop(key, None) is not None:
+            self._update_poll(key)
+
+    def _update_poll(self, key: Any) -> None:
+        flags = (zmq.POLLIN if key in self._handlers else 0) | (zmq.POLLOUT if key in self._writers else 0)
+        if flags:
+            self._poller.register(key, flags)  # registering again replaces the flags
+        else:
             self._poller.unregister(key)
 
     def on_iteration_end(self, callback: Callable[[], object]) -> None:
@@ -164,13 +182,18 @@ class ServiceLoop:
         if self.shutdown.is_set:
             wait = 0.0
         timeout_ms = -1 if wait is None else math.ceil(wait * 1000)
-        for source, _events in self._poller.poll(timeout_ms):
+        for source, events in self._poller.poll(timeout_ms):
             if source == self.shutdown.wakeup_fd:
                 self.shutdown.drain_wakeup()
                 continue
-            handler = self._handlers.get(source)
-            if handler is not None:  # None: removed by an earlier handler this iteration
-                self._call(handler, "handler_failed", source)
+            if events & zmq.POLLOUT:
+                writer = self._writers.get(source)
+                if writer is not None:
+                    self._call(writer, "handler_failed", source)
+            if events & (zmq.POLLIN | zmq.POLLERR):
+                handler = self._handlers.get(source)
+                if handler is not None:  # None: removed by an earlier handler this iteration
+                    self._call(handler, "handler_failed", source)
         for timer in self._timers.pop_due(self.clock()):
             if not timer.cancelled:  # cancelled by an earlier timer this iteration
                 self._call(timer.callback, "timer_failed")
@@ -194,6 +217,8 @@ class ServiceLoop:
             self.log.debug("socket_file_unlinked", path=str(path))
         for source in list(self._handlers):
             self.remove_reader(source)
+        for source in list(self._writers):
+            self.remove_writer(source)
         for sock in self._sockets:
             sock.close(linger=self.linger_ms)
         self._sockets.clear()

@@ -329,3 +329,28 @@ def test_plain_socket_reader_gets_its_socket_object(tmp_path):
         assert len(got) == 1
     a.close()
     b.close()
+
+
+def test_writable_handler_fires_until_removed():
+    import socket as _socket
+
+    from sunbeam.shared.runtime import ServiceLoop, Shutdown
+
+    a, b = _socket.socketpair()
+    fired = []
+    with Shutdown() as shutdown, ServiceLoop("t", shutdown) as loop:
+        def on_writable(sock):
+            fired.append(sock)
+            loop.remove_writer(sock)
+
+        loop.on_readable(a, lambda s: fired.append(("read", s.recv(10))))
+        loop.on_writable(a, on_writable)
+        loop.run_once(max_wait=1.0)
+        assert fired == [a]  # writable at once; nothing to read yet
+        b.send(b"x")
+        loop.run_once(max_wait=1.0)
+        assert fired[-1] == ("read", b"x")  # the reader still works after the writer left
+        loop.run_once(max_wait=0.05)
+        assert len(fired) == 2
+    a.close()
+    b.close()
