@@ -1,0 +1,36 @@
+"""Our userspace TCP (RFC 9293), sans-IO and batch-oriented, for the proxy service.
+
+`TcpStack` takes IP packets in (`receive`), gives IP packets out (`poll`) and reports
+`events`; time comes in as ``now`` and randomness (ISNs, ephemeral ports) from the
+``random_bytes`` it is given. Modules, one concern each:
+
+    segment      wire layout of TCP header and options; checksum; parse / build
+    states       connection states
+    connection   the control block, user calls (send/read/shutdown/abort), timers
+    input        segment arrival (RFC 9293 3.10.7): fast path and the RFC's checks
+    sender       ACK processing, NewReno / SACK loss recovery, D-SACK undo, RTO
+    probes       tail loss probe (RFC 8985), zero-window probe, keepalive
+    output       building segments: SYN, data, retransmissions, FIN, ACK, RST
+    congestion   cwnd / ssthresh arithmetic (NewReno, RFC 5681 / 6582)
+    scoreboard   the sender's SACK scoreboard (RFC 2018 / 6675)
+    rack         time-based loss detection (RACK, RFC 8985)
+    reassembly   the receiver's out-of-order queue and SACK blocks
+    rtt          the retransmission timeout (RFC 6298)
+    stack        demultiplexing, listening ports, timers heap, the public API
+    events       what `TcpStack.events` returns
+"""
+
+from .events import (
+           Closed,
+           Connected,
+           ConnectionRequest,
+           Event,
+           PeerFinished,
+           Readable,
+           Reset,
+           Writable,
+)
+from .stack import TcpStack
+
+__all__ = ["Closed", "Connected", "ConnectionRequest", "Event", "PeerFinished", "Readable", "Reset", "TcpStack",
+           "Writable"]

@@ -1,0 +1,71 @@
+"""What `TcpStack.events()` reports, in the order it happened.
+
+Every connection id handed out (by `connect` or a `ConnectionRequest`) ends with exactly
+one `Closed`; after it the id is gone (calls with it are quiet no-ops). A `Reset` always
+comes before its `Closed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Closed", "Connected", "ConnectionRequest", "Event", "PeerFinished", "Readable", "Reset", "Writable"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRequest:
+    """A SYN arrived for a port we listen on; answer with `accept` or `refuse`."""
+
+    conn_id: int
+    src: tuple[str, int]
+    """The peer's address and port."""
+    dst: tuple[str, int]
+    """Our address and port it connects to."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The three-way handshake completed (ESTABLISHED), either role."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """New in-order data can be `read` (at most one per connection per `receive`/timer)."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Writable:
+    """Send-buffer space opened (at least a quarter of it) after `send` accepted less than offered."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerFinished:
+    """The peer's FIN: once the readable data is read, the stream from the peer is at EOF."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The connection failed; unread data is discarded. A `Closed` follows."""
+
+    conn_id: int
+    reason: str
+    """``reset`` (peer's RST), ``refused`` (RST answering our SYN), ``timeout``
+    (retransmissions or the handshake gave up), ``keepalive`` (no answer to probes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Fully closed (both FINs acknowledged, or reset, aborted or refused); the id is gone."""
+
+    conn_id: int
+
+
+Event = ConnectionRequest | Connected | Readable | Writable | PeerFinished | Reset | Closed

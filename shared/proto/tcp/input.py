@@ -1,0 +1,323 @@
+"""Segment arrival (RFC 9293 section 3.10.7): `_Input`, a mixin of `Connection`.
+
+The fast path (header prediction, as in Van Jacobson's and every BSD-derived stack)
+takes a segment in ESTABLISHED or FIN-WAIT-2 (or a pure ACK in CLOSE-WAIT) with ACK (and
+maybe PSH), no other flag, no options, the expected sequence number, an ACK inside
+[SND.UNA, SND.MAX], data that fits the window, and an empty out-of-order queue: it
+processes the ACK (`_Sender._ack`), appends the data to the receive buffer and owes an
+ACK. That ACK goes out at the next `poll`: one (stretch) ACK per batch and connection,
+as receive-side coalescing (GRO) makes Linux do. Deviation: RFC 9293 3.8.6.3 / RFC 1122
+4.2.3.2 ask for an ACK at least every second full-sized segment; the sender's byte
+counting (`congestion`) does not need it. Out-of-order data, a filled gap, a FIN and
+anything unacceptable are acknowledged at once.
+
+Everything else takes the slow path, which follows the RFC's checks in order:
+
+1. sequence acceptability (the four-case table of 3.10.7.4, with RCV.WND = RCV.ADV -
+   RCV.NXT); an unacceptable segment is answered with an ACK. With a zero window an
+   in-sequence segment's ACK is still processed, its data dropped and re-ACKed.
+   The segment is then trimmed to the window (data before RCV.NXT, and after the right
+   edge with its FIN).
+2. RST: reset only when SEQ == RCV.NXT exactly, otherwise a challenge ACK (RFC 5961 3.2).
+3. SYN in a synchronized state: a challenge ACK (RFC 5961 4.2). The peer's own SYN again
+   (SEQ = IRS) loses its SYN bit first, as in BSD: a retransmitted SYN in SYN-RECEIVED
+   gets our SYN-ACK again, and the SYN-ACK of a simultaneous open acts as the ACK.
+4. ACK: SYN-RECEIVED -> ESTABLISHED when it acknowledges our SYN (else RST); an ACK for
+   data never sent is answered with an ACK and the segment dropped; old ACKs are ignored;
+   our FIN acknowledged moves FIN-WAIT-1 -> FIN-WAIT-2, CLOSING -> TIME-WAIT,
+   LAST-ACK -> CLOSED.
+5. Data: in order -> receive buffer (plus whatever the out-of-order queue now completes,
+   then an immediate ACK, RFC 5681 4.2); above RCV.NXT -> `Reassembly` and an immediate
+   duplicate ACK carrying SACK blocks.
+6. FIN, once in order: RCV.NXT + 1, `PeerFinished`, ESTABLISHED -> CLOSE-WAIT,
+   FIN-WAIT-1 -> CLOSING (or TIME-WAIT if our FIN is acknowledged too),
+   FIN-WAIT-2 -> TIME-WAIT; a FIN again in TIME-WAIT restarts its timer.
+
+SYN-SENT (3.10.7.3): an ACK outside (ISS, SND.NXT] gets a RST; a RST with an acceptable
+ACK means "refused"; SYN-ACK -> ESTABLISHED; a bare SYN -> SYN-RECEIVED (simultaneous open).
+"""
+
+from __future__ import annotations
+
+from ..ip.headers import Malformed
+from .events import PeerFinished, Readable
+from .rack import Rack
+from .reassembly import Reassembly
+from .scoreboard import Scoreboard
+from .segment import ACK, FIN, NO_OPTIONS, RST, SYN, Options, parse_options
+from .states import (
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    M32,
+    REQUESTED,
+    SYN_RCVD,
+    SYN_SENT,
+    TIME_WAIT,
+)
+
+__all__: list[str] = []
+
+MIN_MSS = 64
+
+
+class _Input:
+    __slots__ = ()
+
+    def input(self, seqw: int, ackw: int, flags: int, wnd: int, pkt, opt: int, off: int, end: int,
+              now: float) -> None:
+        """One segment for this connection: options are ``pkt[opt:off]``, data ``pkt[off:end]``."""
+        self.last_rx = now
+        rcv_nxt = self.rcv_nxt
+        state = self.state
+        if ((state == ESTABLISHED or state == FIN_WAIT_2 or (state == CLOSE_WAIT and end == off))
+                and flags & 0x37 == ACK and opt == off and seqw == rcv_nxt & M32):
+            una = self.snd_una
+            d = (ackw - una) & M32
+            plen = end - off
+            if d <= self.snd_max - una and (not plen or (self.ooo is None and plen <= self.rcv_adv - rcv_nxt)):
+                self._ack(una + d, wnd << self.snd_ws, rcv_nxt, plen, flags, (), now)
+                if plen:
+                    self.rcv_buf += pkt[off:end]
+                    self.rcv_nxt = rcv_nxt + plen
+                    if not self.readable:
+                        self.readable = True
+                        self.stack._readable.append(self)
+                    if not self.ack_pending:
+                        self.ack_pending = True
+                        self._mark()
+                return
+        self._slow_input(seqw, ackw, flags, wnd, pkt, opt, off, end, now)
+
+    def _slow_input(self, seqw, ackw, flags, wnd, pkt, opt, off, end, now) -> None:
+        try:
+            opts = parse_options(pkt[opt:off]) if off > opt else NO_OPTIONS
+        except Malformed as e:
+            self.stack._drop(e.reason, e.detail)
+            return
+        state = self.state
+        if state == SYN_SENT:
+            self._input_syn_sent(seqw, ackw, flags, wnd, opts, pkt, off, end, now)
+            return
+        if state == REQUESTED:
+            if flags & RST and seqw == self.rcv_nxt & M32:
+                self._fail("reset")
+            return
+        if state == CLOSED:
+            return
+        rcv_nxt = self.rcv_nxt
+        seq = self.unwrap(seqw, rcv_nxt)
+        plen = end - off
+        syn = flags & SYN
+        fin = flags & FIN
+        dup_syn = syn and seq == self.irs
+        if dup_syn:  # the peer's SYN again (or its SYN-ACK in a simultaneous open): drop the SYN
+            syn = 0
+            seq += 1
+        seg_len = plen + (1 if syn else 0) + fin
+        rwnd = self.rcv_adv - rcv_nxt
+        rwnd = max(rwnd, 0)
+        # 1. sequence number check
+        if seg_len == 0:
+            ok = seq == rcv_nxt if rwnd == 0 else rcv_nxt <= seq < rcv_nxt + rwnd
+        elif rwnd == 0:
+            ok = False
+        else:
+            last = seq + seg_len - 1
+            ok = rcv_nxt <= seq < rcv_nxt + rwnd or rcv_nxt <= last < rcv_nxt + rwnd
+        if not ok:
+            if flags & RST:
+                return
+            if rwnd == 0 and seq == rcv_nxt and flags & ACK and not syn and state >= ESTABLISHED:
+                self.stack.counters["zero_window_drop"] += 1
+                ok_ack = self.unwrap(ackw, self.snd_una)
+                if self.snd_una <= ok_ack <= self.snd_max:
+                    self._ack(ok_ack, wnd << self.snd_ws, seq, 0, flags, opts.sack if self.sb is not None else (), now)
+            elif state == TIME_WAIT and fin:
+                self._enter_time_wait(now)
+            if plen and seq + plen <= rcv_nxt:
+                self.dsack = (seq, seq + plen)
+            self.stack.counters["unacceptable"] += 1
+            self._send_ack_now()
+            return
+        # trim to the window
+        if seq < rcv_nxt:
+            cut = rcv_nxt - seq
+            if cut > plen:
+                fin = 0
+                cut = plen
+            if cut:
+                self.dsack = (seq, seq + cut)
+            off += cut
+            plen -= cut
+            data_seq = rcv_nxt
+        else:
+            data_seq = seq
+        over = data_seq + plen - (rcv_nxt + rwnd)
+        if over > 0:
+            plen -= over
+            fin = 0
+        # 2. RST
+        if flags & RST:
+            if seq != rcv_nxt:
+                self._send_ack_now()  # challenge ACK (RFC 5961 3.2)
+            elif state >= CLOSING:
+                self._finish()
+            else:
+                self._fail("reset")
+            return
+        # 3. SYN in a synchronized state: challenge ACK (RFC 5961 4.2)
+        if syn:
+            self._send_ack_now()
+            return
+        # 4. ACK
+        if not flags & ACK:
+            if dup_syn and state == SYN_RCVD:
+                self.snd_nxt = self.iss  # the peer missed our SYN-ACK: send it again
+                self._mark()
+            return
+        una = self.snd_una
+        ack = self.unwrap(ackw, una)
+        if state == SYN_RCVD:
+            if not una < ack <= self.snd_max:
+                self._send_rst_now(ack)
+                return
+            self.snd_wl1 = seq - 1
+            self._established()
+            state = self.state
+        if ack > self.snd_max:
+            self._send_ack_now()
+            return
+        if ack >= una:
+            self._ack(ack, wnd << self.snd_ws, seq, plen, flags, opts.sack if self.sb is not None else (), now)
+        fin_seq = self.fin_seq
+        if fin_seq is not None and self.snd_una > fin_seq:
+            if state == FIN_WAIT_1:
+                self.state = state = FIN_WAIT_2
+                self.rtx_at = 0.0
+            elif state == CLOSING:
+                self._enter_time_wait(now)
+                return
+            elif state == LAST_ACK:
+                self._finish()
+                return
+        # 5. data, 6. FIN
+        if plen > 0 or fin:
+            if state == ESTABLISHED or state == FIN_WAIT_1 or state == FIN_WAIT_2:
+                self._text(data_seq, pkt[off:off + plen] if plen > 0 else b"", fin, now)
+            elif fin and state == TIME_WAIT:
+                self._enter_time_wait(now)
+                self._send_ack_now()
+
+    def _text(self, seq: int, data: bytes, fin: int, now: float) -> None:
+        rcv_nxt = self.rcv_nxt
+        if seq > rcv_nxt:
+            ooo = self.ooo
+            if ooo is None:
+                ooo = self.ooo = Reassembly()
+            if data and not ooo.add(seq, data):
+                self.dsack = (seq, seq + len(data))
+            if fin:
+                ooo.fin = seq + len(data)
+            self.stack.counters["out_of_order"] += 1
+            self._send_ack_now()
+            return
+        if data:
+            self.rcv_buf += data
+            rcv_nxt += len(data)
+        ooo = self.ooo
+        filled = False
+        if ooo is not None:
+            for chunk in ooo.pop_ready(rcv_nxt):
+                self.rcv_buf += chunk
+                rcv_nxt += len(chunk)
+                filled = True
+            if ooo.fin is not None and ooo.fin <= rcv_nxt:
+                fin = 1
+                ooo.fin = None
+            if not ooo:
+                self.ooo = None
+            filled = True
+        self.rcv_nxt = rcv_nxt
+        if (data or filled) and not self.readable and self.rcv_buf:
+            self.readable = True
+            self.stack._readable.append(self)
+        if fin:
+            self._fin_received(now)
+        elif filled:
+            self._send_ack_now()
+        else:
+            self.ack_pending = True
+            self._mark()
+
+    def _fin_received(self, now: float) -> None:
+        if self.peer_fin:
+            return
+        self.peer_fin = True
+        self.rcv_nxt += 1
+        stack = self.stack
+        if self.readable:
+            self.readable = False
+            stack._events.append(Readable(self.id))
+        stack._events.append(PeerFinished(self.id))
+        state = self.state
+        if state == ESTABLISHED or state == SYN_RCVD:
+            self.state = CLOSE_WAIT
+        elif state == FIN_WAIT_1:
+            if self.fin_seq is not None and self.snd_una > self.fin_seq:
+                self._enter_time_wait(now)
+            else:
+                self.state = CLOSING
+        elif state == FIN_WAIT_2:
+            self._enter_time_wait(now)
+        self._send_ack_now()
+
+    def _input_syn_sent(self, seqw, ackw, flags, wnd, opts: Options, pkt, off, end, now) -> None:
+        ack = 0
+        if flags & ACK:
+            ack = self.unwrap(ackw, self.iss)
+            if ack <= self.iss or ack > self.snd_max:
+                if not flags & RST:
+                    self._send_rst_now(ack)
+                return
+        if flags & RST:
+            if ack:
+                self._fail("refused")
+            return
+        if not flags & SYN:
+            return
+        self.irs = seqw
+        self.rcv_nxt = self.rcv_adv = seqw + 1
+        self.apply_syn_options(opts)
+        if ack:
+            self.snd_wl1 = seqw - 1
+            self._ack(ack, wnd, seqw, 0, 0, (), now)
+            self._established()
+            plen = end - off
+            if plen > 0 or flags & FIN:
+                self._text(seqw + 1, pkt[off:end], flags & FIN, now)
+            self.ack_pending = True
+            self._mark()
+        else:
+            self.state = SYN_RCVD  # simultaneous open: SYN-ACK with our ISS
+            self.snd_wnd = self.max_snd_wnd = wnd
+            self.snd_nxt = self.iss
+            self._mark()
+
+    def apply_syn_options(self, opts: Options) -> None:
+        """What the peer's SYN says: its MSS, window scale, SACK permission (RFC 7323, 2018)."""
+        peer_mss = opts.mss if opts.mss is not None else (1220 if self.v6 else 536)
+        self.mss = mss = max(min(self.mss, peer_mss), MIN_MSS)
+        self.cc.set_mss(mss)
+        if opts.wscale is not None:
+            self.snd_ws = opts.wscale
+            self.rcv_ws = self.cfg.wscale
+            self.ws_ok = True
+        if opts.sack_ok and self.cfg.sack:
+            self.sack_ok = True
+            self.sb = Scoreboard()
+            self.rack = Rack(self.iss + 1)

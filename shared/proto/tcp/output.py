@@ -1,0 +1,310 @@
+"""Everything a connection transmits: `_Output`, a mixin of `Connection`.
+
+Each packet is built in one go, IP header + TCP header (+ options) + data, with both
+checksums computed arithmetically: the constant part of each (addresses, ports, protocol,
+TTL) is summed once per connection (``hsum``, ``ip_base``) and only the per-segment words
+and the data (`segment.data_sum`) are added per segment. IPv4: no options, DF clear,
+TTL 64, identification counting up per connection. IPv6: flow label 0, hop limit 64.
+
+What `output` sends, in order (RFC 9293 3.10.7 and the recovery rules in `sender`):
+
+1. SYN (SYN-SENT) or SYN-ACK (SYN-RECEIVED) with MSS, window scale and SACK-permitted
+   (the latter two only on a SYN-ACK when the peer's SYN had them); the window in a SYN
+   is never scaled (RFC 7323 2.2).
+2. The first unacknowledged segment, when a fast retransmit, partial ACK or timeout asked
+   for it (``rexmit_una``).
+3. With SACK in recovery: lost holes above HighRxt, while pipe < cwnd (RFC 6675 NextSeg).
+4. Data from SND.NXT within min(send window, cwnd) (+ 2 MSS of limited transmit), full
+   segments only unless it is the last of the buffer or half the peer's largest window
+   fits (sender SWS avoidance, RFC 9293 3.8.6.2.1; Nagle is off: a proxy forwards what it
+   has at once). PSH on the segment that empties the buffer.
+5. Our FIN once all data is sent (it needs one byte of send window, not cwnd).
+6. A pure ACK if one is owed and nothing above carried it, with SACK blocks while the
+   out-of-order queue holds data.
+
+Window (RFC 9293 3.8.6.2.2, receiver SWS avoidance): the right edge moves only when it
+can move by min(buffer / 2, MSS); it never moves left.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .segment import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    build_sack_option,
+    build_syn_options,
+    data_sum,
+)
+from .states import ESTABLISHED, M32, SYN_RCVD, SYN_SENT, TIME_WAIT
+
+__all__: list[str] = []
+
+H4 = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+"""IPv4 header (20) + TCP header (20)."""
+H6 = struct.Struct("!IHBB16s16sHHIIBBHHH")
+"""IPv6 header (40) + TCP header (20)."""
+
+
+class _Output:
+    __slots__ = ()
+
+    # --- building ------------------------------------------------------------------
+
+    def _tx(self, out: list, seq: int, flags: int, payload=b"", opts: bytes = b"", wndf: int = -1) -> None:
+        """Append one segment with our current ACK and window."""
+        seqw = seq & M32
+        ackw = self.rcv_nxt & M32 if flags & ACK else 0
+        if wndf < 0:
+            wndf = self._window_field()
+        hl = 20 + len(opts)
+        tlen = hl + len(payload)
+        s = (self.hsum + tlen + (seqw >> 16) + (seqw & 0xFFFF) + (ackw >> 16) + (ackw & 0xFFFF)
+             + ((hl << 10) | flags) + wndf)
+        if payload:
+            s += data_sum(payload)
+        if opts:
+            s += data_sum(opts)
+        csum = -s % 0xFFFF
+        if self.v6:
+            pkt = H6.pack(0x60000000, tlen, 6, self.cfg.ttl, self.laddr, self.raddr, self.lport, self.rport,
+                          seqw, ackw, hl << 2, flags, wndf, csum, 0)
+        else:
+            self.ident = ident = (self.ident + 1) & 0xFFFF
+            total = tlen + 20
+            pkt = H4.pack(0x45, 0, total, ident, 0, self.cfg.ttl, 6, -(self.ip_base + total + ident) % 0xFFFF,
+                          self.laddr, self.raddr, self.lport, self.rport, seqw, ackw, hl << 2, flags, wndf, csum, 0)
+        if opts:
+            pkt += opts
+        out.append(pkt + payload if payload else pkt)
+
+    def _window_field(self) -> int:
+        """The window to advertise now (scaled); moves RCV.ADV, never to the left."""
+        rcv_nxt = self.rcv_nxt
+        cap = self.cfg.recv_buffer
+        free = cap - len(self.rcv_buf)
+        adv = self.rcv_adv
+        ws = self.rcv_ws
+        if rcv_nxt + free - adv >= min(cap >> 1, self.mss):
+            wndf = free >> ws
+            wndf = min(wndf, 0xFFFF)
+            self.rcv_adv = rcv_nxt + (wndf << ws)
+            return wndf
+        return (adv - rcv_nxt) >> ws
+
+    def _window_update_due(self) -> bool:
+        """After a read: is the window now worth announcing (it at least doubled)?"""
+        if self.state < ESTABLISHED or self.peer_fin:
+            return False
+        cur = self.rcv_adv - self.rcv_nxt
+        free = self.cfg.recv_buffer - len(self.rcv_buf)
+        return free - cur >= min(self.cfg.recv_buffer >> 1, self.mss) and free >= 2 * cur
+
+    def _ack_options(self) -> bytes:
+        """SACK blocks while data waits out of order; a pending D-SACK block first (RFC 2883)."""
+        ooo = self.ooo
+        dsack = self.dsack
+        if dsack is not None:
+            self.dsack = None
+            if self.sack_ok:
+                blocks = ooo.sack_blocks(3) if ooo is not None else []
+                return build_sack_option([dsack, *blocks])
+        if ooo is not None and self.sack_ok and ooo.ranges:
+            return build_sack_option(ooo.sack_blocks())
+        return b""
+
+    def _send_ack_now(self) -> None:
+        """An ACK right away (out-of-order data, a gap filled, an unacceptable segment)."""
+        self.ack_pending = False
+        self._tx(self.stack._out, self.snd_max, ACK, b"", self._ack_options())
+
+    def _send_rst_now(self, seq: int) -> None:
+        self._tx(self.stack._out, seq, RST, b"", b"", 0)
+        self.stack.counters["rst_sent"] += 1
+
+    def _send_probe(self) -> None:
+        """Zero-window / keepalive probe: SEQ = SND.UNA - 1, no data; the peer answers with an ACK."""
+        self._tx(self.stack._out, self.snd_una - 1, ACK)
+
+    def _syn_segment(self, out: list, now: float) -> None:
+        cfg = self.cfg
+        ack = self.state == SYN_RCVD
+        if ack:  # answer with what the peer offered
+            opts = build_syn_options(cfg.mss6 if self.v6 else cfg.mss4, self.rcv_ws if self.ws_ok else None,
+                                     self.sack_ok)
+        else:
+            opts = build_syn_options(cfg.mss6 if self.v6 else cfg.mss4, cfg.wscale, cfg.sack)
+        wndf = min(cfg.recv_buffer - len(self.rcv_buf), 0xFFFF)
+        self.rcv_adv = self.rcv_nxt + wndf
+        self._tx(out, self.iss, SYN | ACK if ack else SYN, b"", opts, wndf)
+        self.snd_nxt = self.iss + 1
+        if self.snd_max < self.snd_nxt:
+            self.snd_max = self.snd_nxt
+            self.rtt_seq, self.rtt_time = self.snd_nxt, now
+        else:
+            self.rtt_seq = 0
+        if not self.rtx_at:
+            self.rtx_at = now + self.rtt.rto
+            self._arm(self.rtx_at)
+
+    # --- the output routine ----------------------------------------------------------
+
+    def output(self, now: float, out: list) -> None:
+        """Append whatever this connection may send now to ``out``."""
+        self.dirty = False
+        state = self.state
+        if state < ESTABLISHED:
+            if (state == SYN_SENT or state == SYN_RCVD) and self.snd_nxt == self.iss:
+                self._syn_segment(out, now)
+            return
+        if state >= TIME_WAIT:
+            if self.ack_pending and state == TIME_WAIT:
+                self._send_ack_now()
+            return
+        if not self._output_data(now, out) and self.ack_pending:
+            self.ack_pending = False
+            self._tx(out, self.snd_max, ACK, b"", self._ack_options())
+
+    def _output_data(self, now: float, out: list) -> int:
+        """Retransmissions, new data and FIN; returns the number of segments sent."""
+        mss = self.mss
+        una = self.snd_una
+        nxt = self.snd_nxt
+        base = self.sbuf_seq
+        sbuf = self.sbuf
+        data_end = base + len(sbuf)
+        fin_seq = self.fin_seq
+        wnd_edge = una + self.snd_wnd
+        cc = self.cc
+        cwnd = cc.cwnd
+        sent = 0
+        wndf = -1  # computed at the first transmission: it moves RCV.ADV
+        tx = self._tx
+        if self.rexmit_una:
+            self.rexmit_una = False
+            n = min(mss, data_end - una)
+            if n > 0:
+                if wndf < 0:
+                    wndf = self._window_field()
+                tx(out, una, ACK, sbuf[una - base:una - base + n], b"", wndf)
+            elif fin_seq is not None and una == fin_seq:
+                if wndf < 0:
+                    wndf = self._window_field()
+                tx(out, una, ACK | FIN, b"", b"", wndf)
+                n = 1
+            if n > 0:
+                sent += 1
+                self._rexmitted(una, una + n, now)
+                nxt = max(nxt, una + n)
+        rack = self.rack
+        if self.recovery and rack is not None:
+            sb = self.sb
+            lost = rack.boundary
+            frm = max(self.high_rxt, una)
+            pipe = (self.snd_max - una) - sb.sacked - sb.hole_bytes(frm, lost) - rack.lost_rtx_bytes(una)
+            for r in [r for r in rack.rtx if r[3]]:  # lost retransmissions first
+                if cwnd - pipe < mss:
+                    break
+                s = r[0] = max(r[0], una)
+                n = min(mss, r[1] - s, data_end - s)
+                if n <= 0:
+                    continue
+                if wndf < 0:
+                    wndf = self._window_field()
+                tx(out, s, ACK, sbuf[s - base:s - base + n], b"", wndf)
+                sent += 1
+                self._rexmitted(s, s + n, now)
+                pipe += n
+            while cwnd - pipe >= mss:
+                hole = sb.next_hole(frm, lost)
+                if hole is None:
+                    break
+                s = hole[0]
+                n = min(mss, hole[1] - s, data_end - s)
+                if n <= 0:
+                    break
+                if wndf < 0:
+                    wndf = self._window_field()
+                tx(out, s, ACK, sbuf[s - base:s - base + n], b"", wndf)
+                sent += 1
+                frm = s + n
+                self._rexmitted(s, frm, now)
+                pipe += n
+            cwnd_edge = nxt + max(cwnd - pipe, 0)
+        else:
+            dupacks = self.dupacks
+            if 0 < dupacks < 3 and not self.recovery:
+                cwnd += dupacks * mss  # limited transmit (RFC 3042)
+            cwnd_edge = una + cwnd
+        edge = min(cwnd_edge, wnd_edge)
+        snd_max = self.snd_max
+        force = self.force
+        new = 0
+        while nxt < data_end:
+            n = data_end - nxt
+            n = min(n, mss)
+            room = edge - nxt
+            if room < n:
+                if room <= 0 or (room < mss and room < self.max_snd_wnd >> 1 and not force):
+                    break
+                n = room
+                force = False
+            off = nxt - base
+            end = nxt + n
+            if wndf < 0:
+                wndf = self._window_field()
+            tx(out, nxt, ACK | PSH if end == data_end else ACK, sbuf[off:off + n], b"", wndf)
+            sent += 1
+            if nxt < snd_max:
+                self._rexmitted(nxt, end, now)
+            else:
+                new += 1
+                if rack is not None:
+                    rack.ends.append(end)
+                    rack.times.append(now)
+                    rack.tx_high = end
+                if not self.rtt_seq:
+                    self.rtt_seq, self.rtt_time = end, now
+            nxt = end
+        self.force = False
+        if fin_seq is not None and nxt == fin_seq and fin_seq < wnd_edge:
+            if wndf < 0:
+                wndf = self._window_field()
+            tx(out, fin_seq, ACK | FIN, b"", b"", wndf)
+            sent += 1
+            if nxt < snd_max:
+                self._rexmitted(nxt, nxt + 1, now)
+            nxt += 1
+        self.snd_nxt = nxt
+        if nxt > snd_max:
+            self.snd_max = snd_max = nxt
+        flight = snd_max - una
+        self.cwnd_limited = (flight << 1 >= cwnd) if cwnd < cc.ssthresh else flight + mss >= cwnd
+        if sent:
+            self.ack_pending = False
+        if flight:
+            if not self.rtx_at:
+                self.rtx_at = now + self.rtt.rto
+                self._arm(self.rtx_at)
+            if new and rack is not None and not self.tlp_at:
+                self._arm_tlp(now)
+        elif (nxt < data_end or (fin_seq is not None and nxt <= fin_seq)) and not self.persist_at:
+            self.persist_at = now + self.rtt.rto
+            self._arm(self.persist_at)
+        return sent
+
+    def _rexmitted(self, start: int, end: int, now: float) -> None:
+        """Bookkeeping for a retransmission of [start, end)."""
+        self.retransmits += 1
+        if self.undo_retrans >= 0:
+            self.undo_retrans += 1
+        self.stack.counters["retransmit"] += 1
+        if self.rtt_seq:
+            self.rtt_seq = 0  # Karn: no sample from this flight's timed segment
+        self.high_rxt = max(self.high_rxt, end)
+        if self.rack is not None:
+            self.rack.sent(start, end, now)

@@ -1,0 +1,341 @@
+"""`TcpStack`: every TCP connection of one node, sans-IO and batch-oriented.
+
+    receive(ip_packets, now)  ->  demultiplex by (remote addr, local addr, remote port,
+                                  local port), checksum, segment arrival per connection
+    poll(now)                 ->  IP packets to transmit: immediate answers (RSTs,
+                                  duplicate ACKs) first, then each connection with
+                                  something to send (data, retransmissions, one ACK)
+    events()                  ->  ConnectionRequest / Connected / Readable / Writable /
+                                  PeerFinished / Reset / Closed, in order
+    next_timer(), handle_timer(now)   retransmission, persist, keepalive, TIME-WAIT timers
+
+Demultiplexing key: the inbound packet's own bytes, ``src | dst | sport | dport``, i.e.
+IPv4 bytes 12..24 and IPv6 bytes 8..44 (no IPv6 extension headers), so the fast path
+looks a connection up with one slice. The fast path verifies the IPv4 header checksum
+and the TCP checksum over the whole packet at once (`segment.fold16`: the IP header is
+a multiple of 16 bits and sums to 0 when valid); anything unusual (IPv4 options,
+fragments, trailing bytes are fine) goes through `segment.parse_packet`.
+
+Segments for no connection (RFC 9293 3.10.7.1): a SYN to a listened port on one of our
+addresses becomes a ``REQUESTED`` connection and a `ConnectionRequest` (at most
+``max_requests`` at once; more SYNs are dropped, counted ``drop_syn_queue_full``); a RST
+is ignored; anything else to our addresses is answered with a RST
+(<SEQ=SEG.ACK><CTL=RST>, or <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>). Packets for other
+addresses are dropped (``drop_not_local``).
+
+Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out``,
+``drop_<reason>`` for refused packets (the reasons of `segment.parse_packet` plus
+``not_local``, ``syn_queue_full``, ``bad_options``), ``rst_sent``, ``rst_ignored``,
+``retransmit``, ``fast_retransmit``, ``rto``, ``window_probe``, ``out_of_order``,
+``unacceptable``, ``zero_window_drop``, ``reset_<reason>``, ``request_timeout``. The last
+refused packet's reason and detail are in ``last_drop`` for a rate-limited log.
+
+Ownership: one stack per proxy process, used from its loop thread only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable
+from heapq import heappop, heappush
+
+from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
+from .connection import Config, Connection
+from .events import ConnectionRequest, Event, Readable
+from .segment import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    build_packet,
+    fold16,
+    parse_options,
+    parse_packet,
+)
+from .states import CLOSED, REQUESTED
+from .states import M32 as _M32
+from .states import STATE_NAMES as _NAMES
+
+__all__ = ["TcpStack"]
+
+_SEQ = struct.Struct("!IIBBH")
+"""seq, ack, data offset << 4, flags, window: TCP header bytes 4..16."""
+EPHEMERAL_FIRST, EPHEMERAL_COUNT = 49152, 16384
+
+
+class TcpStack:
+    def __init__(self, *, random_bytes: Callable[[int], bytes], mss4: int = 1240, mss6: int = 1220,
+                 recv_buffer: int = 1 << 20, send_buffer: int = 1 << 20, max_requests: int = 1024,
+                 **options) -> None:
+        """``options`` go to `Config` (sack, min_rto, max_rto, syn_retries, max_retries,
+        time_wait, request_timeout, keepalive_idle/interval/count, ttl)."""
+        self.cfg = Config(mss4=mss4, mss6=mss6, recv_buffer=recv_buffer, send_buffer=send_buffer, **options)
+        self._random = random_bytes
+        self.max_requests = max_requests
+        self.counters: Counter[str] = Counter()
+        self.last_drop: tuple[str, str] = ("", "")
+        self._local: frozenset[bytes] = frozenset()
+        self._listen: set[int] = set()
+        self._by_key: dict[bytes, Connection] = {}
+        self._by_id: dict[int, Connection] = {}
+        self._next_id = 1
+        self._requests = 0
+        self._out: list[bytes] = []
+        self._dirty: list[Connection] = []
+        self._events: list[Event] = []
+        self._readable: list[Connection] = []
+        self._heap: list = []
+        self._tie = itertools.count()
+
+    # --- configuration ---------------------------------------------------------------
+
+    def set_local_addresses(self, addrs: Iterable[str]) -> None:
+        self._local = packed_set(addrs)
+
+    def listen(self, port: int) -> None:
+        self._listen.add(port)
+
+    def unlisten(self, port: int) -> None:
+        self._listen.discard(port)
+
+    # --- packets in ------------------------------------------------------------------
+
+    def receive(self, packets: list[bytes], now: float) -> None:
+        by_key = self._by_key
+        unpack = _SEQ.unpack_from
+        from_bytes = int.from_bytes
+        self.counters["packets_in"] += len(packets)
+        for pkt in packets:
+            n = len(pkt)
+            if n >= 40 and pkt[0] == 0x45 and pkt[9] == 6 and not (pkt[6] & 0x3F or pkt[7]):
+                total = pkt[2] << 8 | pkt[3]
+                conn = by_key.get(pkt[12:24])
+                if conn is not None and 40 <= total <= n:
+                    doff = (pkt[32] >> 4) << 2
+                    if 20 <= doff <= total - 20:
+                        if from_bytes(pkt[:20], "big") % 0xFFFF:
+                            self._drop("bad_ip_checksum")
+                            continue
+                        x = from_bytes(pkt if total == n else pkt[:total], "big")
+                        if total & 1:
+                            x <<= 8
+                        if (fold16(x) + conn.addr_sum + total - 14) % 0xFFFF:
+                            self._drop("bad_tcp_checksum")
+                            continue
+                        seqw, ackw, _off, flags, wnd = unpack(pkt, 24)
+                        conn.input(seqw, ackw, flags, wnd, pkt, 40, 20 + doff, total, now)
+                        continue
+            elif n >= 60 and pkt[0] >> 4 == 6 and pkt[6] == 6:
+                plen = pkt[4] << 8 | pkt[5]
+                end = 40 + plen
+                conn = by_key.get(pkt[8:44])
+                if conn is not None and 60 <= end <= n:
+                    doff = (pkt[52] >> 4) << 2
+                    if 20 <= doff <= plen:
+                        x = from_bytes(pkt if end == n else pkt[:end], "big")
+                        if end & 1:
+                            x <<= 8
+                        if (fold16(x) - from_bytes(pkt[:8], "big") + plen + 6) % 0xFFFF:
+                            self._drop("bad_tcp_checksum")
+                            continue
+                        seqw, ackw, _off, flags, wnd = unpack(pkt, 44)
+                        conn.input(seqw, ackw, flags, wnd, pkt, 60, 40 + doff, end, now)
+                        continue
+            self._receive_slow(pkt, now)
+        if self._readable:
+            events = self._events
+            for c in self._readable:
+                if c.readable:
+                    c.readable = False
+                    events.append(Readable(c.id))
+            self._readable = []
+
+    def _receive_slow(self, pkt: bytes, now: float) -> None:
+        try:
+            seg = parse_packet(pkt)
+        except Malformed as e:
+            self._drop(e.reason, e.detail)
+            return
+        key = seg.src + seg.dst + seg.sport.to_bytes(2, "big") + seg.dport.to_bytes(2, "big")
+        conn = self._by_key.get(key)
+        if conn is not None:
+            buf = seg.options + seg.payload
+            conn.input(seg.seq, seg.ack, seg.flags, seg.window, buf, 0, len(seg.options), len(buf), now)
+            return
+        if seg.dst not in self._local:
+            self._drop("not_local", addr_text(seg.dst))
+            return
+        flags = seg.flags
+        if flags & RST:
+            self.counters["rst_ignored"] += 1
+            return
+        if flags & (SYN | ACK | FIN) == SYN and seg.dport in self._listen:
+            self._passive_open(seg, key, now)
+            return
+        if flags & ACK:
+            rst = build_packet(seg.dst, seg.src, seg.dport, seg.sport, seg.ack, 0, RST, 0)
+        else:
+            rst = build_packet(seg.dst, seg.src, seg.dport, seg.sport, 0, (seg.seq + seg.seg_len) & _M32,
+                               RST | ACK, 0)
+        self._out.append(rst)
+        self.counters["rst_sent"] += 1
+
+    def _passive_open(self, seg, key: bytes, now: float) -> None:
+        if self._requests >= self.max_requests:
+            self._drop("syn_queue_full")
+            return
+        try:
+            opts = parse_options(seg.options)
+        except Malformed as e:
+            self._drop(e.reason, e.detail)
+            return
+        conn = self._new(seg.dst, seg.dport, seg.src, seg.sport, key, now)
+        conn.irs = seg.seq
+        conn.rcv_nxt = conn.rcv_adv = seg.seq + 1
+        conn.apply_syn_options(opts)
+        conn.snd_wnd = conn.max_snd_wnd = seg.window
+        conn.snd_wl1 = seg.seq
+        conn.open_passive(now)
+        self._requests += 1
+        self._events.append(ConnectionRequest(conn.id, (addr_text(seg.src), seg.sport),
+                                              (addr_text(seg.dst), seg.dport)))
+
+    # --- connections -----------------------------------------------------------------
+
+    def _new(self, laddr: bytes, lport: int, raddr: bytes, rport: int, key: bytes, now: float) -> Connection:
+        iss = int.from_bytes(self._random(4), "big")
+        conn = Connection(self, self.cfg, self._next_id, laddr, lport, raddr, rport, iss, now)
+        assert conn.key == key
+        self._next_id += 1
+        self._by_key[key] = conn
+        self._by_id[conn.id] = conn
+        return conn
+
+    def _get(self, conn_id: int) -> Connection | None:
+        conn = self._by_id.get(conn_id)
+        if conn is None and not 0 < conn_id < self._next_id:
+            raise KeyError(f"no connection {conn_id} was ever made")
+        return conn
+
+    def connect(self, src_ip: str, dst: tuple[str, int], now: float) -> int:
+        laddr, raddr, rport = addr_bytes(src_ip), addr_bytes(dst[0]), dst[1]
+        if len(laddr) != len(raddr):
+            raise ValueError(f"connect from {src_ip} to {dst[0]}: address families differ")
+        if laddr not in self._local:
+            raise ValueError(f"{src_ip} is not one of our addresses")
+        start = int.from_bytes(self._random(2), "big")
+        prefix = raddr + laddr + rport.to_bytes(2, "big")
+        for i in range(EPHEMERAL_COUNT):
+            lport = EPHEMERAL_FIRST + (start + i) % EPHEMERAL_COUNT
+            key = prefix + lport.to_bytes(2, "big")
+            if key not in self._by_key:
+                break
+        else:
+            raise RuntimeError(f"no free ephemeral port towards {dst}")
+        conn = self._new(laddr, lport, raddr, rport, key, now)
+        conn.open_active(now)
+        return conn.id
+
+    def accept(self, conn_id: int) -> None:
+        conn = self._get(conn_id)
+        if conn is not None:
+            conn.accept(0.0)
+            self._requests -= 1
+
+    def refuse(self, conn_id: int) -> None:
+        conn = self._get(conn_id)
+        if conn is None:
+            return
+        if conn.state != REQUESTED:
+            raise ValueError(f"connection {conn_id} is {_NAMES[conn.state]}, not a request")
+        conn._tx(self._out, 0, RST | ACK, b"", b"", 0)
+        self.counters["rst_sent"] += 1
+        conn._finish()
+
+    def send(self, conn_id: int, data: bytes | memoryview, now: float) -> int:
+        conn = self._get(conn_id)
+        return conn.send(data, now) if conn is not None else 0
+
+    def read(self, conn_id: int, max_bytes: int = 1 << 16) -> bytes:
+        conn = self._get(conn_id)
+        return conn.read(max_bytes) if conn is not None else b""
+
+    def shutdown(self, conn_id: int, now: float) -> None:
+        conn = self._get(conn_id)
+        if conn is not None:
+            conn.shutdown(now)
+
+    def abort(self, conn_id: int, now: float) -> None:
+        conn = self._get(conn_id)
+        if conn is not None:
+            conn.abort(now)
+
+    def info(self, conn_id: int) -> dict:
+        conn = self._get(conn_id)
+        if conn is None:
+            return {"conn_id": conn_id, "state": "CLOSED"}
+        return conn.info()
+
+    def connections(self) -> list[int]:
+        """Ids of the connections not yet reported `Closed`."""
+        return list(self._by_id)
+
+    # --- packets out, events, timers -------------------------------------------------
+
+    def poll(self, now: float) -> list[bytes]:
+        out = self._out
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for conn in dirty:
+                if conn.dirty:
+                    conn.output(now, out)
+        self._out = []
+        self.counters["packets_out"] += len(out)
+        return out
+
+    def events(self) -> list[Event]:
+        events = self._events
+        self._events = []
+        return events
+
+    def next_timer(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].heap_at != heap[0][0]:
+            heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers due at ``now``; each connection once per call (a timer it re-arms
+        for ``now`` or earlier runs at the next call)."""
+        heap = self._heap
+        due = []
+        while heap and heap[0][0] <= now:
+            t, _, conn = heappop(heap)
+            if conn.heap_at == t and conn.state != CLOSED:
+                conn.heap_at = float("inf")  # consumed: an older entry for the same time is stale
+                due.append(conn)
+        for conn in due:
+            if conn.state != CLOSED:
+                conn.on_timer(now)
+
+    # --- used by connections ---------------------------------------------------------
+
+    def _schedule(self, conn: Connection, t: float) -> None:
+        heappush(self._heap, (t, next(self._tie), conn))
+
+    def _forget(self, conn: Connection) -> None:
+        """``conn`` entered CLOSED: stop demultiplexing to it and running its timers."""
+        if self._by_key.get(conn.key) is conn:
+            del self._by_key[conn.key]
+        conn.heap_at = -1.0
+
+    def _closed(self, conn: Connection) -> None:
+        """``Closed`` was reported for ``conn``: its id is gone."""
+        self._by_id.pop(conn.id, None)
+
+    def _drop(self, reason: str, detail: str = "") -> None:
+        self.counters["drop_" + reason] += 1
+        self.last_drop = (reason, detail)

@@ -1,0 +1,131 @@
+"""Peer garbage never raises: random bytes, mutated segments (with their checksums fixed so
+they reach the TCP logic), and arbitrary well-formed segments against every state."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sunbeam.shared.proto.ip.headers import checksum
+from sunbeam.shared.proto.tcp.segment import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    build_sack_option,
+    build_syn_options,
+    tcp_checksum,
+)
+
+from .scripted import Scripted
+
+STATES = ["listen", "syn_sent", "syn_rcvd", "established", "fin_wait", "close_wait", "time_wait"]
+
+
+def _stack_in(state: str) -> tuple[Scripted, int | None]:
+    s = Scripted(v6=False)
+    cid = None
+    if state == "listen":
+        s.stack.listen(80)
+    elif state == "syn_sent":
+        cid = s.stack.connect(s.ours, (s.peer, 443), s.now)
+        syn = s.out()[0]
+        s.sport, s.dport = 443, syn.sport
+    elif state == "syn_rcvd":
+        s.stack.listen(80)
+        s.deliver(SYN, 1000, options=build_syn_options(1240, 7, True))
+        cid = s.events()[0].conn_id
+        s.stack.accept(cid)
+        s.out()
+    else:
+        cid, synack = s.passive_open()
+        s.stack.send(cid, b"x" * 5000, s.now)
+        s.out()
+        if state == "fin_wait":
+            s.stack.shutdown(cid, s.now)
+        elif state == "close_wait":
+            s.deliver(FIN | ACK, 1001, synack.seq + 1)
+        elif state == "time_wait":
+            s.stack.shutdown(cid, s.now)
+            s.out()
+            s.deliver(FIN | ACK, 1001, synack.seq + 5002)
+    s.out()
+    s.events()
+    return s, cid
+
+
+def _fix_checksums(pkt: bytearray) -> bytes:
+    if len(pkt) >= 40 and pkt[0] == 0x45:
+        total = min(struct.unpack_from("!H", pkt, 2)[0], len(pkt))
+        pkt[10:12] = b"\0\0"
+        pkt[10:12] = checksum(pkt[:20]).to_bytes(2, "big")
+        if total >= 40:
+            pkt[36:38] = b"\0\0"
+            pkt[36:38] = tcp_checksum(bytes(pkt[12:16]), bytes(pkt[16:20]), bytes(pkt[20:total])).to_bytes(2, "big")
+    return bytes(pkt)
+
+
+def _drive(s: Scripted, packets: list[bytes]) -> None:
+    s.stack.receive(packets, s.now)
+    s.stack.poll(s.now)
+    s.stack.events()
+    s.now += 0.3
+    s.stack.handle_timer(s.now)
+    s.stack.poll(s.now)
+    s.stack.events()
+    for conn in list(s.stack._by_id.values()):
+        assert len(conn.rcv_buf) <= s.stack.cfg.recv_buffer
+        assert len(conn.sbuf) <= s.stack.cfg.send_buffer
+        assert conn.snd_una <= conn.snd_nxt <= conn.snd_max or conn.state >= 9
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(STATES), st.lists(st.binary(max_size=120), max_size=8))
+def test_random_bytes(state, packets):
+    s, _ = _stack_in(state)
+    _drive(s, packets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(STATES), st.data())
+def test_mutated_segments(state, data):
+    s, cid = _stack_in(state)
+    conn = s.stack._by_id.get(cid) if cid else None
+    rcv = conn.rcv_nxt if conn else 1001
+    snd = conn.snd_una if conn else 0
+    base = [
+        s.packet(SYN, 1000, options=build_syn_options(1240, 7, True)),
+        s.packet(ACK | PSH, rcv, snd, b"payload" * 20),
+        s.packet(ACK, rcv, snd, options=build_sack_option([(snd + 10, snd + 2000), (snd - 50, snd)])),
+        s.packet(FIN | ACK, rcv, snd),
+        s.packet(RST, rcv),
+        s.packet(SYN | ACK, 1000, snd, options=build_syn_options(536, 14, True)),
+    ]
+    packets = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        pkt = bytearray(data.draw(st.sampled_from(base)))
+        for _ in range(data.draw(st.integers(1, 6))):
+            i = data.draw(st.integers(0, len(pkt) - 1))
+            pkt[i] = data.draw(st.integers(0, 255))
+        if data.draw(st.booleans()):
+            del pkt[data.draw(st.integers(0, len(pkt))):]
+        packets.append(_fix_checksums(pkt) if data.draw(st.booleans()) else bytes(pkt))
+    _drive(s, packets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(STATES), st.lists(st.tuples(
+    st.integers(0, 255), st.integers(-70000, 70000), st.integers(-70000, 70000), st.integers(0, 65535),
+    st.binary(max_size=1500), st.sampled_from([b"", build_syn_options(1, 0, True), build_sack_option([(1, 2)]),
+                                               bytes([1, 1, 8, 10]) + bytes(8), bytes([5, 10]) + bytes(10)])),
+    max_size=10))
+def test_arbitrary_segments_in_every_state(state, segments):
+    s, cid = _stack_in(state)
+    conn = s.stack._by_id.get(cid) if cid else None
+    rcv = conn.rcv_nxt if conn else 1001
+    snd = conn.snd_una if conn else 0
+    for flags, dseq, dack, window, payload, opts in segments:
+        _drive(s, [s.packet(flags, (rcv + dseq) & 0xFFFFFFFF, (snd + dack) & 0xFFFFFFFF, payload[:1240],
+                            window=window, options=opts)])

@@ -1,0 +1,80 @@
+"""The receive side of one connection: out-of-order reassembly with SACK and D-SACK
+(RFC 2018, 2883), immediate ACKs (RFC 5681 4.2), FIN out of order, byte-at-a-time."""
+
+from __future__ import annotations
+
+from sunbeam.shared.proto.tcp import PeerFinished, Readable
+from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, parse_options
+
+from .scripted import Scripted
+
+
+def test_out_of_order_reassembly_with_sack():
+    s = Scripted()
+    cid, synack = s.passive_open()
+    s.events()
+    mine = synack.seq + 1
+    data = bytes(range(256)) * 20
+    chunks = [(1001 + i, data[i:i + 1000]) for i in range(0, len(data), 1000)]  # 6 segments
+    order = [2, 4, 1, 5, 3, 0]
+    for k, idx in enumerate(order[:-1]):
+        seq, chunk = chunks[idx]
+        (dup,) = s.deliver(ACK | PSH, seq, mine, chunk)  # each out-of-order segment: an immediate dupack
+        assert dup.ack == 1001
+        blocks = parse_options(dup.options).sack
+        assert blocks and blocks[0][0] <= seq < blocks[0][1]  # first block: the latest segment
+    assert s.events() == []  # nothing readable yet: the first segment is missing
+    assert [tuple(b) for b in s.stack._by_id[cid].ooo.ranges] == [(2001, 1001 + len(data))]
+    seq, chunk = chunks[0]
+    (ack,) = s.deliver(ACK | PSH, seq, mine, chunk)  # fills the gap: everything at once
+    assert ack.ack == 1001 + len(data) and ack.options == b""
+    assert s.events() == [Readable(cid)]
+    assert s.stack.read(cid, 1 << 20) == data
+
+
+def test_duplicates_are_dsacked():
+    s = Scripted()
+    _, synack = s.passive_open()
+    mine = synack.seq + 1
+    s.deliver(ACK, 1001, mine, b"a" * 100)
+    (ack,) = s.deliver(ACK, 1001, mine, b"a" * 100)  # the same segment again
+    assert ack.ack == 1101 and parse_options(ack.options).sack == ((1001, 1101),)
+    s.deliver(ACK, 1201, mine, b"c" * 100)  # out of order
+    (ack,) = s.deliver(ACK, 1201, mine, b"c" * 100)  # and again: D-SACK first, then the SACK block
+    assert parse_options(ack.options).sack == ((1201, 1301), (1201, 1301))
+
+
+def test_fin_out_of_order_waits_for_the_data():
+    s = Scripted()
+    cid, synack = s.passive_open()
+    s.events()
+    mine = synack.seq + 1
+    s.deliver(FIN | ACK, 1006, mine, b"world")
+    assert s.events() == [] and s.stack.info(cid)["state"] == "ESTABLISHED"
+    (ack,) = s.deliver(ACK, 1001, mine, b"hello")
+    assert ack.ack == 1012  # data + FIN
+    assert s.events() == [Readable(cid), PeerFinished(cid)]
+    assert s.stack.read(cid) == b"helloworld" and s.stack.info(cid)["state"] == "CLOSE-WAIT"
+
+
+def test_byte_at_a_time_and_all_at_once_agree():
+    data = bytes(range(200))
+    results = []
+    for step in (1, 7, 200):
+        s = Scripted()
+        cid, synack = s.passive_open()
+        for i in range(0, len(data), step):
+            s.stack.receive([s.packet(ACK | PSH, 1001 + i, synack.seq + 1, data[i:i + step])], s.now)
+        (ack,) = s.out()  # one stretch ACK for the whole batch of arrivals
+        assert ack.ack == 1201
+        results.append(s.stack.read(cid, 1000))
+    assert results == [data] * 3
+
+
+def test_overlapping_retransmission_is_trimmed():
+    s = Scripted()
+    cid, synack = s.passive_open()
+    mine = synack.seq + 1
+    s.deliver(ACK, 1001, mine, b"abcdef")
+    s.deliver(ACK, 1004, mine, b"defghi")  # 3 old bytes, 3 new ones
+    assert s.stack.read(cid) == b"abcdefghi"
