@@ -3,9 +3,9 @@
 1. the reference network: Headscale + two real tailscaled peers in a private namespace;
 2. sunbeam's whole pipeline (`supervisord -c supervisord.conf`) joined to it inside the
    namespace with the ephemeral pre-auth key (so the demo node vanishes afterwards);
-3. shows ``sunbeam-ctl status``, a real peer pinging sunbeam over the tailnet (ICMP through
-   WireGuard relayed by DERP), sunbeam pinging a peer, and a page fetched from one peer
-   through the other's SOCKS5 proxy;
+3. shows ``sunbeam-ctl status``, a real peer pinging sunbeam over the tailnet (ICMP inside
+   WireGuard), sunbeam pinging a peer, and a page fetched from a peer through sunbeam's
+   own SOCKS5 listener (127.0.0.1:1080 inside the namespace, peer named by its hostname);
 4. tears everything down (unless ``--keep``).
 """
 
@@ -35,8 +35,19 @@ def find_supervisord_conf(explicit: str | None) -> Path:
     raise RuntimeError("supervisord.conf not found (run from the sunbeam checkout or pass --supervisord-conf)")
 
 
+SOCKS_PORT = 1080
+
+
 def sunbeam_env(info: dict, base: Path) -> dict[str, str]:
+    config = base / "config.toml"
+    config.write_text(f"""[contexts.demo]
+control_url = "{info['control_url']}"
+[[contexts.demo.listeners]]
+kind = "socks5"
+listen = "127.0.0.1:{SOCKS_PORT}"
+""")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
+    env["SUNBEAM_CONFIG"] = str(config)
     env.update(SUNBEAM_CONTROL_URL=info["control_url"], SUNBEAM_AUTH_KEY=info["auth_keys"]["ephemeral"],
                SUNBEAM_EPHEMERAL="true", SUNBEAM_HOSTNAME="sunbeam-demo", SUNBEAM_WG_WORKERS="2",
                SUNBEAM_RUNTIME_DIR=str(base / "run"), SUNBEAM_STATE_DIR=str(base / "state"),
@@ -61,14 +72,14 @@ def _wait_running(env: dict, timeout: float = 40) -> str:
 
 
 def run(keep: bool, conf: str | None) -> int:
-    from .cli import describe, fetch_via_socks
+    from .cli import describe
 
     conf_path = find_supervisord_conf(conf)
     info = network.up(2, log=_log)
     base = Path(tempfile.mkdtemp(prefix="sb-demo-"))
     os.chmod(base, 0o700)
     env = sunbeam_env(info, base)
-    (base / "run").mkdir(mode=0o700)
+    (base / "run").mkdir(mode=0o700, exist_ok=True)
     sup = None
     try:
         print(describe(info))
@@ -92,9 +103,11 @@ def run(keep: bool, conf: str | None) -> int:
         res = _run(["sunbeam-ctl", "ping", b["name"], "-c", "3"], env, timeout=60)
         print(res.stdout.rstrip() or res.stderr.rstrip())
         ok &= res.returncode == 0
-        _log(f"fetching http://{b['ips'][0]}:{b['service_port']}/ through {a['name']}'s SOCKS5 proxy:")
-        res2 = fetch_via_socks(info, a, b, "/")
-        print(res2.stdout.decode(errors="replace").rstrip() or res2.stderr.decode(errors="replace"))
+        url = f"http://{b['name']}:{b['service_port']}/"
+        _log(f"curl --socks5-hostname 127.0.0.1:{SOCKS_PORT} {url}   (through sunbeam):")
+        res2 = _run(info["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", "30", "--socks5-hostname",
+                                           f"127.0.0.1:{SOCKS_PORT}", url], timeout=60)
+        print(res2.stdout.rstrip() or res2.stderr.rstrip())
         ok &= res2.returncode == 0
         return 0 if ok else 1
     finally:

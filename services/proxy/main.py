@@ -1,9 +1,9 @@
 """sunbeam-proxy: the IP side of the tailnet for this node.
 
-Today it answers ICMP/ICMPv6 echo requests and TSMP pings addressed to our tailnet
-addresses, and sends ICMP echo requests to peers on request. It will own the userspace
-TCP/IP engine (our sans-IO TCP), port forwards, SOCKS5 and HTTP proxy listeners on
-127.0.0.1, and inbound connections from tailnet peers.
+It answers ICMP/ICMPv6 echo requests and TSMP pings addressed to our tailnet addresses,
+sends ICMP echo requests to peers on request, and owns the userspace TCP/IP engine (our
+sans-IO TCP, `tcpengine.py`) with the local side (`local.py`): port forwards, SOCKS5 and
+HTTP proxy listeners on 127.0.0.1, and inbound connections from tailnet peers.
 
 Sockets (all ``ipc://<rundir>/<name>.sock``):
 
@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from sunbeam.shared.runtime.service import Service, run_service
 
+from .local import LocalSide
 from .pingserver import PingServer
 from .plane import IpPlane
+from .tcpengine import TcpEngine
 
 
 def setup(svc: Service) -> None:
     plane = IpPlane(svc)
     PingServer(svc, plane)
+    LocalSide(svc, TcpEngine(svc, plane))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,14 @@ from .routing import RouteTable
 
 __all__ = ["IpPlane"]
 
+
+def _is_tcp(packet: bytes) -> bool:
+    """IPv4 protocol 6, or IPv6 next header 6 (no extension headers: those go to the responder)."""
+    if len(packet) < 20:
+        return False
+    version = packet[0] >> 4
+    return (version == 4 and packet[9] == 6) or (version == 6 and len(packet) >= 40 and packet[6] == 6)
+
 IN_SOCKET = "proxy-in"
 RCVHWM = 1000
 
@@ -47,6 +55,11 @@ class IpPlane:
         self.bad_log = RateLimitedLog(svc.log)
         self.on_echo_reply: Callable[[EchoReplied], None] = lambda _reply: None
         """Set by the ping server."""
+        self.tcp_sink: Callable[[list[bytes]], None] | None = None
+        """Set by the TCP engine: takes every TCP segment (IPv4/IPv6 protocol 6) from peers."""
+        self.on_addresses: Callable[[list[str]], None] = lambda _addrs: None
+        """Set by the TCP engine: our tailnet addresses (without prefix length) changed."""
+        self.on_netmap: list[Callable[[Netmap], None]] = []
 
         self.pull: zmq.Socket[Any] = svc.loop.socket(zmq.PULL)
         self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -66,6 +79,9 @@ class IpPlane:
         addresses = netmap.self_node.addresses if netmap.self_node is not None else ()
         self.responder.set_addresses(addresses)
         self.routes = RouteTable.from_netmap(netmap)
+        self.on_addresses([a.split("/")[0] for a in addresses])
+        for callback in self.on_netmap:
+            callback(netmap)
         self.counters.incr("netmap_applied")
         self.svc.log.debug("netmap", addresses=list(addresses), peers=len(netmap.peers), routes=self.routes.size)
 
@@ -73,7 +89,11 @@ class IpPlane:
 
     def _from_peer(self, msg: FromPeer) -> None:
         self.counters.incr("ip_in_packets", len(msg.packets))
+        tcp = []
         for packet in msg.packets:
+            if self.tcp_sink is not None and _is_tcp(packet):
+                tcp.append(packet)
+                continue
             result = self.responder.handle(packet)
             if isinstance(result, Reply):
                 self.outbox.add(msg.peer_key, result.packet)
@@ -85,6 +105,9 @@ class IpPlane:
                     peer = msg.peer_key.hex()
                     self.bad_log.warning(f"{peer[:16]}:{drop.reason}", "ip_drop", peer=peer, reason=drop.reason,
                                          detail=drop.detail)
+
+        if tcp:
+            self.tcp_sink(tcp)  # type: ignore[misc]
 
     def send(self, packet: bytes, dst: str) -> bool:
         """Send a packet we originate to the peer ``dst`` routes to; False if none."""

@@ -18,7 +18,7 @@ class SunbeamNode:
     """One sunbeam instance (its own state and runtime dirs) joined to a reference network."""
 
     def __init__(self, refnet: dict, *, hostname: str, auth_key: str | None = None, ephemeral: bool = False,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, listeners: list[dict] | None = None) -> None:
         self.refnet = refnet
         # short: unix socket paths must stay under 107 bytes
         self.base = Path(tempfile.mkdtemp(prefix="sb-"))
@@ -33,6 +33,14 @@ class SunbeamNode:
             SUNBEAM_EPHEMERAL="true" if ephemeral else "false", XDG_CONFIG_HOME=str(self.base / "cfg"),
         )
         self.env.update(extra_env or {})
+        if listeners:  # listeners live only in the config file; the env supplies the rest
+            lines = ["[contexts.test]", f'control_url = "{refnet["control_url"]}"']
+            for lst in listeners:
+                lines.append("[[contexts.test.listeners]]")
+                lines += [f"{k} = {v!r}" if isinstance(v, int) else f'{k} = "{v}"' for k, v in lst.items()]
+            cfg = self.base / "config.toml"
+            cfg.write_text("\n".join(lines) + "\n")
+            self.env["SUNBEAM_CONFIG"] = str(cfg)
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, service: str = "control", *args: str, name: str | None = None) -> subprocess.Popen:

@@ -1,0 +1,133 @@
+"""`TcpEngine`: the proxy's shell around our sans-IO `TcpStack`.
+
+Inputs: TCP segments from peers (`IpPlane` hands every IPv4/IPv6 packet with protocol 6 to
+`receive`), calls from the local side (`connect`, `send`, `read`, `shutdown`, `abort`),
+and its timer. Outputs: the stack's IP packets, each routed by destination to the owning
+WireGuard worker (`IpPlane.send`), and stack events dispatched to the handler registered
+for the connection (`Splice`, or the inbound acceptor for `ConnectionRequest`).
+
+``pump()`` runs at the end of every loop iteration (and after a timer): it drains events,
+transmits, flushes the worker outbox, and re-arms the one timer. Ownership: the proxy's
+loop thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sunbeam.shared.proto.tcp import (
+    Closed,
+    ConnectionRequest,
+    Connected,
+    PeerFinished,
+    Readable,
+    Reset,
+    TcpStack,
+    Writable,
+)
+from sunbeam.shared.runtime.service import Service
+
+from .plane import IpPlane
+
+
+class ConnHandler(Protocol):
+    def on_connected(self) -> None: ...
+    def on_readable(self) -> None: ...
+    def on_writable(self) -> None: ...
+    def on_peer_finished(self) -> None: ...
+    def on_reset(self, reason: str) -> None: ...
+    def on_closed(self) -> None: ...
+
+
+def _dst_of(packet: bytes) -> str | None:
+    import ipaddress
+
+    if packet[:1] and packet[0] >> 4 == 4 and len(packet) >= 20:
+        return str(ipaddress.IPv4Address(packet[16:20]))
+    if packet[:1] and packet[0] >> 4 == 6 and len(packet) >= 40:
+        return str(ipaddress.IPv6Address(packet[24:40]))
+    return None
+
+
+class TcpEngine:
+    def __init__(self, svc: Service, plane: IpPlane) -> None:
+        self.svc = svc
+        self.loop = svc.loop
+        self.plane = plane
+        self.counters = svc.counters
+        self.stack = TcpStack(random_bytes=os.urandom)
+        self.handlers: dict[int, ConnHandler] = {}
+        self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
+        self._timer: Any = None
+        plane.tcp_sink = self.receive
+        plane.on_addresses = self.stack.set_local_addresses
+        self.loop.on_iteration_end(self.pump)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def receive(self, packets: list[bytes]) -> None:
+        self.stack.receive(packets, time.monotonic())
+
+    def connect(self, src_ip: str, dst: tuple[str, int], handler: ConnHandler) -> int:
+        conn_id = self.stack.connect(src_ip, dst, time.monotonic())
+        self.handlers[conn_id] = handler
+        return conn_id
+
+    def adopt(self, conn_id: int, handler: ConnHandler) -> None:
+        """Attach ``handler`` to a connection accepted from a `ConnectionRequest`."""
+        self.handlers[conn_id] = handler
+        self.stack.accept(conn_id)
+
+    # -- the pump -------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        for _ in range(8):  # handlers may produce more events (e.g. a read opens the window)
+            events = self.stack.events()
+            if not events:
+                break
+            for ev in events:
+                self._dispatch(ev)
+        now = time.monotonic()
+        for packet in self.stack.poll(now):
+            dst = _dst_of(packet)
+            if dst is None or not self.plane.send(packet, dst):
+                self.counters.incr("tcp_out_no_route")
+        self.plane.outbox.flush()
+        self._rearm()
+
+    def _dispatch(self, ev: Any) -> None:
+        if isinstance(ev, ConnectionRequest):
+            self.on_request(ev)
+            return
+        handler = self.handlers.get(ev.conn_id)
+        if handler is None:
+            return
+        if isinstance(ev, Connected):
+            handler.on_connected()
+        elif isinstance(ev, Readable):
+            handler.on_readable()
+        elif isinstance(ev, Writable):
+            handler.on_writable()
+        elif isinstance(ev, PeerFinished):
+            handler.on_peer_finished()
+        elif isinstance(ev, Reset):
+            handler.on_reset(ev.reason)
+        elif isinstance(ev, Closed):
+            self.handlers.pop(ev.conn_id, None)
+            handler.on_closed()
+
+    def _rearm(self) -> None:
+        when = self.stack.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.stack.handle_timer(time.monotonic())
+        self.pump()
