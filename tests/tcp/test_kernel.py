@@ -3,7 +3,7 @@
 loss, 10 % of packets held back by 1-5 packets, 1 % duplicated, seeded, both directions),
 IPv6, both opening roles, and the RST of a closed port. Throughput is printed, not asserted.
 
-Sizes: 50 MB each way on the clean link; 20 MB each way impaired (keeps the run short);
+Sizes: 50 MB each way on the clean link and 50 MB each way impaired;
 IPv6 5 MB each way on one connection."""
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ def test_us_to_kernel_50mb_we_connect(net):
          label="us -> kernel, clean, we connect")
 
 
-def test_kernel_to_us_20mb_impaired(net):
-    _run(net, kernel_sends=os.urandom(20 * MB), we_send=b"", we_listen=True, port=5003, impair=_impairers(3),
+def test_kernel_to_us_50mb_impaired(net):
+    _run(net, kernel_sends=os.urandom(50 * MB), we_send=b"", we_listen=True, port=5003, impair=_impairers(3),
          label="kernel -> us, 5% loss / 10% reorder / 1% dup")
 
 
-def test_us_to_kernel_20mb_impaired(net):
-    _run(net, kernel_sends=b"", we_send=os.urandom(20 * MB), we_listen=False, port=5004, impair=_impairers(4),
+def test_us_to_kernel_50mb_impaired(net):
+    _run(net, kernel_sends=b"", we_send=os.urandom(50 * MB), we_listen=False, port=5004, impair=_impairers(4),
          label="us -> kernel, 5% loss / 10% reorder / 1% dup")
 
 

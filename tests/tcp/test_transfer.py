@@ -7,7 +7,13 @@ import hashlib
 import random
 
 import pytest
-from sunbeam.shared.proto.tcp import Writable
+from sunbeam.shared.proto.tcp import (
+    Closed,
+    ConnectionRequest,
+    PeerFinished,
+    Readable,
+    Writable,
+)
 
 from .link import Impairer, Pair, Transfer, make_stack
 
@@ -91,3 +97,43 @@ def test_flow_control_stalled_reader_closes_the_window():
     assert writable >= 1  # the full send buffer drained again
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert a.counters["window_probe"] >= 1
+
+
+def test_many_short_connections_leave_nothing_behind():
+    """Request/response churn over a lossy link: every id ends Closed, nothing leaks."""
+    rng = random.Random(11)
+    a, b = make_stack("10.0.0.1", 3, time_wait=1.0), make_stack("10.0.0.2", 4, time_wait=1.0)
+    b.listen(80)
+    pair = Pair(a, b, Impairer(1, loss=0.03, reorder=0.05, dup=0.01), Impairer(2, loss=0.03, reorder=0.05), delay=3)
+    requests = {a.connect("10.0.0.1", ("10.0.0.2", 80), 0.0): rng.randbytes(rng.randint(1, 20_000)) for _ in range(60)}
+    replies: dict[int, bytearray] = {}
+    got = {cid: bytearray() for cid in requests}
+    closed = {"a": set(), "b": set()}
+
+    def on_event(side, ev):
+        stack = a if side == "a" else b
+        if isinstance(ev, ConnectionRequest):
+            replies[ev.conn_id] = bytearray()
+            stack.accept(ev.conn_id)
+        elif isinstance(ev, Readable) and side == "b":
+            replies[ev.conn_id] += stack.read(ev.conn_id, 1 << 20)
+        elif isinstance(ev, Readable):
+            got[ev.conn_id] += stack.read(ev.conn_id, 1 << 20)
+        elif isinstance(ev, PeerFinished) and side == "b":  # echo the request back reversed, then close
+            replies[ev.conn_id] += stack.read(ev.conn_id, 1 << 20)
+            assert stack.send(ev.conn_id, bytes(replies[ev.conn_id][::-1]), pair.now) == len(replies[ev.conn_id])
+            stack.shutdown(ev.conn_id, pair.now)
+        elif isinstance(ev, Closed):
+            closed[side].add(ev.conn_id)
+
+    pair.on_event = on_event
+    for cid, req in requests.items():
+        assert a.send(cid, req, 0.0) == len(req)
+        a.shutdown(cid, 0.0)
+    while pair.now < 120 and not (len(closed["a"]) == len(closed["b"]) == len(requests) and not a._by_key
+                                   and not b._by_key):
+        pair.step()
+    assert closed["a"] == set(requests) and len(closed["b"]) == len(requests)
+    assert all(got[cid] == req[::-1] for cid, req in requests.items())
+    assert not a._by_key and not b._by_key and not a._by_id and not b._by_id  # TIME-WAIT over too
+    assert a.next_timer() is None and b.next_timer() is None

@@ -23,12 +23,14 @@ is ignored; anything else to our addresses is answered with a RST
 (<SEQ=SEG.ACK><CTL=RST>, or <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>). Packets for other
 addresses are dropped (``drop_not_local``).
 
-Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out``,
-``drop_<reason>`` for refused packets (the reasons of `segment.parse_packet` plus
-``not_local``, ``syn_queue_full``, ``bad_options``), ``rst_sent``, ``rst_ignored``,
-``retransmit``, ``fast_retransmit``, ``rto``, ``window_probe``, ``out_of_order``,
-``unacceptable``, ``zero_window_drop``, ``reset_<reason>``, ``request_timeout``. The last
-refused packet's reason and detail are in ``last_drop`` for a rate-limited log.
+Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out``;
+``drop_<reason>`` for refused packets (the reasons of `segment.parse_packet`, e.g.
+``not_tcp`` for every other protocol, plus ``not_local``, ``syn_queue_full``,
+``bad_options``); ``rst_sent``, ``rst_ignored``; ``retransmit``, ``fast_retransmit`` (a
+recovery episode), ``rto``, ``tail_loss_probe``, ``window_probe``, ``dsack``, ``undo``;
+``out_of_order``, ``unacceptable``, ``zero_window_drop``; ``reset_<reason>``,
+``request_timeout``. The last refused packet's reason and detail are in ``last_drop`` for
+a rate-limited log. Packets are ``bytes`` (a trailing pad after the IP length is fine).
 
 Ownership: one stack per proxy process, used from its loop thread only.
 """
