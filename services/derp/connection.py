@@ -60,6 +60,7 @@ WRITE_RETRY = 0.005
 CONNECT_POLL = 0.005
 MAX_BACKLOG = 1 << 20
 RECV_SIZE = 1 << 16
+RCVBUF = 4 << 20
 RECV_BUDGET = 16  # reads per readiness, so one busy region cannot starve the others
 
 
@@ -157,6 +158,9 @@ class RegionConnection:
             return self._fail(f"cannot resolve {d.host}: {exc}")
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A deep receive buffer absorbs bursts: the DERP server queues only a few dozen
+        # packets per client and drops the rest while our socket is full.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self.sock = sock
         self.core = DerpClientCore(self._private, nonce=os.urandom(24))
         if self.preferred:

@@ -35,7 +35,9 @@ from .names import NameTable
 from .splice import Splice
 from .tcpengine import TcpEngine
 
-CONNECT_TIMEOUT = 15.0
+# Until disco gives a direct path, a burst of SYNs rides DERP, whose server queues only a few
+# dozen packets per client and drops the rest: retransmitted SYNs (1, 3, 7, 15 s) must fit.
+CONNECT_TIMEOUT = 30.0
 MAX_PENDING_REQUEST = 64 * 1024
 
 

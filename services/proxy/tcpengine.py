@@ -62,6 +62,8 @@ class TcpEngine:
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self._timer: Any = None
+        svc.extra_counters = lambda: {**svc.counters.snapshot(),
+                                      **{f"tcp_{k}": v for k, v in self.stack.counters.items()}}
         plane.tcp_sink = self.receive
         plane.on_addresses = self.stack.set_local_addresses
         self.loop.on_iteration_end(self.pump)
