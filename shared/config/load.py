@@ -50,7 +50,7 @@ from .errors import ConfigError, check_keys, describe, fail, key_repr, type_name
 from .fields import CONTEXT_KEYS, home_dir, parse_field
 from .keyfile import read_key_file
 from .listeners import parse_listeners
-from .model import Config, Context
+from .model import Config, Context, Secret
 
 ENV_VARS: dict[str, str] = {
     "SUNBEAM_CONTROL_URL": "control_url",
@@ -204,7 +204,7 @@ def _apply_env(values: Values, env: Mapping[str, str]) -> None:
 
 
 def _build(name: str, values: Values, where: str, path: Path | None,
-           env: Mapping[str, str]) -> Context:
+           env: Mapping[str, str], need_auth: bool = True) -> Context:
     if "control_url" not in values:
         fail(f"{where}.control_url" if path else where, "required (or set SUNBEAM_CONTROL_URL)")
     if "auth_key_file" in values:
@@ -212,6 +212,8 @@ def _build(name: str, values: Values, where: str, path: Path | None,
         auth_key, key_file = read_key_file(key_path, key_where), key_path
     elif "auth_key" in values:
         auth_key, key_file = values["auth_key"][0], None
+    elif not need_auth:
+        auth_key, key_file = Secret(""), None
     else:
         fail(where, "needs auth_key or auth_key_file (or set SUNBEAM_AUTH_KEY or SUNBEAM_AUTH_KEY_FILE)")
     runtime_base = _env(env, "XDG_RUNTIME_DIR")
@@ -237,8 +239,11 @@ def read_config(path: str | os.PathLike[str] | None = None, *,
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, context: str | None = None,
-                env: Mapping[str, str] = os.environ) -> Context:
-    """Load, validate and complete one context; raises :class:`ConfigError` (one line)."""
+                env: Mapping[str, str] = os.environ, need_auth: bool = True) -> Context:
+    """Load, validate and complete one context; raises :class:`ConfigError` (one line).
+
+    ``need_auth=False`` (sunbeam-ctl, which only needs the runtime dir) accepts a context
+    without an auth key; its ``auth_key`` is then an empty `Secret`."""
     found = _locate(path, env)
     if found is None:
         if _env(env, "SUNBEAM_CONTROL_URL") is None:
@@ -253,12 +258,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, context: str | No
             name = "default"
         values: Values = {}
         _apply_env(values, env)
-        return _build(name, values, "environment", None, env)
+        return _build(name, values, "environment", None, env, need_auth)
     config, parsed = _parse_file(found, env)
     name = _select(config, context, env)
     values = dict(parsed[name])
     _apply_env(values, env)
-    return _build(name, values, f"{found}: contexts.{name}", found, env)
+    return _build(name, values, f"{found}: contexts.{name}", found, env, need_auth)
 
 
 __all__ = ["ENV_VARS", "ConfigError", "default_config_path", "load_config", "read_config"]

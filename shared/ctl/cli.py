@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stop", help="ask every service to stop")
     args = ap.parse_args(argv)
     try:
-        ctx = load_config(args.config, context=args.context)
+        # only the runtime dir is needed here: no auth key required to ask for status
+        ctx = load_config(args.config, context=args.context, need_auth=False)
     except ConfigError as exc:
         print(f"sunbeam-ctl: config error: {exc}", file=sys.stderr)
         return 2

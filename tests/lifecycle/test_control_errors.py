@@ -55,3 +55,12 @@ def test_keys_file_readable_by_others_is_refused(env, tmp_path):
     res = subprocess.run(["sunbeam-control"], env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert "chmod 600" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ctl_status_needs_no_auth_key(env):
+    no_key = {k: v for k, v in env.items() if k != "SUNBEAM_AUTH_KEY"}
+    res = subprocess.run(["sunbeam-ctl", "status"], env=no_key, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and res.stdout.strip() == "VPN: not running", res.stdout + res.stderr
+    # the services themselves still refuse to start without one (one line, exit 2)
+    res = subprocess.run(["sunbeam-control"], env=no_key, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "needs auth_key" in res.stderr
