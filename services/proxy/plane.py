@@ -109,8 +109,8 @@ class IpPlane:
         if tcp:
             self.tcp_sink(tcp)  # type: ignore[misc]
 
-    def send(self, packet: bytes, dst: str) -> bool:
-        """Send a packet we originate to the peer ``dst`` routes to; False if none."""
+    def send(self, packet: bytes, dst: str | bytes) -> bool:
+        """Send a packet we originate to the peer ``dst`` (text or packed) routes to; False if none."""
         key = self.routes.lookup(dst)
         if key is None:
             self.counters.incr("no_route")

@@ -42,13 +42,12 @@ class ConnHandler(Protocol):
     def on_closed(self) -> None: ...
 
 
-def _dst_of(packet: bytes) -> str | None:
-    import ipaddress
-
+def _dst_of(packet: bytes) -> bytes | None:
+    """The packed destination address (what `RouteTable.lookup` takes, without re-parsing)."""
     if packet[:1] and packet[0] >> 4 == 4 and len(packet) >= 20:
-        return str(ipaddress.IPv4Address(packet[16:20]))
+        return packet[16:20]
     if packet[:1] and packet[0] >> 4 == 6 and len(packet) >= 40:
-        return str(ipaddress.IPv6Address(packet[24:40]))
+        return packet[24:40]
     return None
 
 
