@@ -17,9 +17,15 @@ state: the udp service routes types 2/3/4 by the worker number in the receiver i
 DERP by the sender's key; a type-1 initiation from an unknown address may land anywhere:
 we decrypt the initiator's static key and forward the datagram to its owner.
 
-Paths: until disco confirms a direct path (a later issue), every message to a peer goes
+Paths: until disco confirms a direct path (a later issue), transport data to a peer goes
 both to each UDP endpoint the netmap (or the peer's last packet) gives and over DERP via
-the peer's home region; the receiver's replay window drops the duplicates.
+the peer's home region; the receiver's replay window drops the duplicates. Handshake
+messages never go two ways at once: a peer that gets two copies of one initiation can
+answer both (wireguard-go checks the timestamp and records it under separate locks), keep
+the second session and drop the first, the one we installed, so everything we send is
+lost until a rehandshake 15 s later. A response goes back the way its initiation came; an
+initiation goes to the UDP address the peer last reached us from when that is fresh
+(UDP_FRESH), else over DERP (UDP endpoints only when the peer has no home region).
 
 Everything here is owned by the worker's loop thread.
 """
@@ -50,7 +56,7 @@ from sunbeam.shared.messages.dataplane import (
 )
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
-from sunbeam.shared.proto.wireguard import MESSAGE_INITIATION, Device, message_type
+from sunbeam.shared.proto.wireguard import MESSAGE_INITIATION, MESSAGE_RESPONSE, Device, message_type
 from sunbeam.shared.runtime import RateLimitedLog, send_bounded
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
@@ -58,6 +64,8 @@ from sunbeam.shared.sharding import owner
 
 HWM = 4096
 MAX_BATCH = 256
+UDP_FRESH = 12.0  # s: a peer's last authenticated UDP source carries our handshakes this long
+_HANDSHAKE = (MESSAGE_INITIATION, MESSAGE_RESPONSE)
 
 
 @dataclass
@@ -67,12 +75,22 @@ class PeerRoute:
     endpoints: tuple[str, ...] = ()
     home_derp: int = 0
     last_udp_src: str | None = None
+    last_udp_at: float = 0.0
 
     def udp_dsts(self) -> list[str]:
         dsts = list(self.endpoints)
         if self.last_udp_src and self.last_udp_src not in dsts:
             dsts.append(self.last_udp_src)
         return dsts[:16]
+
+    def heard_over_udp(self, src: str, now: float) -> None:
+        self.last_udp_src, self.last_udp_at = src, now
+
+    def handshake_udp(self, now: float) -> str | None:
+        """The one UDP address for an initiation, or None for DERP."""
+        if self.last_udp_src and now - self.last_udp_at < UDP_FRESH:
+            return self.last_udp_src
+        return None
 
 
 @dataclass
@@ -175,7 +193,7 @@ class Worker:
             return
         msgs = self.device.encapsulate(peer_key, packets, now)
         if msgs:
-            self._to_peer(peer_key, msgs)
+            self._to_peer(peer_key, msgs, now)
 
     def _receive(self, pkt: bytes, now: float, *, udp_src: str | None = None, derp_from: bytes | None = None) -> None:
         if udp_src is not None and message_type(pkt) == MESSAGE_INITIATION:
@@ -197,23 +215,43 @@ class Worker:
                 self.out.udp[(udp_src,)].extend(result.to_peer)
             return
         route = self.routes.get(peer)
-        if route is not None and udp_src is not None:
-            route.last_udp_src = udp_src
+        if route is not None and udp_src is not None and result.error is None:
+            route.heard_over_udp(udp_src, now)
         if result.to_peer:
-            self._to_peer(peer, result.to_peer)
+            self._to_peer(peer, result.to_peer, now, reply_udp=udp_src, reply_derp=derp_from is not None)
         if result.to_tunnel:
             self.out.proxy[peer].extend(result.to_tunnel)
 
     # -- outbound -----------------------------------------------------------------------
 
-    def _to_peer(self, peer_key: bytes, msgs: list[bytes]) -> None:
+    def _to_peer(self, peer_key: bytes, msgs: list[bytes], now: float, *, reply_udp: str | None = None,
+                 reply_derp: bool = False) -> None:
+        """Transport data every way we know; each handshake message one way only.
+        ``reply_udp`` / ``reply_derp``: where the message we are answering came from."""
         route = self.routes.get(peer_key)
         if route is None:
             return
+        data = msgs
+        if any(m[0] in _HANDSHAKE for m in msgs):
+            data = []
+            for m in msgs:
+                if m[0] not in _HANDSHAKE:
+                    data.append(m)
+                    continue
+                answer = m[0] == MESSAGE_RESPONSE and (reply_udp or reply_derp)
+                udp = reply_udp if answer else route.handshake_udp(now)
+                if udp:
+                    self.out.udp[(udp,)].append(m)
+                elif answer or route.home_derp or not route.udp_dsts():
+                    self.out.derp[(peer_key, route.home_derp)].append(m)
+                else:  # no DERP region known: the netmap's endpoints are all we have
+                    self.out.udp[tuple(route.udp_dsts())].append(m)
+            if not data:
+                return
         dsts = route.udp_dsts()
         if dsts:
-            self.out.udp[tuple(dsts)].extend(msgs)
-        self.out.derp[(peer_key, route.home_derp)].extend(msgs)
+            self.out.udp[tuple(dsts)].extend(data)
+        self.out.derp[(peer_key, route.home_derp)].extend(data)
 
     def _flush(self) -> None:
         out, self.out = self.out, Outbox()
@@ -246,8 +284,9 @@ class Worker:
 
     def _on_timer(self) -> None:
         self._timer = None
-        for peer_key, msgs in self.device.update_timers(time.time()):
-            self._to_peer(peer_key, msgs)
+        now = time.time()
+        for peer_key, msgs in self.device.update_timers(now):
+            self._to_peer(peer_key, msgs, now)
         self._rearm()
 
     def health_counters(self) -> dict[str, int]:

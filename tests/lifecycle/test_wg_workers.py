@@ -23,12 +23,14 @@ from sunbeam.shared.messages.dataplane import (
     UDP_IN_CODEC,
     WG_IN_CODEC,
     DerpReceived,
+    ToPeer,
     UdpReceived,
 )
 from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.icmp import build_echo_request
 from sunbeam.shared.proto.wireguard import Device, receiver_index
+from sunbeam.services.wg.worker import UDP_FRESH, PeerRoute
 from sunbeam.shared.sharding import owner, worker_of_index
 
 OURS, PEER_IP, OUTSIDER = "100.64.0.5", "100.64.0.9", "100.64.0.77"
@@ -112,9 +114,8 @@ def test_initiation_reaches_owner_and_data_flows(harness):
     # the udp service may hand a type-1 from an unknown address to any worker: give it to 0
     h["push"][0].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=init)))
     udp = _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
-    assert SRC in udp.dsts and udp.packets[0][0] == 2  # the owner answered, to where it came from
-    derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
-    assert derp.peer_key == h["peer_pub"] and derp.region == 999 and derp.packets == udp.packets  # every path
+    assert udp.dsts == [SRC] and udp.packets[0][0] == 2  # the owner answered, to where it came from
+    assert not h["socks"]["derp-in"].poll(300)  # and only there: two copies can fork the session
     assert h["counters"](0)["initiation_forwarded"] == 1
     assert worker_of_index(receiver_index(udp.packets[0]) or 0) == 0  # the response names the peer's index
     # the peer completes the handshake and sends its staged echo request
@@ -141,3 +142,42 @@ def test_initiation_reaches_owner_and_data_flows(harness):
         assert time.monotonic() < deadline, h["counters"](1)
         time.sleep(0.05)
     assert not h["socks"]["proxy-in"].poll(200)
+
+
+def test_handshakes_take_one_path_data_takes_all(harness):
+    """A peer sent two copies of one handshake message may answer both and keep a session we
+    never installed; so an initiation goes one way (DERP, or the peer's fresh UDP source),
+    a response back the way its initiation came, and only transport data goes every way."""
+    h = harness
+    # our initiation, to a peer never heard from over UDP: DERP alone
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
+    derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
+    assert derp.region == 999 and [m[0] for m in derp.packets] == [1]
+    assert not h["socks"]["udp-in"].poll(300)
+    # the peer answers over UDP; our staged packet and later data go every way
+    resp = h["peer"].decapsulate(derp.packets[0], time.time()).to_peer
+    assert [m[0] for m in resp] == [2]
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=resp)))
+    udp = _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
+    derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
+    assert SRC in udp.dsts and udp.packets == derp.packets and {m[0] for m in udp.packets} == {4}
+    # an initiation arriving over DERP is answered over DERP only
+    h["peer"].remove_peer(h["our_pub"])
+    h["peer"].set_peer(h["our_pub"], [f"{OURS}/32"])
+    init = h["peer"].encapsulate(h["our_pub"], [_icmp(PEER_IP)], time.time())
+    h["push"][1].send(WG_IN_CODEC.encode(DerpReceived(peer_key=h["peer_pub"], region=999, packets=init)))
+    derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
+    assert [m[0] for m in derp.packets] == [2]
+    assert not h["socks"]["udp-in"].poll(300)
+    out = h["peer"].decapsulate(derp.packets[0], time.time()).to_peer
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=out)))
+    assert _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC).packets == [_icmp(PEER_IP)]
+
+
+def test_initiation_goes_to_a_fresh_udp_source_only():
+    route = PeerRoute(endpoints=("10.0.0.1:41641",), home_derp=999)
+    assert route.handshake_udp(100.0) is None  # never heard over UDP: DERP
+    route.heard_over_udp(SRC, 100.0)
+    assert route.handshake_udp(100.0 + UDP_FRESH - 1) == SRC
+    assert route.handshake_udp(100.0 + UDP_FRESH) is None  # gone quiet: back to DERP
+    assert route.udp_dsts() == ["10.0.0.1:41641", SRC]  # data still goes every way
