@@ -27,6 +27,11 @@ lost until a rehandshake 15 s later. A response goes back the way its initiation
 initiation goes to the UDP address the peer last reached us from when that is fresh
 (UDP_FRESH), else over DERP (UDP endpoints only when the peer has no home region).
 
+Per-peer stats (``sunbeam-ctl peers``): the service's ctl socket answers `PeersRequest`
+with `Worker.peer_stats`, one `PeerStats` per owned peer. Its path is "direct" while the
+peer's last authenticated UDP receipt is fresh (UDP_FRESH), else "derp" once anything
+authenticated arrived over DERP (the region it came through), else "" (nothing yet).
+
 Everything here is owned by the worker's loop thread.
 """
 
@@ -40,8 +45,9 @@ from typing import Any
 
 import zmq
 
-from sunbeam.shared.keys import from_text, load_or_create
+from sunbeam.shared.keys import from_text, load_or_create, to_text
 from sunbeam.shared.messages.codec import BadMessage
+from sunbeam.shared.messages.ctl import PeerStats
 from sunbeam.shared.messages.dataplane import (
     DERP_IN_CODEC,
     PROXY_IN_CODEC,
@@ -76,6 +82,9 @@ class PeerRoute:
     home_derp: int = 0
     last_udp_src: str | None = None
     last_udp_at: float = 0.0
+    last_derp_region: int = 0
+    last_derp_at: float = 0.0
+    """The last authenticated DERP receipt (0 = none), next to the UDP one above."""
 
     def udp_dsts(self) -> list[str]:
         dsts = list(self.endpoints)
@@ -86,8 +95,20 @@ class PeerRoute:
     def heard_over_udp(self, src: str, now: float) -> None:
         self.last_udp_src, self.last_udp_at = src, now
 
+    def heard_over_derp(self, region: int, now: float) -> None:
+        self.last_derp_region, self.last_derp_at = region, now
+
+    def path(self, now: float) -> tuple[str, str, int]:
+        """(path, UDP endpoint, DERP region) as `PeerStats` reports them."""
+        udp = self.handshake_udp(now)
+        if udp:
+            return "direct", udp, 0
+        if self.last_derp_at:
+            return "derp", "", self.last_derp_region or self.home_derp
+        return "", "", 0
+
     def handshake_udp(self, now: float) -> str | None:
-        """The one UDP address for an initiation, or None for DERP."""
+        """The peer's fresh UDP source: the one address for an initiation; None: DERP."""
         if self.last_udp_src and now - self.last_udp_at < UDP_FRESH:
             return self.last_udp_src
         return None
@@ -184,7 +205,7 @@ class Worker:
                     self._receive(pkt, now, udp_src=msg.src)
             elif isinstance(msg, DerpReceived):
                 for pkt in msg.packets:
-                    self._receive(pkt, now, derp_from=msg.peer_key)
+                    self._receive(pkt, now, derp_from=msg.peer_key, derp_region=msg.region)
         self._rearm()
 
     def _send_ip(self, peer_key: bytes, packets: list[bytes], now: float) -> None:
@@ -195,7 +216,8 @@ class Worker:
         if msgs:
             self._to_peer(peer_key, msgs, now)
 
-    def _receive(self, pkt: bytes, now: float, *, udp_src: str | None = None, derp_from: bytes | None = None) -> None:
+    def _receive(self, pkt: bytes, now: float, *, udp_src: str | None = None, derp_from: bytes | None = None,
+                 derp_region: int = 0) -> None:
         if udp_src is not None and message_type(pkt) == MESSAGE_INITIATION:
             initiator = self.device.initiator_static(pkt, now)
             if initiator is None:
@@ -215,8 +237,11 @@ class Worker:
                 self.out.udp[(udp_src,)].extend(result.to_peer)
             return
         route = self.routes.get(peer)
-        if route is not None and udp_src is not None and result.error is None:
-            route.heard_over_udp(udp_src, now)
+        if route is not None and result.error is None:
+            if udp_src is not None:
+                route.heard_over_udp(udp_src, now)
+            elif derp_from is not None:
+                route.heard_over_derp(derp_region, now)
         if result.to_peer:
             self._to_peer(peer, result.to_peer, now, reply_udp=udp_src, reply_derp=derp_from is not None)
         if result.to_tunnel:
@@ -288,6 +313,18 @@ class Worker:
         for peer_key, msgs in self.device.update_timers(now):
             self._to_peer(peer_key, msgs, now)
         self._rearm()
+
+    def peer_stats(self) -> list[PeerStats]:
+        """`PeerStats` of every peer this worker owns (the ctl socket's `PeersReply`)."""
+        now = time.time()
+        out = []
+        for key, route in self.routes.items():
+            stats = self.device.peer_stats(key)
+            path, udp, region = route.path(now)
+            out.append(PeerStats(key=to_text("nodekey:", key), worker=self.index, path=path, endpoint=udp,
+                                 derp_region=region, last_handshake=stats["last_handshake"] or 0.0,
+                                 rx_bytes=stats["rx_bytes"], tx_bytes=stats["tx_bytes"]))
+        return out
 
     def health_counters(self) -> dict[str, int]:
         merged = dict(self.counters.snapshot())

@@ -7,10 +7,17 @@ added later with defaults stay compatible with older peers.
     request             reply
     -----------------   -----------------------------------------
     `StatusRequest`     `StatusReply` (health, plus the control state from the control
-                        service) 
+                        service)
     `HealthRequest`     `ServiceHealth`
+    `PeersRequest`      `PeersReply` (a wg worker: one `PeerStats` per peer it owns;
+                        every other service: no peers)
     `StopRequest`       `Ack`, then the service shuts down
     anything invalid    `ErrorReply`
+
+`PeerStats` is a plain (untagged) map inside `PeersReply`::
+
+    {"key": "nodekey:<hex>", "worker": 1, "path": "derp", "endpoint": "", "derp_region": 999,
+     "last_handshake": 1718000000.5, "rx_bytes": 1234, "tx_bytes": 5678}
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ __all__ = [
     "CtlRequest",
     "ErrorReply",
     "HealthRequest",
+    "PeerStats",
+    "PeersReply",
+    "PeersRequest",
     "ServiceHealth",
     "StatusReply",
     "StatusRequest",
@@ -52,6 +62,40 @@ class StopRequest(_CtlMessage, frozen=True):
 
     reason: str
     """Why, for the service's exit log line (e.g. ``"sunbeam-ctl stop"``)."""
+
+
+class PeersRequest(_CtlMessage, frozen=True):
+    """Ask for the per-peer state of the peers the service owns (the wg workers)."""
+
+
+class PeerStats(msgspec.Struct, frozen=True):
+    """One peer as the wg worker that owns it sees it."""
+
+    key: str
+    """``"nodekey:<64 hex>"``."""
+    worker: int = 0
+    """The owning worker's number."""
+    path: str = ""
+    """How the peer's traffic reaches us: ``"direct"`` (an authenticated UDP receipt within
+    the worker's freshness window), ``"derp"``, or ``""`` (nothing authenticated received yet)."""
+    endpoint: str = ""
+    """The UDP ``"ip:port"`` the peer last reached us from, when ``path`` is ``"direct"``; else ``""``."""
+    derp_region: int = 0
+    """When ``path`` is ``"derp"``: the region the peer's messages came through (else its home
+    region); 0 otherwise."""
+    last_handshake: float = 0.0
+    """Unix time (seconds) of the last completed handshake; 0 = never."""
+    rx_bytes: int = 0
+    """WireGuard bytes received from the peer (handshake and transport messages)."""
+    tx_bytes: int = 0
+    """WireGuard transport bytes sent to the peer."""
+
+
+class PeersReply(_CtlMessage, frozen=True):
+    """A service's answer to `PeersRequest`."""
+
+    service: str
+    peers: list[PeerStats] = msgspec.field(default_factory=list)
 
 
 class Ack(_CtlMessage, frozen=True):
@@ -87,8 +131,8 @@ class StatusReply(_CtlMessage, frozen=True):
     """The control session's state (only the control service sets it)."""
 
 
-CtlRequest = StatusRequest | StopRequest | HealthRequest
-CtlReply = Ack | ErrorReply | ServiceHealth | StatusReply
+CtlRequest = StatusRequest | StopRequest | HealthRequest | PeersRequest
+CtlReply = Ack | ErrorReply | ServiceHealth | StatusReply | PeersReply
 
 CTL_REQUEST_CODEC: Codec[CtlRequest] = Codec(CtlRequest)
 CTL_REPLY_CODEC: Codec[CtlReply] = Codec(CtlReply)

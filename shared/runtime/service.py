@@ -6,10 +6,13 @@
 2. load the context (`load_config`); a `ConfigError` prints one line
    ``sunbeam-<name>: config error: ...`` and exits 2 (supervisord gives up after its retries
    instead of looping on a crash trace);
-3. create the context's runtime directory (0700), structured logging at the context's level;
+3. umask 077; create the context's runtime directory (0700), structured logging at the
+   context's level;
 4. one `Shutdown` fed by SIGTERM/SIGINT and by `StopRequest` on the service's ctl socket;
 5. bind the ctl REP socket ``ipc://<rundir>/<service>-ctl.sock`` answering `HealthRequest`
-   and `StatusRequest` with `ServiceHealth`, `StopRequest` with `Ack` (then shutdown);
+   with `ServiceHealth`, `StatusRequest` with `StatusReply`, `PeersRequest` with
+   `PeersReply` (the peers from ``service.peers_provider``; none when unset), `StopRequest`
+   with `Ack` (then shutdown);
 6. call ``setup(service)`` so the service binds/connects its own sockets on ``service.loop``;
 7. run the loop; exit 0 on a requested stop, non-zero when our own code raised.
 
@@ -36,6 +39,9 @@ from ..messages.ctl import (
     Ack,
     ErrorReply,
     HealthRequest,
+    PeersReply,
+    PeersRequest,
+    PeerStats,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -70,6 +76,8 @@ class Service:
     started_at: float = field(default_factory=time.time)
     status_provider: Callable[[], Any] | None = None
     """Returns the `ControlStatus` put into `StatusReply` (the control service sets it)."""
+    peers_provider: Callable[[], list[PeerStats]] | None = None
+    """Returns the `PeerStats` put into `PeersReply` (each wg worker sets it)."""
     extra_counters: Callable[[], dict[str, int]] | None = None
     """Replaces the plain counters in health replies (e.g. a worker adding its device's)."""
     on_stop: list[Callable[[], None]] = field(default_factory=list)
@@ -97,6 +105,9 @@ def _serve_ctl(svc: Service, sock: zmq.Socket[Any]) -> None:
     elif isinstance(req, StatusRequest):
         control = svc.status_provider() if svc.status_provider else None
         sock.send(CTL_REPLY_CODEC.encode(StatusReply(health=svc.health(), control=control)))
+    elif isinstance(req, PeersRequest):
+        peers = svc.peers_provider() if svc.peers_provider else []
+        sock.send(CTL_REPLY_CODEC.encode(PeersReply(service=svc.name, peers=peers)))
     elif isinstance(req, StopRequest):
         svc.state = "stopping"
         sock.send(CTL_REPLY_CODEC.encode(Ack()))
@@ -133,6 +144,7 @@ def run_service(name: str, setup: Callable[[Service], None] | None = None, *, ar
 
 
 def _run(ident: str, ctx: Context, worker: int | None, setup: Callable[[Service], None] | None) -> int:
+    os.umask(0o077)  # socket files, logs, keys: the owning user only, whoever started us
     rundir = ensure_rundir(ctx.runtime_dir)
     log = get_logger(ident, level=ctx.log_level.upper())
     with Shutdown() as shutdown:

@@ -16,7 +16,7 @@ import zmq
 
 from sunbeam.shared.ctl.client import request
 from sunbeam.shared.keys import load_or_create, public_from_private
-from sunbeam.shared.messages.ctl import HealthRequest
+from sunbeam.shared.messages.ctl import HealthRequest, PeersReply, PeersRequest
 from sunbeam.shared.messages.dataplane import (
     DERP_IN_CODEC,
     PROXY_IN_CODEC,
@@ -89,7 +89,8 @@ def harness(tmp_path):
     while not (counters(0).get("netmap_updates") and counters(1).get("netmap_updates")):
         assert time.monotonic() < deadline, "workers never applied the netmap"
         time.sleep(0.05)
-    yield dict(socks=socks, push=push, peer=peer, our_pub=keys.node.public, peer_pub=peer_pub, counters=counters)
+    yield dict(socks=socks, push=push, peer=peer, our_pub=keys.node.public, peer_pub=peer_pub, counters=counters,
+               rundir=rundir)
     for p in procs:
         p.terminate()
         assert p.wait(timeout=10) == 0
@@ -181,3 +182,72 @@ def test_initiation_goes_to_a_fresh_udp_source_only():
     assert route.handshake_udp(100.0 + UDP_FRESH - 1) == SRC
     assert route.handshake_udp(100.0 + UDP_FRESH) is None  # gone quiet: back to DERP
     assert route.udp_dsts() == ["10.0.0.1:41641", SRC]  # data still goes every way
+
+
+def _peers(h, k):
+    reply = request(h["rundir"] / f"wg-{k}-ctl.sock", PeersRequest(), timeout=5.0)
+    assert isinstance(reply, PeersReply) and reply.service == f"wg-{k}"
+    return reply.peers
+
+
+def test_peers_request_reports_a_direct_path(harness):
+    h = harness
+    key = "nodekey:" + h["peer_pub"].hex()
+    [before] = _peers(h, 1)
+    assert (before.key, before.worker, before.path, before.endpoint, before.last_handshake) == (key, 1, "", "", 0.0)
+    assert _peers(h, 0) == []  # worker 0 owns no peer
+    # the peer handshakes with us over UDP from SRC, then sends data; we send data back
+    init = h["peer"].encapsulate(h["our_pub"], [_icmp(PEER_IP)], time.time())
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=init)))
+    resp = _recv(h["socks"]["udp-in"], UDP_IN_CODEC).packets
+    out = []
+    for m in resp:
+        out += h["peer"].decapsulate(m, time.time()).to_peer
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=out)))
+    assert _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC).packets == [_icmp(PEER_IP)]
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
+    _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
+    [stats] = _peers(h, 1)
+    assert (stats.key, stats.worker, stats.path, stats.endpoint, stats.derp_region) == (key, 1, "direct", SRC, 0)
+    assert time.time() - 10 < stats.last_handshake <= time.time()
+    assert stats.rx_bytes >= len(init[0]) + sum(map(len, out)) and stats.tx_bytes > 0
+
+
+def test_peers_request_reports_a_derp_path(harness):
+    h = harness
+    # the whole exchange over DERP: our initiation, the peer's response, data both ways
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
+    init = _recv(h["socks"]["derp-in"], DERP_IN_CODEC).packets
+    resp = h["peer"].decapsulate(init[0], time.time()).to_peer
+    h["push"][1].send(WG_IN_CODEC.encode(DerpReceived(peer_key=h["peer_pub"], region=999, packets=resp)))
+    data = _recv(h["socks"]["derp-in"], DERP_IN_CODEC).packets  # our staged echo request
+    got = []
+    for m in data:
+        got += h["peer"].decapsulate(m, time.time()).to_tunnel
+    assert got == [_icmp(OURS)]
+    reply = h["peer"].encapsulate(h["our_pub"], [_icmp(PEER_IP)], time.time())
+    h["push"][1].send(WG_IN_CODEC.encode(DerpReceived(peer_key=h["peer_pub"], region=999, packets=reply)))
+    assert _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC).packets == [_icmp(PEER_IP)]
+    [stats] = _peers(h, 1)
+    assert (stats.path, stats.endpoint, stats.derp_region) == ("derp", "", 999)
+    assert time.time() - 10 < stats.last_handshake <= time.time()
+    assert stats.rx_bytes == len(resp[0]) + len(reply[0]) and stats.tx_bytes == sum(map(len, data))
+    # a UDP message that fails authentication does not make the path direct
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=reply)))  # a replay
+    deadline = time.monotonic() + 5
+    while h["counters"](1).get("wg_replay", 0) < 1:
+        assert time.monotonic() < deadline, h["counters"](1)
+        time.sleep(0.05)
+    [stats] = _peers(h, 1)
+    assert (stats.path, stats.endpoint, stats.derp_region) == ("derp", "", 999)
+
+
+def test_peer_route_path():
+    route = PeerRoute(endpoints=("10.0.0.1:41641",), home_derp=7)
+    assert route.path(100.0) == ("", "", 0)  # nothing authenticated received yet
+    route.heard_over_derp(999, 100.0)
+    assert route.path(100.0) == ("derp", "", 999)
+    route.heard_over_udp(SRC, 101.0)
+    assert route.path(101.0 + UDP_FRESH - 1) == ("direct", SRC, 0)
+    assert route.path(101.0 + UDP_FRESH) == ("derp", "", 999)  # UDP gone quiet: DERP
+    assert PeerRoute(home_derp=7, last_derp_at=1.0).path(2.0) == ("derp", "", 7)  # region unknown: home

@@ -95,17 +95,22 @@ def test_each_peer_served_by_its_owner_and_all_reachable(refnet_derp, node):
     for p in netmap.peers:
         expected[owner(from_text("nodekey:", p.key), WORKERS)].add(p.hostname)
     for peer in refnet_derp["peers"]:
-        deadline = time.monotonic() + 30
-        while True:
-            result = _proxy_ping(node, peer["ips"][0], count=2, timeout=2.0)
-            if any(r is not None for r in result.rtts) or time.monotonic() > deadline:
-                break
-        assert any(r is not None for r in result.rtts), (peer["name"], result)
+        _answered_ping(node, peer)
     for k in range(WORKERS):
         counters = node.counters(f"wg-{k}")
         assert counters["peers"] == len(expected[k]), (k, counters, expected)
         if expected[k]:
             assert counters.get("wg_handshake_completed", 0) >= 1, counters
+
+
+def _answered_ping(node, peer: dict) -> None:
+    """Echo requests to ``peer`` until one is answered (the first waits for the handshake)."""
+    deadline = time.monotonic() + 30
+    while True:
+        result = _proxy_ping(node, peer["ips"][0], count=2, timeout=2.0)
+        if any(r is not None for r in result.rtts) or time.monotonic() > deadline:
+            break
+    assert any(r is not None for r in result.rtts), (peer["name"], result)
 
 
 def test_sunbeam_ctl_ping_by_name(refnet_derp, node):
@@ -116,6 +121,35 @@ def test_sunbeam_ctl_ping_by_name(refnet_derp, node):
         if res.returncode == 0 or time.monotonic() > deadline:
             break
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"pong from {target['name']} ({target['ips'][0]}) in " in res.stdout
+    assert f"pong from {target['name']} ({target['ips'][0]}) via DERP(999) in " in res.stdout
     unknown = node.ctl("ping", "no-such-peer")
     assert unknown.returncode == 1 and "no peer called 'no-such-peer'" in unknown.stdout
+
+
+def test_peers_and_ping_report_the_derp_path(refnet_derp, node, capsys):
+    import json
+
+    from sunbeam.shared.ctl.peers import peers_command, ping_command
+
+    for peer in refnet_derp["peers"]:  # a session with each peer, its traffic over DERP
+        _answered_ping(node, peer)
+    capsys.readouterr()
+    assert peers_command(node.rundir, as_json=True) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for peer in refnet_derp["peers"]:
+        row = rows[peer["name"]]
+        assert set(row["addresses"]) == set(peer["ips"]), row
+        assert row["online"] is True and row["key"].startswith("nodekey:") and row["id"] > 0, row
+        assert (row["path"], row["endpoint"], row["derp_region"]) == ("derp", "", 999), row
+        assert row["last_handshake"] > time.time() - 300 and row["rx_bytes"] > 0 and row["tx_bytes"] > 0, row
+        assert row["worker"] == owner(from_text("nodekey:", row["key"]), WORKERS), row
+    assert peers_command(node.rundir, as_json=False) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["NAME", "ADDRESSES", "ONLINE", "PATH"]
+    for peer in refnet_derp["peers"]:
+        [line] = [ln for ln in table if ln.startswith(peer["name"] + " ")]
+        assert " yes " in line and " DERP(999) " in line and " ago " in line, line
+    target = refnet_derp["peers"][0]
+    assert ping_command(node.rundir, target["name"], 2) == 0
+    out = capsys.readouterr().out
+    assert f"pong from {target['name']} ({target['ips'][0]}) via DERP(999) in " in out, out
