@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop and remove the reference network")
     p_demo = sub.add_parser("demo", help="bring it up, show it working, tear it down")
     p_demo.add_argument("--keep", action="store_true", help="leave it running afterwards")
-    p_demo.add_argument("--supervisord-conf", help="sunbeam's supervisord.conf (default: ./supervisord.conf)")
+    p_demo.add_argument("--supervisord-conf", help="a supervisord.conf other than the package's")
     for p in (p_up, p_show, sub.choices["down"]):
         p.add_argument("--name", default=network.DEFAULT_NAME)
     args = ap.parse_args(argv)

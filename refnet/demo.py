@@ -1,23 +1,21 @@
 """`sunbeam-refnet demo`: the main job on a fresh machine, end to end.
 
 1. the reference network: Headscale + two real tailscaled peers in a private namespace;
-2. sunbeam's whole pipeline (`supervisord -c supervisord.conf`) joined to it inside the
-   namespace with the ephemeral pre-auth key (so the demo node vanishes afterwards);
+2. ``sunbeam-ctl connect`` inside the namespace: supervisord and sunbeam's whole pipeline
+   join it with the ephemeral pre-auth key (so the demo node vanishes afterwards);
 3. shows ``sunbeam-ctl status``, a real peer pinging sunbeam over the tailnet (ICMP inside
-   WireGuard), sunbeam pinging a peer, and a page fetched from a peer through sunbeam's
-   own SOCKS5 listener (127.0.0.1:1080 inside the namespace, peer named by its hostname);
-4. tears everything down (unless ``--keep``).
+   WireGuard), ``sunbeam-ctl ping`` and ``peers``, and a page fetched from a peer through
+   sunbeam's own SOCKS5 listener (127.0.0.1:1080 inside the namespace, peer by hostname);
+4. ``sunbeam-ctl stop``, then tears the network down (unless ``--keep``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from . import network
@@ -25,14 +23,6 @@ from . import network
 
 def _log(msg: str) -> None:
     print(f"==> {msg}", file=sys.stderr, flush=True)
-
-
-def find_supervisord_conf(explicit: str | None) -> Path:
-    for candidate in (explicit, os.environ.get("SUNBEAM_SUPERVISORD_CONF"), Path.cwd() / "supervisord.conf",
-                      Path(__file__).resolve().parents[1] / "supervisord.conf"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise RuntimeError("supervisord.conf not found (run from the sunbeam checkout or pass --supervisord-conf)")
 
 
 SOCKS_PORT = 1080
@@ -59,66 +49,52 @@ def _run(cmd: list[str], env: dict | None = None, timeout: float = 60) -> subpro
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_running(env: dict, timeout: float = 40) -> str:
-    deadline = time.monotonic() + timeout
-    out = ""
-    while time.monotonic() < deadline:
-        res = _run(["sunbeam-ctl", "status"], env)
-        out = res.stdout
-        if res.returncode == 0:
-            return out
-        time.sleep(0.5)
-    raise RuntimeError(f"sunbeam did not reach Running within {timeout}s:\n{out}")
+def _show(title: str, res: subprocess.CompletedProcess) -> bool:
+    _log(title)
+    print((res.stdout.rstrip() or res.stderr.rstrip()), flush=True)
+    return res.returncode == 0
 
 
 def run(keep: bool, conf: str | None) -> int:
     from .cli import describe
 
-    conf_path = find_supervisord_conf(conf)
     info = network.up(2, log=_log)
     base = Path(tempfile.mkdtemp(prefix="sb-demo-"))
     os.chmod(base, 0o700)
     env = sunbeam_env(info, base)
-    (base / "run").mkdir(mode=0o700, exist_ok=True)
-    sup = None
+    if conf:
+        env["SUNBEAM_SUPERVISORD_CONF"] = str(Path(conf).absolute())
+    ctl = info["exec_prefix"] + ["sunbeam-ctl"]
+    connected = False
     try:
         print(describe(info))
-        _log(f"starting sunbeam: supervisord -c {conf_path} (inside the namespace)")
-        sup = subprocess.Popen(info["exec_prefix"] + ["supervisord", "-c", str(conf_path)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        status = _wait_running(env)
-        _log("sunbeam-ctl status:")
-        print(status.rstrip())
-        ours = next(line.split(": ", 1)[1].split(", ")[0] for line in status.splitlines()
+        _log("sunbeam-ctl connect   (supervisord + every sunbeam service, inside the namespace)")
+        res = _run(ctl + ["connect"], env, timeout=120)
+        print(res.stdout.rstrip(), res.stderr.rstrip(), sep="\n" if res.stderr else "", flush=True)
+        if res.returncode != 0:
+            return 1
+        connected = True
+        ok = _show("sunbeam-ctl status:", _run(ctl + ["status"], env))
+        ours = next(line.split(": ", 1)[1].split(", ")[0] for line in _run(ctl + ["status"], env).stdout.splitlines()
                     if line.startswith("addresses:"))
         a, b = info["peers"]
-        _log(f"a real tailscaled ({a['name']}) pings sunbeam at {ours} (ICMP inside WireGuard):")
         for _attempt in range(3):  # the first echo also waits for the WireGuard handshake
             res = _run(a["tailscale_cli"] + ["ping", "--icmp", "--c=3", "--until-direct=false", ours], timeout=90)
             if res.returncode == 0:
                 break
-        print(res.stdout.rstrip() or res.stderr.rstrip())
-        ok = res.returncode == 0
-        _log(f"sunbeam-ctl ping {b['name']}:")
-        res = _run(["sunbeam-ctl", "ping", b["name"], "-c", "3"], env, timeout=60)
-        print(res.stdout.rstrip() or res.stderr.rstrip())
-        ok &= res.returncode == 0
+        ok &= _show(f"a real tailscaled ({a['name']}) pings sunbeam at {ours} (ICMP inside WireGuard):", res)
+        ok &= _show(f"sunbeam-ctl ping {b['name']}:", _run(ctl + ["ping", b["name"], "-c", "3"], env, timeout=60))
         url = f"http://{b['name']}:{b['service_port']}/"
-        _log(f"curl --socks5-hostname 127.0.0.1:{SOCKS_PORT} {url}   (through sunbeam):")
-        res2 = _run(info["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", "30", "--socks5-hostname",
-                                           f"127.0.0.1:{SOCKS_PORT}", url], timeout=60)
-        print(res2.stdout.rstrip() or res2.stderr.rstrip())
-        ok &= res2.returncode == 0
+        ok &= _show(f"curl --socks5-hostname 127.0.0.1:{SOCKS_PORT} {url}   (through sunbeam):",
+                    _run(info["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", "30", "--socks5-hostname",
+                                                f"127.0.0.1:{SOCKS_PORT}", url], timeout=60))
+        ok &= _show("sunbeam-ctl peers:", _run(ctl + ["peers"], env))
         return 0 if ok else 1
     finally:
         if keep:
             _log(f"kept running; sunbeam env in {base}; remove with: sunbeam-refnet down --name {info['name']}")
         else:
-            if sup is not None and sup.poll() is None:
-                sup.send_signal(signal.SIGTERM)
-                try:
-                    sup.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    sup.kill()
+            if connected:
+                _show("sunbeam-ctl stop:", _run(ctl + ["stop"], env, timeout=60))
             _log("tearing down: " + "; ".join(network.down(info["name"])))
             shutil.rmtree(base, ignore_errors=True)

@@ -1,11 +1,17 @@
-"""`sunbeam-ctl`: talk to the running sunbeam services over their ctl sockets.
+"""`sunbeam-ctl`: start, stop and ask the running sunbeam services over their ctl sockets.
 
-    sunbeam-ctl [--config PATH] [--context NAME] status [--json]   VPN state and each service's health
-    sunbeam-ctl [--config PATH] [--context NAME] netmap [--json]   the netmap the control service publishes
-    sunbeam-ctl [--config PATH] [--context NAME] ping PEER [-c N]  ICMP echo to a peer (name or IP)
-    sunbeam-ctl [--config PATH] [--context NAME] stop              ask every service to stop
+    sunbeam-ctl [--config PATH] [--context NAME] connect [--foreground] [--timeout S]
+                                                  start the pipeline (supervisord), wait
+                                                  until connected, print the addresses
+    sunbeam-ctl ... status [--json]               VPN state and each service's health
+    sunbeam-ctl ... peers [--json]                peers: addresses, online, path, handshake, bytes
+    sunbeam-ctl ... netmap [--json]               the netmap the control service publishes
+    sunbeam-ctl ... ping PEER [-c N]              ICMP echo to a peer (name or IP), with the path
+    sunbeam-ctl ... stop | disconnect             stop every service and supervisord
 
-Exit codes: 0 ok; 1 nothing running / a service did not answer; 2 usage or config error.
+``--config`` / ``--context`` may also follow the subcommand.
+Exit codes: 0 ok; 1 nothing running, refused or failed, or a service did not answer;
+2 usage or config error.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import json
 import sys
 
 import msgspec
-import zmq
 
 from ..config import ConfigError, load_config
-from ..messages.ctl import Ack, ErrorReply, ServiceHealth, StatusReply, StatusRequest, StopRequest
+from ..messages.ctl import ServiceHealth, StatusReply, StatusRequest
 from ..messages.netmap import ControlStatus
+from ..runtime.rundir import RundirError
+from . import daemon
 from .client import CtlTimeout, discover, request
+from .peers import peers_command, ping_command
 from .watch import NetmapWatch
 
 
@@ -98,105 +106,49 @@ def _netmap(rundir, as_json: bool, timeout: float = 5.0) -> int:
     return 0
 
 
-def _stop(rundir) -> int:
-    live = [f for f in discover(rundir) if f.live]
-    if not live:
-        print("VPN: not running")
-        return 1
-    print("Asking services to stop...")
-    ok = True
-    for f in live:
-        try:
-            reply = request(f.path, StopRequest(reason="sunbeam-ctl stop"))
-        except CtlTimeout:
-            print(f"  {f.service}: no answer")
-            ok = False
-            continue
-        if isinstance(reply, ErrorReply):
-            print(f"  {f.service}: {reply.message}")
-            ok = False
-        elif isinstance(reply, Ack):
-            print(f"  {f.service}: acknowledged")
-    return 0 if ok else 1
-
-
-def _find_peer(rundir, target: str) -> tuple[str, str] | None:
-    """(name, IPv4-or-first address) of the peer called ``target`` (hostname, MagicDNS name or IP)."""
-    watch = NetmapWatch(rundir)
-    try:
-        netmap = watch.wait_for(lambda nm: True, 5.0)
-    except TimeoutError:
-        return None
-    finally:
-        watch.close()
-    want = target.lower().rstrip(".")
-    for p in netmap.peers:
-        ips = [a.split("/")[0] for a in p.addresses]
-        names = {(p.hostname or "").lower(), p.name.lower().rstrip("."), p.name.lower().split(".")[0]}
-        if want in names or target in ips:
-            return (p.hostname or p.name), (target if target in ips else ips[0])
-    return None
-
-
-def _ping(rundir, target: str, count: int) -> int:
-    from ..messages.codec import BadMessage
-    from ..runtime.rundir import endpoint
-
-    found = _find_peer(rundir, target)
-    if found is None:
-        print(f"sunbeam-ctl: no peer called {target!r} in the netmap (or the VPN is not running)")
-        return 1
-    name, ip = found
-    # the proxy owns the IP layer: it sends the echoes and matches the replies
-    from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer
-
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int((count * 2.0 + 5) * 1000))
-    sock.connect(endpoint(rundir, "proxy-ping"))
-    try:
-        sock.send(PING_REQUEST_CODEC.encode(PingPeer(dst_ip=ip, count=count, timeout=2.0)))
-        result = PING_REPLY_CODEC.decode(sock.recv())
-    except (zmq.Again, BadMessage):
-        print("sunbeam-ctl: the proxy service did not answer")
-        return 1
-    finally:
-        sock.close()
-    if result.error:
-        print(f"sunbeam-ctl: ping {name}: {result.error}")
-        return 1
-    for rtt in result.rtts:
-        print(f"pong from {name} ({ip}) in {rtt * 1000:.1f} ms" if rtt is not None else f"no reply from {name} ({ip})")
-    return 0 if any(r is not None for r in result.rtts) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sunbeam-ctl", description=__doc__.splitlines()[0])
-    ap.add_argument("--config")
-    ap.add_argument("--context")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="context name")
+    ap = argparse.ArgumentParser(prog="sunbeam-ctl", description=__doc__.splitlines()[0], parents=[common])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p_status = sub.add_parser("status", help="show each service's health")
+    p_connect = sub.add_parser("connect", parents=[common], help="start sunbeam and wait until connected")
+    p_connect.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops sunbeam")
+    p_connect.add_argument("--timeout", type=float, default=daemon.CONNECT_TIMEOUT, help="seconds to wait")
+    p_status = sub.add_parser("status", parents=[common], help="show the VPN state and each service's health")
     p_status.add_argument("--json", action="store_true")
-    p_netmap = sub.add_parser("netmap", help="show the netmap the control service publishes")
+    p_netmap = sub.add_parser("netmap", parents=[common], help="show the netmap the control service publishes")
     p_netmap.add_argument("--json", action="store_true")
-    p_ping = sub.add_parser("ping", help="ICMP echo to a peer through the tunnel")
+    p_peers = sub.add_parser("peers", parents=[common], help="peers: addresses, online, path, handshake, bytes")
+    p_peers.add_argument("--json", action="store_true")
+    p_ping = sub.add_parser("ping", parents=[common], help="ICMP echo to a peer through the tunnel")
     p_ping.add_argument("peer")
     p_ping.add_argument("-c", "--count", type=int, default=3)
-    sub.add_parser("stop", help="ask every service to stop")
+    for name in ("stop", "disconnect"):
+        sub.add_parser(name, parents=[common], help="stop sunbeam")
     args = ap.parse_args(argv)
+    config, context = getattr(args, "config", None), getattr(args, "context", None)
     try:
-        # only the runtime dir is needed here: no auth key required to ask for status
-        ctx = load_config(args.config, context=args.context, need_auth=False)
+        # the daemon's services need the auth key; asking them things needs only the runtime dir
+        ctx = load_config(config, context=context, need_auth=args.cmd == "connect")
     except ConfigError as exc:
         print(f"sunbeam-ctl: config error: {exc}", file=sys.stderr)
         return 2
-    if args.cmd == "status":
-        return _status(ctx.runtime_dir, args.json)
-    if args.cmd == "netmap":
-        return _netmap(ctx.runtime_dir, args.json)
-    if args.cmd == "ping":
-        return _ping(ctx.runtime_dir, args.peer, max(1, min(args.count, 100)))
-    return _stop(ctx.runtime_dir)
+    try:
+        if args.cmd == "connect":
+            return daemon.connect(ctx, config=config, foreground=args.foreground, timeout=args.timeout)
+        if args.cmd == "status":
+            return _status(ctx.runtime_dir, args.json)
+        if args.cmd == "netmap":
+            return _netmap(ctx.runtime_dir, args.json)
+        if args.cmd == "peers":
+            return peers_command(ctx.runtime_dir, args.json)
+        if args.cmd == "ping":
+            return ping_command(ctx.runtime_dir, args.peer, max(1, min(args.count, 100)))
+        return daemon.stop(ctx.runtime_dir)
+    except RundirError as exc:
+        print(f"sunbeam-ctl: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

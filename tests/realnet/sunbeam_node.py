@@ -67,6 +67,8 @@ class SunbeamNode:
         return proc.wait(timeout=15)
 
     def close(self) -> None:
+        if (self.rundir / "supervisord.pid").exists():  # started with `sunbeam-ctl connect`
+            self.ctl("stop", timeout=60)
         for name in list(self.procs):
             try:
                 self.stop(name)
@@ -75,10 +77,15 @@ class SunbeamNode:
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log(self, service: str = "control") -> str:
-        return (self.base / f"{service}.log").read_text(errors="replace")
+        for path in (self.base / f"{service}.log", self.rundir / f"{service}.log"):  # by hand / by supervisord
+            if path.exists():
+                return path.read_text(errors="replace")
+        return 
 
-    def ctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["sunbeam-ctl", *args], env=self.env, capture_output=True, text=True, timeout=30)
+    def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """``sunbeam-ctl args...`` inside the namespace (``connect`` starts the daemon there)."""
+        return subprocess.run(self.refnet["exec_prefix"] + ["sunbeam-ctl", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
 
     def status(self) -> dict:
         res = self.ctl("status", "--json")

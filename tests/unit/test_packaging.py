@@ -44,3 +44,24 @@ def test_chosen_dependencies_declared():
     deps = " ".join(_pyproject()["project"]["dependencies"])
     for dep in ("pyzmq", "pynacl", "cryptography", "h2", "zstandard", "msgspec", "supervisor"):
         assert dep in deps
+
+
+def test_the_wheel_carries_supervisord_conf(tmp_path):
+    """`sunbeam-ctl connect` runs the package's supervisord.conf; a wheel must ship the
+    top-level file's exact bytes (shared/supervisord.conf is a symlink to it)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from sunbeam.shared.ctl.daemon import supervisord_conf
+
+    assert supervisord_conf().read_bytes() == (ROOT / "supervisord.conf").read_bytes()
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".git", "*.egg-info", "__pycache__"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    wheel = next(tmp_path.glob("sunbeam-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read("sunbeam/shared/supervisord.conf") == (ROOT / "supervisord.conf").read_bytes()

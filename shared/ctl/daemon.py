@@ -1,0 +1,319 @@
+"""`sunbeam-ctl connect` and `sunbeam-ctl stop`: start and stop the supervisord pipeline.
+
+connect [--foreground]
+    1. refuse when this context already runs (a live supervisord pid file or any live ctl
+       socket in the runtime dir); otherwise remove what a killed run left behind (stale
+       socket files, a dead pid file);
+    2. start ``python -m supervisor.supervisord -c <supervisord.conf>`` with
+       SUNBEAM_RUNTIME_DIR, SUNBEAM_WG_WORKERS and the config/context selection in its
+       environment. Detached: a new session (no controlling terminal), stdin from
+       /dev/null, supervisord's own output to ``<rundir>/supervisord.out``, each service's
+       to ``<rundir>/<service>.log``. Foreground: a child of this process; Ctrl-C stops it;
+    3. show progress (services up N/M, the control state) until the control service is
+       Running with every service up, then print
+       ``Connected (100.64.0.3, fd7a:115c:a1e0::3) — 2 peers visible``;
+    4. on failure (the control service reports an error such as a rejected auth key, a
+       service gives up (supervisord FATAL), supervisord exits, or the timeout passes):
+       print the cause and the failing service's log lines from this run, stop the
+       pipeline, exit 1.
+
+stop (alias disconnect)
+    ``Asking VPN daemon to stop...``; SIGTERM to supervisord, which stops every service
+    (each exits 0 and unlinks its sockets); or, without supervisord (services started by
+    hand), a `StopRequest` on each ctl socket. Then waits until no process and no live
+    socket remain, removes leftovers, and prints ``Daemon acknowledged shutdown.``
+
+Supervisord's process table comes from its XML-RPC interface on
+``<rundir>/supervisor.sock`` (supervisor's own `SupervisorTransport`).
+
+Exit codes: 0 done; 1 refused / failed / did not stop in time; 2 config error (cli.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import Context
+from ..messages.ctl import StatusReply, StatusRequest, StopRequest
+from ..messages.netmap import ControlStatus
+from ..runtime.rundir import ensure_rundir
+from ..runtime.stale import SocketState, probe
+from .client import CtlTimeout, discover, request
+
+CONNECT_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+POLL = 0.2
+LOG_TAIL_LINES = 15
+SERVICES = ("control", "derp", "udp", "proxy")
+PRIVATE_UMASK = 0o077  # sockets, logs and the pid file: the owning user only
+
+
+def supervisord_conf() -> Path:
+    """The supervisord.conf shipped with the package ($SUNBEAM_SUPERVISORD_CONF overrides)."""
+    explicit = os.environ.get("SUNBEAM_SUPERVISORD_CONF")
+    if explicit:
+        return Path(explicit)
+    return Path(__file__).resolve().parents[1] / "supervisord.conf"
+
+
+def expected_services(workers: int) -> list[str]:
+    return [*SERVICES, *(f"wg-{k}" for k in range(workers))]
+
+
+# -- the supervisord process ---------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """A live (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def supervisord_pid(rundir: Path) -> int | None:
+    """The pid in ``supervisord.pid`` if that process is a live supervisord."""
+    try:
+        pid = int((rundir / "supervisord.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"supervisord" in cmdline and _alive(pid) else None
+
+
+def process_table(rundir: Path) -> dict[str, str]:
+    """supervisord's view: process name (``wg-0``, ``control``...) -> state name."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    sock = rundir / "supervisor.sock"
+    if probe(sock) is not SocketState.LIVE:
+        return {}
+    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None,
+                                                                                        f"unix://{sock}"))
+    try:
+        return {p["name"]: p["statename"] for p in proxy.supervisor.getAllProcessInfo()}
+    except (OSError, xmlrpc.client.Error):
+        return {}
+
+
+def running(rundir: Path) -> str | None:
+    """Why this context counts as running (None: it does not)."""
+    pid = supervisord_pid(rundir)
+    if pid is not None:
+        return f"supervisord pid {pid}"
+    live = [f.service for f in discover(rundir) if f.live]
+    return f"services {', '.join(live)}" if live else None
+
+
+def clean_leftovers(rundir: Path) -> list[str]:
+    """Remove stale socket files and a dead pid file; return what was removed."""
+    removed = []
+    for sock in sorted(rundir.glob("*.sock")):
+        if probe(sock) is SocketState.STALE:
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+                removed.append(sock.name)
+    pidfile = rundir / "supervisord.pid"
+    if pidfile.exists() and supervisord_pid(rundir) is None:
+        pidfile.unlink(missing_ok=True)
+        removed.append(pidfile.name)
+    return removed
+
+
+# -- connect -------------------------------------------------------------------------------
+
+
+def _environment(ctx: Context, rundir: Path, config: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(SUNBEAM_RUNTIME_DIR=str(rundir), SUNBEAM_WG_WORKERS=str(ctx.wg_workers), SUNBEAM_CONTEXT=ctx.name)
+    if config:
+        env["SUNBEAM_CONFIG"] = str(Path(config).absolute())
+    scripts = sysconfig.get_path("scripts")  # the sunbeam-* entry points next to this Python
+    env["PATH"] = os.pathsep.join(p for p in (scripts, env.get("PATH", "")) if p)
+    return env
+
+
+class _LogMarks:
+    """Where each log file ended before this run, so failures show only this run's lines."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.rundir = rundir
+        self.marks = {p.name: p.stat().st_size for p in rundir.glob("*.log")}
+
+    def tail(self, service: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+        path = self.rundir / f"{service}.log"
+        try:
+            with path.open("rb") as f:
+                f.seek(self.marks.get(path.name, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
+
+
+def _control_status(rundir: Path) -> ControlStatus | None:
+    path = rundir / "control-ctl.sock"
+    if probe(path) is not SocketState.LIVE:
+        return None
+    try:
+        reply = request(path, StatusRequest(), timeout=1.0)
+    except CtlTimeout:
+        return None
+    return reply.control if isinstance(reply, StatusReply) else None
+
+
+def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: float = CONNECT_TIMEOUT,
+            say: Callable[[str], None] = print) -> int:
+    rundir = ensure_rundir(ctx.runtime_dir)
+    why = running(rundir)
+    if why is not None:
+        say(f"sunbeam is already running for context {ctx.name!r} ({why}); "
+            "see `sunbeam-ctl status`, or `sunbeam-ctl stop` first")
+        return 1
+    removed = clean_leftovers(rundir)
+    if removed:
+        say(f"removed leftovers of an earlier run: {', '.join(removed)}")
+    conf = supervisord_conf()
+    if not conf.is_file():
+        say(f"sunbeam-ctl: {conf} not found (set SUNBEAM_SUPERVISORD_CONF)")
+        return 1
+    marks = _LogMarks(rundir)
+    cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
+    env = _environment(ctx, rundir, config)
+    say(f"Starting sunbeam ({ctx.wg_workers} WireGuard workers; logs in {rundir})...")
+    if foreground:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, umask=PRIVATE_UMASK)
+    else:
+        with open(rundir / "supervisord.out", "wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
+    try:
+        outcome = _wait_up(rundir, proc, expected_services(ctx.wg_workers), timeout, say)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+    if isinstance(outcome, ControlStatus):
+        addrs = ", ".join(a.split("/")[0] for a in outcome.addresses)
+        say(f"Connected ({addrs}) — {outcome.peers} peer{'s' if outcome.peers != 1 else ''} visible")
+        return _stay(proc, rundir, say) if foreground else 0
+    say(f"Connect failed: {outcome}")
+    for service in _suspects(rundir, outcome, ctx.wg_workers):
+        lines = marks.tail(service)
+        if lines:
+            say(f"--- last lines of {rundir / (service + '.log')}:")
+            for line in lines:
+                say(f"    {line}")
+    out = rundir / "supervisord.out"
+    if proc.poll() is not None and out.exists() and out.stat().st_size:
+        say("--- supervisord said:")
+        for line in out.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]:
+            say(f"    {line}")
+    _terminate(proc.pid, rundir)
+    return 1
+
+
+def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], timeout: float,
+             say: Callable[[str], None]) -> ControlStatus | str:
+    """The control status once Running with every service up; else why not."""
+    deadline = time.monotonic() + timeout
+    shown: tuple[Any, ...] = ()
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"supervisord exited with status {proc.returncode}"
+        table = process_table(rundir)
+        fatal = sorted(name for name, state in table.items() if state == "FATAL")
+        if fatal:
+            return f"{', '.join(fatal)} could not start (supervisord gave up after its retries)"
+        live = {f.service for f in discover(rundir) if f.live}
+        up = sum(1 for s in services if s in live)
+        control = _control_status(rundir)
+        state = control.state if control else "starting"
+        if control is not None and control.state == "Error":
+            return control.reason or "the control service reported an error"
+        now_shown = (up, state, control.reason if control else None)
+        if now_shown != shown:
+            shown = now_shown
+            reason = f" ({control.reason})" if control and control.reason else ""
+            say(f"  services up {up}/{len(services)}, control: {state}{reason}")
+        if control is not None and control.state == "Running" and up == len(services):
+            return control
+        time.sleep(POLL)
+    return f"not connected within {timeout:.0f}s (control: {shown[1] if shown else 'starting'})"
+
+
+def _suspects(rundir: Path, outcome: str, workers: int) -> list[str]:
+    named = [s for s in expected_services(workers) if s in outcome]
+    return named or ["control"]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stay(proc: subprocess.Popen[Any], rundir: Path, say: Callable[[str], None]) -> int:
+    """--foreground: run until supervisord ends; Ctrl-C or SIGTERM stops the pipeline."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        say("Stopping...")
+        _terminate(proc.pid, rundir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+# -- stop ----------------------------------------------------------------------------------
+
+
+def _terminate(pid: int, rundir: Path, timeout: float = STOP_TIMEOUT) -> bool:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # our own child (--foreground, a failed connect)
+    stopped = not _alive(pid)
+    if stopped:
+        clean_leftovers(rundir)
+    return stopped
+
+
+def stop(rundir: Path, say: Callable[[str], None] = print) -> int:
+    if not rundir.is_dir() or running(rundir) is None:
+        say("VPN: not running (nothing to stop)")
+        if rundir.is_dir():
+            clean_leftovers(rundir)
+        return 0
+    say("Asking VPN daemon to stop...")
+    pid = supervisord_pid(rundir)
+    if pid is not None:
+        if not _terminate(pid, rundir):
+            say(f"supervisord (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s")
+            return 1
+    else:
+        for found in discover(rundir):
+            if found.live:
+                with contextlib.suppress(CtlTimeout):
+                    request(found.path, StopRequest(reason="sunbeam-ctl stop"))
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(f.live for f in discover(rundir)):
+        if time.monotonic() > deadline:
+            say("some services did not stop: " + ", ".join(f.service for f in discover(rundir) if f.live))
+            return 1
+        time.sleep(0.05)
+    clean_leftovers(rundir)
+    say("Daemon acknowledged shutdown.")
+    return 0
