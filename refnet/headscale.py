@@ -10,6 +10,12 @@ Headscale runs inside the namespace with everything on loopback::
 
 DERP region 999 ("refnet") is generated from ``server_url``: HostName 127.0.0.1, DERPPort
 8080, STUNPort 3478; tailscaled speaks plain HTTP to it because of TS_DEBUG_USE_DERP_HTTP=1.
+
+Hosts mode (``Headscale(..., host="10.77.0.1", listen="0.0.0.0")``, see topology.py): the
+control and STUN sockets listen on every address of the namespace, and ``server_url`` (hence
+the DERP node's HostName) and ``derp.server.ipv4`` become ``host``, an address that the peers
+in the namespace and a second host namespace behind a veth can both reach.
+
 The policy (`POLICY`) allows every connection except to TCP/UDP port `DENIED_PORT`
 (7777), so tests can prove that a connection the packet filter forbids is refused.
 MagicDNS base domain ``tailnet.test``.
@@ -34,10 +40,11 @@ POLICY = json.dumps({"acls": [{"action": "accept", "src": ["*"],
                                "dst": [f"*:1-{DENIED_PORT - 1}", f"*:{DENIED_PORT + 1}-65535"]}]}, indent=2)
 
 
-def config_yaml(workdir: Path) -> str:
+def config_yaml(workdir: Path, *, host: str = "127.0.0.1", listen: str = "127.0.0.1") -> str:
+    """The config; ``host``: server_url's (and the DERP node's) address, ``listen``: the bind address."""
     return f"""\
-server_url: {CONTROL_URL}
-listen_addr: 127.0.0.1:{CONTROL_PORT}
+server_url: http://{host}:{CONTROL_PORT}
+listen_addr: {listen}:{CONTROL_PORT}
 metrics_listen_addr: 127.0.0.1:9090
 grpc_listen_addr: 127.0.0.1:50443
 grpc_allow_insecure: false
@@ -54,10 +61,10 @@ derp:
     region_code: refnet
     region_name: sunbeam refnet embedded DERP
     verify_clients: true
-    stun_listen_addr: 127.0.0.1:{STUN_PORT}
+    stun_listen_addr: {listen}:{STUN_PORT}
     private_key_path: {workdir}/derp_server_private.key
     automatically_add_embedded_derp_region: true
-    ipv4: 127.0.0.1
+    ipv4: {host}
   urls: []
   paths: []
   auto_update_enabled: false
@@ -94,11 +101,18 @@ logtail:
 class Headscale:
     """Drives one Headscale instance: its config, its process and its CLI."""
 
-    def __init__(self, binary: Path, workdir: Path, ns: str) -> None:
+    def __init__(self, binary: Path, workdir: Path, ns: str, *, host: str = "127.0.0.1",
+                 listen: str = "127.0.0.1") -> None:
         self.binary = binary
         self.workdir = workdir
         self.ns = ns
+        self.host = host
+        self.listen = listen
         self.config = workdir / "headscale.yaml"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.host}:{CONTROL_PORT}"
 
     @property
     def cli(self) -> list[str]:
@@ -106,7 +120,7 @@ class Headscale:
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(config_yaml(self.workdir))
+        self.config.write_text(config_yaml(self.workdir, host=self.host, listen=self.listen))
         (self.workdir / "policy.hujson").write_text(POLICY + "\n")
 
     def start(self) -> subprocess.Popen:
@@ -125,7 +139,7 @@ class Headscale:
                 raise RuntimeError(f"headscale exited with {proc.returncode}:\n{self.log_tail()}")
             try:
                 with netns.entered(self.ns):
-                    with urllib.request.urlopen(f"{CONTROL_URL}/health", timeout=2) as resp:
+                    with urllib.request.urlopen(f"{self.control_url}/health", timeout=2) as resp:
                         if resp.status == 200 and self.sock_ready():
                             return
             except OSError as exc:

@@ -11,6 +11,12 @@
                 "socket": ".../peer-1/ts.sock", "tailscale_cli": [...]}, ...],
      "pids": {"headscale": 123, "peer-1/tailscaled": 124, ...}}
 
+``up(..., hosts=True)`` prepares the network for a second host (topology.py): the namespace
+gets the veth end 10.77.0.1 + 10.77.0.11 before Headscale starts, Headscale listens on
+0.0.0.0 with server_url (and DERP/STUN host) 10.77.0.1, and the description gains
+``"hosts": true`` with ``control_url`` http://10.77.0.1:8080. ``topology.attach`` then adds
+the host; ``down`` removes it too.
+
 The same description is kept in ``<state dir>/<name>.json`` so ``down`` (another process)
 can remove every process by PID, then whatever else still lives in the namespace, then the
 namespace and the temp dir.
@@ -74,7 +80,16 @@ def _wait_mesh(peers: list[Peer], timeout: float) -> None:
     raise RuntimeError(f"peers did not mesh within {timeout}s: {missing}")
 
 
-def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = None, log=print) -> dict:
+def _headscale(binary: Path, workdir: Path, name: str, hosts: bool) -> Headscale:
+    if not hosts:
+        return Headscale(binary, workdir, name)
+    from . import topology
+
+    return Headscale(binary, workdir, name, host=topology.A_ADDR, listen="0.0.0.0")
+
+
+def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = None, hosts: bool = False,
+       log=print) -> dict:
     if derp_only is None:
         derp_only = os.environ.get("TS_DEBUG_ALWAYS_USE_DERP", "") not in ("", "0", "false")
     if not 1 <= peers <= 50:
@@ -88,6 +103,11 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
     os.chmod(workdir, 0o755)
     info: dict = {"name": name, "netns": name, "exec_prefix": netns.exec_prefix(name), "control_url": CONTROL_URL,
                   "derp_only": derp_only, "workdir": str(workdir), "pids": {}, "peers": []}
+    if hosts:
+        from . import topology
+
+        info["hosts"] = True
+        info["control_url"] = topology.A_CONTROL_URL
     state_dir().mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -95,7 +115,9 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
 
     save()
     try:
-        hs = Headscale(bins["headscale"], workdir / "headscale", name)
+        if hosts:
+            topology.prepare(name)
+        hs = _headscale(bins["headscale"], workdir / "headscale", name, hosts)
         proc = hs.start()
         info["pids"]["headscale"] = proc.pid
         save()
@@ -118,7 +140,7 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
         save()
         for p, d in zip(members, daemons):
             p.wait_socket(d)
-        ups = [(p, subprocess.Popen(p.up_command(CONTROL_URL, info["auth_keys"]["reusable"]), stdout=subprocess.PIPE,
+        ups = [(p, subprocess.Popen(p.up_command(info["control_url"], info["auth_keys"]["reusable"]), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)) for p in members]
         for p, u in ups:
             out, _ = u.communicate(timeout=90)
@@ -162,7 +184,7 @@ def add_peer(name: str = DEFAULT_NAME, *, ephemeral: bool = False, log=print) ->
     state_file(name).write_text(json.dumps(info, indent=2))
     peer.wait_socket(daemon)
     key = info["auth_keys"]["ephemeral" if ephemeral else "reusable"]
-    res = subprocess.run(peer.up_command(CONTROL_URL, key), capture_output=True,
+    res = subprocess.run(peer.up_command(info["control_url"], key), capture_output=True,
                          text=True, timeout=90)
     if res.returncode != 0:
         raise RuntimeError(f"`tailscale up` on {peer.name} failed: {res.stdout}{res.stderr}\n{peer.log_tail()}")
@@ -183,7 +205,7 @@ def restart_headscale(name: str = DEFAULT_NAME, *, down_for: float = 0.0) -> Non
         time.sleep(0.05)
     time.sleep(down_for)
     bins = install(log=lambda m: None)
-    hs = Headscale(bins["headscale"], Path(info["workdir"]) / "headscale", name)
+    hs = _headscale(bins["headscale"], Path(info["workdir"]) / "headscale", name, bool(info.get("hosts")))
     proc = hs.start()
     info["pids"]["headscale"] = proc.pid
     state_file(name).write_text(json.dumps(info, indent=2))
@@ -218,6 +240,10 @@ def down(name: str = DEFAULT_NAME, *, grace: float = 5.0) -> list[str]:
         deadline = time.monotonic() + grace
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
+    if state.get("hosts"):  # the second host's namespaces (topology.py)
+        from . import topology
+
+        done += topology.cleanup(name, state)
     if netns.exists(name):
         netns.delete(name)
         done.append(f"deleted netns {name}")

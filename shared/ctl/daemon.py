@@ -73,7 +73,7 @@ def expected_services(workers: int) -> list[str]:
 # -- the supervisord process ---------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """A live (not zombie) process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -90,7 +90,7 @@ def supervisord_pid(rundir: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"supervisord" in cmdline and _alive(pid) else None
+    return pid if b"supervisord" in cmdline and process_alive(pid) else None
 
 
 def process_table(rundir: Path) -> dict[str, str]:
@@ -281,11 +281,11 @@ def _terminate(pid: int, rundir: Path, timeout: float = STOP_TIMEOUT) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # our own child (--foreground, a failed connect)
-    stopped = not _alive(pid)
+    stopped = not process_alive(pid)
     if stopped:
         clean_leftovers(rundir)
     return stopped

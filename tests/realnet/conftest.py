@@ -36,3 +36,37 @@ def refnet():
 def refnet_derp():
     """Two tailscaled peers that may only talk through the embedded DERP server."""
     yield from _network("sbderp", derp_only=True)
+
+
+@pytest.fixture(scope="session")
+def refnet_hosts():
+    """Two tailscaled peers in namespace A, made for a second host (``up(..., hosts=True)``,
+    see sunbeam.refnet.topology): Headscale on 10.77.0.1:8080 (also 10.77.0.11), direct paths
+    and DERP both allowed. Attach the host with `split_host` / `nat_host`."""
+    _require_root()
+    name = f"sbhost-{os.getpid()}"
+    info = network.up(2, name=name, derp_only=False, hosts=True, log=lambda m: print(f"[refnet] {m}"))
+    yield info
+    network.down(name)
+
+
+def _attached(info: dict, kind: str):
+    from sunbeam.refnet import topology
+
+    host = topology.attach(info, kind)
+    try:
+        yield host
+    finally:
+        topology.detach(info)
+
+
+@pytest.fixture
+def split_host(refnet_hosts):
+    """Namespace B on the same link as A: B is 10.77.0.2, control http://10.77.0.11:8080."""
+    yield from _attached(refnet_hosts, "split")
+
+
+@pytest.fixture
+def nat_host(refnet_hosts):
+    """Namespace B (10.88.0.2) behind router R, which masquerades it as 10.77.0.3 toward A."""
+    yield from _attached(refnet_hosts, "nat")

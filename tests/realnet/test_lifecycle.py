@@ -11,11 +11,10 @@ import signal
 import stat
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-
 from sunbeam.refnet.blobs import blob_sha256
+from sunbeam.shared.ctl.daemon import process_alive
 from sunbeam.shared.keys import from_text
 from sunbeam.shared.sharding import owner
 
@@ -46,10 +45,7 @@ def _supervisord_pid(node: SunbeamNode) -> int:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+    return not process_alive(pid)
 
 
 def test_connect_status_peers_ping_stop_transcript(refnet, node):

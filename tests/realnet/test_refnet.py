@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sunbeam.refnet import netns, network
 from sunbeam.refnet.blobs import blob_sha256
 from sunbeam.refnet.cli import fetch_via_socks
+from sunbeam.shared.ctl.daemon import process_alive
 
 pytestmark = pytest.mark.realnet
 
@@ -111,7 +111,7 @@ def test_cli_up_json_and_down_leave_nothing(tmp_path):
         assert info["auth_keys"]["reusable"].startswith("hskey-auth-")
         assert info["peers"][0]["ips"] and info["peers"][0]["socks5"] == "127.0.0.1:11081"
         pids = list(info["pids"].values())
-        assert all(_alive(p) for p in pids)
+        assert all(process_alive(p) for p in pids)
         # the command prefix really runs a command inside the namespace
         links = subprocess.run(info["exec_prefix"] + ["ip", "-o", "link"], capture_output=True, text=True, check=True)
         assert "sb0-void" in links.stdout
@@ -119,19 +119,12 @@ def test_cli_up_json_and_down_leave_nothing(tmp_path):
                              timeout=120)
         assert res.returncode == 0, res.stderr
         deadline = time.monotonic() + 5
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [p for p in pids if _alive(p)]
+        assert not [p for p in pids if process_alive(p)]
         assert not netns.exists(name)
         assert not Path(info["workdir"]).exists()
         assert not (tmp_path / "state" / f"{name}.json").exists()
     finally:
         network.down(name)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
