@@ -327,6 +327,14 @@ class ControlClient:
         self.log.info("preferred_derp", region=region)
         self.send_lite_update()
 
+    def set_endpoints(self, endpoints: tuple[str, ...]) -> None:
+        """Our UDP endpoints (from the udp service) changed: tell the server."""
+        if endpoints == self.me.endpoints:
+            return
+        self.me = replace(self.me, endpoints=endpoints)
+        self.log.info("endpoints", endpoints=list(endpoints))
+        self.send_lite_update()
+
     def stop(self) -> None:
         """After the loop ended (its sockets are closed): close the TCP connection."""
         self.close_connection()

@@ -3,19 +3,24 @@
 Owns the node, disco and machine keys (``<state_dir>/keys.json``), the TS2021 connection to
 the control server, registration, the streaming map and the netmap, which it publishes on
 ``ipc://<rundir>/control-pub.sock`` (XPUB: `NetmapSnapshot` to every new subscriber, then
-`NetmapDelta`s, plus `ControlStatus`). Its ctl socket answers `StatusRequest` with the
-control state (Starting, Registering, Running, Reconnecting, Error(reason), Stopped).
+`NetmapDelta`s, plus `ControlStatus`). Follows ``derp-pub`` (our home region becomes
+PreferredDERP) and ``udp-pub`` (our UDP endpoints become MapRequest.Endpoints). Its ctl
+socket answers `StatusRequest` with the control state (Starting, Registering, Running,
+Reconnecting, Error(reason), Stopped).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
 from sunbeam.shared.keys import KeyFormatError, load_or_create
 from sunbeam.shared.messages.codec import BadMessage
-from sunbeam.shared.messages.dataplane import DERP_PUB_CODEC
+from sunbeam.shared.messages.codec import Codec
+from sunbeam.shared.messages.dataplane import DERP_PUB_CODEC, UDP_PUB_CODEC, DerpStatus, UdpStatus
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service, run_service
 
@@ -44,33 +49,47 @@ def setup(svc: Service) -> None:
     me = Identity(keys=keys, capability_version=ctx.capability_version, hostname=ctx.hostname,
                   ephemeral=ctx.ephemeral)
     client = ControlClient(svc, me, publication)
-    follow_derp_home(svc, client)
+    follow_peers(svc, client)
     svc.status_provider = publication.status
     svc.on_stop.append(client.stop)
     client.start()
 
 
-def follow_derp_home(svc: Service, client: ControlClient) -> None:
-    """SUB to the derp service's status: its connected home region is our PreferredDERP."""
+def follow(svc: Service, name: str, codec: Codec[Any], on_message: Callable[[Any], None]) -> None:
+    """SUB to another service's PUB socket ``name``; each decoded message to ``on_message``."""
     sub = svc.loop.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(endpoint(svc.context.runtime_dir, "derp-pub"))
+    sub.connect(endpoint(svc.context.runtime_dir, name))
 
-    def on_status(sock: zmq.Socket) -> None:
+    def on_readable(sock: zmq.Socket[Any]) -> None:
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                status = DERP_PUB_CODEC.decode(frame)
+                msg = codec.decode(frame)
             except BadMessage:
-                svc.counters.incr("derp_status_bad_message")
+                svc.counters.incr(f"{name}_bad_message")
                 continue
-            if status.state == "connected" and status.home_region and status.home_region != client.me.preferred_derp:
-                client.set_preferred_derp(status.home_region)
+            on_message(msg)
 
-    svc.loop.on_readable(sub, on_status)
+    svc.loop.on_readable(sub, on_readable)
+
+
+def follow_peers(svc: Service, client: ControlClient) -> None:
+    """The derp service's connected home region is our PreferredDERP; the udp service's
+    endpoints are the Endpoints we advertise."""
+
+    def on_derp(status: DerpStatus) -> None:
+        if status.state == "connected" and status.home_region and status.home_region != client.me.preferred_derp:
+            client.set_preferred_derp(status.home_region)
+
+    def on_udp(status: UdpStatus) -> None:
+        client.set_endpoints(tuple(status.endpoints))
+
+    follow(svc, "derp-pub", DERP_PUB_CODEC, on_derp)
+    follow(svc, "udp-pub", UDP_PUB_CODEC, on_udp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,13 +7,19 @@ Sockets::
 
     UDP [::]:$SUNBEAM_UDP_PORT (0 = random; logged as ``udp_listening port=…``)
     udp-in      PULL bind     `UDP_IN_CODEC`:  UdpSend -> datagrams out;
-                                               DiscoReceived -> pongs via derp-in
+                                               DiscoReceived -> pongs via derp-in;
+                                               PathWanted -> disco pings (paths.py)
     wg-<k>-in   PUSH connect  `WG_IN_CODEC`:   UdpReceived(src, packets), one per
-                                               (worker, src) and loop iteration
-    derp-in     PUSH connect  `DERP_IN_CODEC`: DerpSend(peer, region, pongs)
+                                               (worker, src) and loop iteration;
+                                               PeerPath(peer, addr, until)
+    derp-in     PUSH connect  `DERP_IN_CODEC`: DerpSend(peer, region, pongs / CallMeMaybe)
+    udp-pub     PUB  bind     `UDP_PUB_CODEC`: UdpStatus(port, endpoints) for control
+    control-pub SUB  connect  the netmap (peers' disco keys and endpoints)
 
-Inbound datagrams: disco (magic ``TS💬``) -> `discoreply.answer` (a ping is answered at
-once with a pong to its source); WireGuard -> the worker `wgroute.route` picks; anything
+Inbound datagrams: STUN responses -> the path finder (our mapped endpoint); disco (magic
+``TS💬``) -> `discoreply.answer` (a ping is answered at once with a pong to its source),
+then the path finder (`paths.PathFinder`: which direct address each peer is trusted at,
+see `sunbeam.shared.proto.discopaths`); WireGuard -> the worker `wgroute.route` picks; anything
 else a counted drop ``rx.drop.<reason>``. PUSH sockets have a bounded HWM; a full one is
 a counted drop (``wg_in.dropped`` / ``derp_in.dropped``, in packets).
 
@@ -39,6 +45,7 @@ from sunbeam.shared.messages.dataplane import (
     WG_IN_CODEC,
     DerpSend,
     DiscoReceived,
+    PathWanted,
     UdpReceived,
     UdpSend,
 )
@@ -52,10 +59,12 @@ from sunbeam.shared.proto.disco import (
     derp_src,
     looks_like_disco,
 )
+from sunbeam.shared.proto.stun import is_stun
 from sunbeam.shared.runtime import Batcher, RateLimitedLog, decoding_handler, endpoint, send_bounded
 from sunbeam.shared.runtime.service import Service, run_service
 
 from .discoreply import answer
+from .paths import PathFinder
 from .udpsock import UdpSocket
 from .wgroute import route
 
@@ -84,7 +93,7 @@ def port_from_env(env: Any = os.environ) -> int:
 class UdpService:
     """The shell: feeds datagrams and udp-in messages to the cores, sends their output."""
 
-    def __init__(self, svc: Service, udp: UdpSocket, boxes: DiscoBoxes) -> None:
+    def __init__(self, svc: Service, udp: UdpSocket, boxes: DiscoBoxes, node_key: bytes) -> None:
         self.svc, self.udp, self.boxes = svc, udp, boxes
         self.counters = svc.counters
         self.workers = svc.context.wg_workers
@@ -100,6 +109,7 @@ class UdpService:
         loop.bind(udp_in, endpoint(rundir, "udp-in"))
         loop.on_readable(udp_in, decoding_handler(UDP_IN_CODEC, self.on_udp_in, self.counters,
                                                   bad_log=self.drops, counter="udp_in.bad_message"))
+        self.paths = PathFinder(svc, udp, boxes, node_key, self.wg_out, self.derp_out)
         loop.on_readable(udp, self.on_datagrams)
         loop.on_iteration_end(self.flush)
         loop.call_later(SUPPRESSED_REPORT_S, self._report_suppressed)
@@ -118,6 +128,9 @@ class UdpService:
 
     def on_datagrams(self, _udp: UdpSocket) -> None:
         for pkt, src in self.udp.recv(RECV_BUDGET):
+            if is_stun(pkt):
+                self.paths.on_stun(pkt, src)
+                continue
             if looks_like_disco(pkt):
                 self.on_disco_udp(pkt, src)
                 continue
@@ -139,6 +152,7 @@ class UdpService:
         if got.reply is not None:
             self.udp.send([got.reply], src)
             self.counters.incr("disco.pong_tx")
+        self.paths.on_disco(got.sender, got.message, src)
 
     def flush(self) -> None:
         for batch in self.batcher.flush():
@@ -150,10 +164,13 @@ class UdpService:
 
     # -- from the other services -----------------------------------------------------
 
-    def on_udp_in(self, msg: UdpSend | DiscoReceived) -> None:
+    def on_udp_in(self, msg: UdpSend | DiscoReceived | PathWanted) -> None:
         if isinstance(msg, UdpSend):
             for dst in msg.dsts:
                 self.udp.send(msg.packets, dst)
+            return
+        if isinstance(msg, PathWanted):
+            self.paths.want(msg.peer_key)
             return
         replies = []
         src = derp_src(msg.region)
@@ -166,6 +183,7 @@ class UdpService:
             self._count_disco(got.message, "_derp")
             if got.reply is not None:
                 replies.append(got.reply)
+            self.paths.on_disco(got.sender, got.message, None)
         if replies:
             data = DERP_IN_CODEC.encode(DerpSend(peer_key=msg.peer_key, region=msg.region, packets=replies))
             if send_bounded(self.derp_out, data, self.counters, counter="derp_in.dropped", weight=len(replies)):
@@ -199,7 +217,8 @@ def setup(svc: Service) -> None:
     svc.counters.incr("offload.gso", int(udp.gso))
     svc.log.info("udp_listening", port=udp.port, family="dual-stack" if udp.family == socket.AF_INET6 else "ipv4",
                  gro=udp.gro, gso=udp.gso, disco_key=keys.disco_public_text, keys_created=created)
-    UdpService(svc, udp, DiscoBoxes(keys.disco.private_bytes()))
+    service = UdpService(svc, udp, DiscoBoxes(keys.disco.private_bytes()), keys.node.public)
+    svc.extra_counters = lambda: {**svc.counters.snapshot(), **service.paths.counters_snapshot()}
 
 
 def main(argv: list[str] | None = None) -> int:

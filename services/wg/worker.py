@@ -17,20 +17,23 @@ state: the udp service routes types 2/3/4 by the worker number in the receiver i
 DERP by the sender's key; a type-1 initiation from an unknown address may land anywhere:
 we decrypt the initiator's static key and forward the datagram to its owner.
 
-Paths: until disco confirms a direct path (a later issue), transport data to a peer goes
-both to each UDP endpoint the netmap (or the peer's last packet) gives and over DERP via
-the peer's home region; the receiver's replay window drops the duplicates. Handshake
-messages never go two ways at once: a peer that gets two copies of one initiation can
-answer both (wireguard-go checks the timestamp and records it under separate locks), keep
-the second session and drop the first, the one we installed, so everything we send is
-lost until a rehandshake 15 s later. A response goes back the way its initiation came; an
-initiation goes to the UDP address the peer last reached us from when that is fresh
-(UDP_FRESH), else over DERP (UDP endpoints only when the peer has no home region).
+Paths: the udp service's disco path finder sends `PeerPath(peer, addr, until)`: while
+``until`` has not passed, transport data to the peer goes to that one UDP address only;
+otherwise over DERP via the peer's home region (to every UDP endpoint the netmap gives as
+well only when the peer has no home region). Sending data to a peer also sends
+`PathWanted` to the udp service (at most every WANT_INTERVAL per peer), which probes for
+a direct path or keeps confirming the one it has, as tailscaled does for active peers.
+Handshake messages never go two ways at once: a peer that gets two copies of one
+initiation can answer both (wireguard-go checks the timestamp and records it under
+separate locks), keep the second session and drop the first, the one we installed, so
+everything we send is lost until a rehandshake 15 s later. A response goes back the way
+its initiation came; an initiation goes to the trusted direct address, else the UDP
+address the peer last reached us from when that is fresh (UDP_FRESH), else over DERP.
 
 Per-peer stats (``sunbeam-ctl peers``): the service's ctl socket answers `PeersRequest`
-with `Worker.peer_stats`, one `PeerStats` per owned peer. Its path is "direct" while the
-peer's last authenticated UDP receipt is fresh (UDP_FRESH), else "derp" once anything
-authenticated arrived over DERP (the region it came through), else "" (nothing yet).
+with `Worker.peer_stats`, one `PeerStats` per owned peer. Its path is "direct" while a
+trusted direct address (or a fresh authenticated UDP receipt) exists, else "derp" once
+anything authenticated arrived over DERP (the region it came through), else "".
 
 Everything here is owned by the worker's loop thread.
 """
@@ -56,6 +59,8 @@ from sunbeam.shared.messages.dataplane import (
     DerpReceived,
     DerpSend,
     FromPeer,
+    PathWanted,
+    PeerPath,
     ToPeer,
     UdpReceived,
     UdpSend,
@@ -71,6 +76,7 @@ from sunbeam.shared.sharding import owner
 HWM = 4096
 MAX_BATCH = 256
 UDP_FRESH = 12.0  # s: a peer's last authenticated UDP source carries our handshakes this long
+WANT_INTERVAL = 1.0  # s: PathWanted per peer at most this often
 _HANDSHAKE = (MESSAGE_INITIATION, MESSAGE_RESPONSE)
 
 
@@ -85,6 +91,13 @@ class PeerRoute:
     last_derp_region: int = 0
     last_derp_at: float = 0.0
     """The last authenticated DERP receipt (0 = none), next to the UDP one above."""
+    direct: str = ""
+    direct_until: float = 0.0
+    """The disco-trusted direct address and its deadline (`PeerPath`)."""
+    last_wanted: float = 0.0
+
+    def direct_path(self, now: float) -> str:
+        return self.direct if self.direct and now < self.direct_until else ""
 
     def udp_dsts(self) -> list[str]:
         dsts = list(self.endpoints)
@@ -99,16 +112,21 @@ class PeerRoute:
         self.last_derp_region, self.last_derp_at = region, now
 
     def path(self, now: float) -> tuple[str, str, int]:
-        """(path, UDP endpoint, DERP region) as `PeerStats` reports them."""
-        udp = self.handshake_udp(now)
-        if udp:
-            return "direct", udp, 0
-        if self.last_derp_at:
+        """(path, UDP endpoint, DERP region) as `PeerStats` reports them: the way our data
+        goes once anything authenticated came from the peer ("" before that)."""
+        direct = self.direct_path(now)
+        if direct:
+            return "direct", direct, 0
+        if self.last_derp_at or self.last_udp_at:
             return "derp", "", self.last_derp_region or self.home_derp
         return "", "", 0
 
     def handshake_udp(self, now: float) -> str | None:
-        """The peer's fresh UDP source: the one address for an initiation; None: DERP."""
+        """The one UDP address for an initiation (trusted, else the peer's fresh source);
+        None: DERP."""
+        direct = self.direct_path(now)
+        if direct:
+            return direct
         if self.last_udp_src and now - self.last_udp_at < UDP_FRESH:
             return self.last_udp_src
         return None
@@ -122,6 +140,7 @@ class Outbox:
     derp: dict[tuple[bytes, int], list[bytes]] = field(default_factory=lambda: defaultdict(list))
     proxy: dict[bytes, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     forward: dict[tuple[int, str], list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    wanted: list[bytes] = field(default_factory=list)
 
 
 class Worker:
@@ -206,6 +225,11 @@ class Worker:
             elif isinstance(msg, DerpReceived):
                 for pkt in msg.packets:
                     self._receive(pkt, now, derp_from=msg.peer_key, derp_region=msg.region)
+            elif isinstance(msg, PeerPath):
+                route = self.routes.get(msg.peer_key)
+                if route is not None:
+                    route.direct, route.direct_until = msg.addr, msg.until
+                    self.counters.incr("path_updates")
         self._rearm()
 
     def _send_ip(self, peer_key: bytes, packets: list[bytes], now: float) -> None:
@@ -273,10 +297,16 @@ class Worker:
                     self.out.udp[tuple(route.udp_dsts())].append(m)
             if not data:
                 return
-        dsts = route.udp_dsts()
-        if dsts:
-            self.out.udp[tuple(dsts)].extend(data)
-        self.out.derp[(peer_key, route.home_derp)].extend(data)
+        if now - route.last_wanted >= WANT_INTERVAL:
+            route.last_wanted = now
+            self.out.wanted.append(peer_key)
+        direct = route.direct_path(now)
+        if direct:
+            self.out.udp[(direct,)].extend(data)
+        elif route.home_derp or not route.endpoints:
+            self.out.derp[(peer_key, route.home_derp)].extend(data)
+        else:  # no DERP region known: the netmap's endpoints are all we have
+            self.out.udp[tuple(route.udp_dsts())].extend(data)
 
     def _flush(self) -> None:
         out, self.out = self.out, Outbox()
@@ -293,6 +323,9 @@ class Worker:
             for i in range(0, len(pkts), MAX_BATCH):
                 send_bounded(self.proxy, PROXY_IN_CODEC.encode(FromPeer(peer_key=key, packets=pkts[i:i + MAX_BATCH])),
                              self.counters, counter="proxy_send_dropped")
+        for key in out.wanted:
+            send_bounded(self.udp, UDP_IN_CODEC.encode(PathWanted(peer_key=key)), self.counters,
+                         counter="udp_send_dropped")
         for (target, src), pkts in out.forward.items():
             send_bounded(self.peers_out[target], WG_IN_CODEC.encode(UdpReceived(src=src, packets=pkts)),
                          self.counters, counter="forward_dropped")

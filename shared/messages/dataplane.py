@@ -10,15 +10,22 @@ Sockets (``ipc://<rundir>/<name>.sock``, bound by the receiving service)::
         ToPeer(peer_key, packets)            proxy -> wg: IP packets to encrypt for a peer
         UdpReceived(src, packets)            udp   -> wg: WireGuard messages from src
         DerpReceived(peer_key, region, packets)  derp -> wg: WireGuard messages via DERP
+        PeerPath(peer_key, addr, until)      udp -> wg: the disco-trusted direct address
+                                             of a peer until ``until`` ("" = DERP only)
     proxy-in    PULL at the proxy            `PROXY_IN_CODEC`
         FromPeer(peer_key, packets)          wg -> proxy: decrypted IP packets (source
                                              address already checked against AllowedIPs)
     udp-in      PULL at the udp service      `UDP_IN_CODEC`
         UdpSend(dsts, packets)               wg -> udp: send every packet to every dst
         DiscoReceived(peer_key, region, packets)  derp -> udp: disco messages via DERP
+        PathWanted(peer_key)                 wg -> udp: data flows to this peer; find
+                                             (or keep confirming) a direct path
     derp-in     PULL at the derp service     `DERP_IN_CODEC`
         DerpSend(peer_key, region, packets)  wg/udp -> derp: send via ``region`` (the
                                              peer's home DERP region) to ``peer_key``
+
+    udp-pub     PUB at the udp service       `UDP_PUB_CODEC`
+        UdpStatus(port, endpoints)           udp -> control: our endpoints to advertise
 
 ``peer_key`` is the remote node's 32-byte public key (its WireGuard static key).
 Limits (a violation decodes as `BadMessage`): `MAX_PACKETS_PER_BATCH` packets per batch,
@@ -42,14 +49,18 @@ __all__ = [
     "DerpSend",
     "DiscoReceived",
     "FromPeer",
+    "PathWanted",
+    "PeerPath",
     "KEY_BYTES",
     "MAX_PACKETS_PER_BATCH",
     "MAX_PACKET_BYTES",
     "PROXY_IN_CODEC",
     "ToPeer",
     "UDP_IN_CODEC",
+    "UDP_PUB_CODEC",
     "UdpReceived",
     "UdpSend",
+    "UdpStatus",
     "WG_IN_CODEC",
 ]
 
@@ -113,8 +124,23 @@ class DerpSend(_Batch, frozen=True):
     packets: Packets
 
 
-WgInput = ToPeer | UdpReceived | DerpReceived
-UdpInput = UdpSend | DiscoReceived
+class PeerPath(_Batch, frozen=True):
+    """The direct UDP address disco trusts for ``peer_key`` until ``until`` (unix time);
+    ``addr=""``: none, DERP only."""
+
+    peer_key: PeerKey
+    addr: Addr
+    until: float
+
+
+class PathWanted(_Batch, frozen=True):
+    """Data is flowing to ``peer_key``: probe (or keep confirming) a direct path."""
+
+    peer_key: PeerKey
+
+
+WgInput = ToPeer | UdpReceived | DerpReceived | PeerPath
+UdpInput = UdpSend | DiscoReceived | PathWanted
 
 WG_IN_CODEC: Codec[WgInput] = Codec(WgInput)
 PROXY_IN_CODEC: Codec[FromPeer] = Codec(FromPeer)
@@ -135,3 +161,15 @@ class DerpStatus(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=T
 
 
 DERP_PUB_CODEC: Codec[DerpStatus] = Codec(DerpStatus)
+
+
+class UdpStatus(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
+    """Published by the udp service on ``udp-pub`` (PUB; on every change and every few
+    seconds). The control service advertises ``endpoints`` in its MapRequests."""
+
+    port: int
+    endpoints: tuple[Addr, ...] = ()
+    """Our UDP endpoints: local interface addresses with our port, then STUN-mapped ones."""
+
+
+UDP_PUB_CODEC: Codec[UdpStatus] = Codec(UdpStatus)

@@ -23,6 +23,8 @@ from sunbeam.shared.messages.dataplane import (
     UDP_IN_CODEC,
     WG_IN_CODEC,
     DerpReceived,
+    PathWanted,
+    PeerPath,
     ToPeer,
     UdpReceived,
 )
@@ -145,23 +147,35 @@ def test_initiation_reaches_owner_and_data_flows(harness):
     assert not h["socks"]["proxy-in"].poll(200)
 
 
-def test_handshakes_take_one_path_data_takes_all(harness):
+def test_handshakes_take_one_path_data_follows_the_disco_path(harness):
     """A peer sent two copies of one handshake message may answer both and keep a session we
     never installed; so an initiation goes one way (DERP, or the peer's fresh UDP source),
-    a response back the way its initiation came, and only transport data goes every way."""
+    a response back the way its initiation came. Data goes over DERP until the udp
+    service's disco trusts a direct address (PeerPath), then there only, until it lapses."""
     h = harness
     # our initiation, to a peer never heard from over UDP: DERP alone
     h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
     derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
     assert derp.region == 999 and [m[0] for m in derp.packets] == [1]
     assert not h["socks"]["udp-in"].poll(300)
-    # the peer answers over UDP; our staged packet and later data go every way
+    # the peer answers over UDP; our staged packet goes over DERP (no trusted direct path),
+    # and the udp service is asked to find one
     resp = h["peer"].decapsulate(derp.packets[0], time.time()).to_peer
     assert [m[0] for m in resp] == [2]
     h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=resp)))
-    udp = _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
     derp = _recv(h["socks"]["derp-in"], DERP_IN_CODEC)
-    assert SRC in udp.dsts and udp.packets == derp.packets and {m[0] for m in udp.packets} == {4}
+    assert {m[0] for m in derp.packets} == {4}
+    assert _recv(h["socks"]["udp-in"], UDP_IN_CODEC) == PathWanted(peer_key=h["peer_pub"])
+    # disco trusts SRC: data goes there only
+    h["push"][1].send(WG_IN_CODEC.encode(PeerPath(peer_key=h["peer_pub"], addr=SRC, until=time.time() + 30)))
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
+    udp = _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
+    assert udp.dsts == [SRC] and {m[0] for m in udp.packets} == {4}
+    assert not h["socks"]["derp-in"].poll(300)
+    # trust lapses (or the udp service says DERP only): back to DERP
+    h["push"][1].send(WG_IN_CODEC.encode(PeerPath(peer_key=h["peer_pub"], addr="", until=0.0)))
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
+    assert {m[0] for m in _recv(h["socks"]["derp-in"], DERP_IN_CODEC).packets} == {4}
     # an initiation arriving over DERP is answered over DERP only
     h["peer"].remove_peer(h["our_pub"])
     h["peer"].set_peer(h["our_pub"], [f"{OURS}/32"])
@@ -181,7 +195,8 @@ def test_initiation_goes_to_a_fresh_udp_source_only():
     route.heard_over_udp(SRC, 100.0)
     assert route.handshake_udp(100.0 + UDP_FRESH - 1) == SRC
     assert route.handshake_udp(100.0 + UDP_FRESH) is None  # gone quiet: back to DERP
-    assert route.udp_dsts() == ["10.0.0.1:41641", SRC]  # data still goes every way
+    route.direct, route.direct_until = "10.0.0.1:41641", 200.0  # disco trusts an address
+    assert route.handshake_udp(150.0) == "10.0.0.1:41641" and route.handshake_udp(200.0) is None
 
 
 def _peers(h, k):
@@ -205,8 +220,11 @@ def test_peers_request_reports_a_direct_path(harness):
         out += h["peer"].decapsulate(m, time.time()).to_peer
     h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=out)))
     assert _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC).packets == [_icmp(PEER_IP)]
+    [stats] = _peers(h, 1)
+    assert (stats.path, stats.derp_region) == ("derp", 999)  # no disco-trusted address yet
+    h["push"][1].send(WG_IN_CODEC.encode(PeerPath(peer_key=h["peer_pub"], addr=SRC, until=time.time() + 30)))
     h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[_icmp(OURS)])))
-    _recv(h["socks"]["udp-in"], UDP_IN_CODEC)
+    assert _recv(h["socks"]["udp-in"], UDP_IN_CODEC).dsts == [SRC]
     [stats] = _peers(h, 1)
     assert (stats.key, stats.worker, stats.path, stats.endpoint, stats.derp_region) == (key, 1, "direct", SRC, 0)
     assert time.time() - 10 < stats.last_handshake <= time.time()
@@ -248,6 +266,8 @@ def test_peer_route_path():
     route.heard_over_derp(999, 100.0)
     assert route.path(100.0) == ("derp", "", 999)
     route.heard_over_udp(SRC, 101.0)
-    assert route.path(101.0 + UDP_FRESH - 1) == ("direct", SRC, 0)
-    assert route.path(101.0 + UDP_FRESH) == ("derp", "", 999)  # UDP gone quiet: DERP
+    assert route.path(101.0) == ("derp", "", 999)  # heard over UDP, but disco trusts nothing
+    route.direct, route.direct_until = SRC, 110.0
+    assert route.path(109.0) == ("direct", SRC, 0)
+    assert route.path(110.0) == ("derp", "", 999)  # trust lapsed: DERP
     assert PeerRoute(home_derp=7, last_derp_at=1.0).path(2.0) == ("derp", "", 7)  # region unknown: home
