@@ -1,0 +1,160 @@
+"""The two contestants of bench_vs_tailscaled.py, each giving a SOCKS5 proxy into the same
+reference network, plus the process measurements (RSS, CPU time) both are judged by.
+
+    Sunbeam     `sunbeam-ctl connect` in the namespace (supervisord + every service),
+                SOCKS5 on 127.0.0.1:SUNBEAM_SOCKS; processes = supervisord + services
+    Tailscaled  one more real tailscaled peer (`network.add_peer`), userspace networking,
+                its SOCKS5 on 127.0.0.1:11080+i; processes = that tailscaled
+
+Both join with the same reusable pre-auth key and reach the same target peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sunbeam.refnet import network
+
+SUNBEAM_SOCKS = 1080
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size: shared pages (libpython, libcrypto, libzmq...) split among the
+    processes that map them, so a sum over processes counts each page once."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+class Sunbeam:
+    name = "sunbeam"
+
+    def __init__(self, info: dict, *, workers: int = 2, hostname: str = "sunbeam-bench",
+                 socks_port: int = SUNBEAM_SOCKS) -> None:
+        self.info = info
+        self.base = Path(tempfile.mkdtemp(prefix="sb-bench-"))
+        os.chmod(self.base, 0o700)
+        self.rundir = self.base / "run"
+        config = self.base / "config.toml"
+        config.write_text(f'[contexts.bench]\ncontrol_url = "{info["control_url"]}"\n'
+                          f'[[contexts.bench.listeners]]\nkind = "socks5"\nlisten = "127.0.0.1:{socks_port}"\n')
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
+        self.env.update(SUNBEAM_CONFIG=str(config), SUNBEAM_CONTEXT="bench", SUNBEAM_RUNTIME_DIR=str(self.rundir),
+                        SUNBEAM_STATE_DIR=str(self.base / "state"), SUNBEAM_AUTH_KEY=info["auth_keys"]["reusable"],
+                        SUNBEAM_HOSTNAME=hostname, SUNBEAM_WG_WORKERS=str(workers), SUNBEAM_LOG_LEVEL="info")
+        self.socks = f"127.0.0.1:{socks_port}"
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.info["exec_prefix"] + ["sunbeam-ctl", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start(self) -> float:
+        """Seconds from `sunbeam-ctl connect` to its 'Connected' line."""
+        t0 = time.monotonic()
+        res = self.ctl("connect", timeout=120)
+        took = time.monotonic() - t0
+        if res.returncode != 0 or "Connected" not in res.stdout:
+            raise RuntimeError(f"sunbeam-ctl connect failed: {res.stdout}{res.stderr}")
+        return took
+
+    def pids(self) -> list[int]:
+        status = json.loads(self.ctl("status", "--json").stdout or "{}")
+        pids = [s["pid"] for s in status.get("services", [])]
+        try:
+            pids.append(int((self.rundir / "supervisord.pid").read_text()))
+        except (OSError, ValueError):
+            pass
+        return pids
+
+    def control_pids(self) -> list[int]:
+        status = json.loads(self.ctl("status", "--json").stdout or "{}")
+        return [s["pid"] for s in status.get("services", []) if s["service"] == "control"]
+
+    def netmap_peers(self) -> int:
+        res = self.ctl("netmap", "--json")
+        return len(json.loads(res.stdout).get("peers", [])) if res.returncode == 0 else 0
+
+    def stop(self) -> None:
+        self.ctl("stop")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class Tailscaled:
+    name = "tailscaled"
+
+    def __init__(self, info: dict) -> None:
+        self.info = info
+        self.entry: dict = {}
+
+    def start(self) -> float:
+        """Seconds from starting tailscaled to `tailscale up` returning (Running)."""
+        t0 = time.monotonic()
+        self.entry = network.add_peer(self.info["name"], log=lambda m: None)
+        took = time.monotonic() - t0
+        self.info = network.load_state(self.info["name"]) or self.info
+        self.socks = self.entry["socks5"]
+        return took
+
+    def pids(self) -> list[int]:
+        return [int(self.info["pids"][f"{self.entry['name']}/tailscaled"])]
+
+    control_pids = pids
+
+    def netmap_peers(self) -> int:
+        res = subprocess.run(self.entry["tailscale_cli"] + ["debug", "netmap"], capture_output=True, text=True,
+                             timeout=60)
+        try:
+            return len(json.loads(res.stdout).get("Peers") or [])
+        except json.JSONDecodeError:
+            return 0
+
+    def stop(self) -> None:
+        subprocess.run(self.entry["tailscale_cli"] + ["down"], capture_output=True, timeout=30)
+
+
+def version_line() -> str:
+    out = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
+    cpu = ""
+    try:
+        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = m.group(1) if m else ""
+    except OSError:
+        pass
+    return f"{out}; {os.cpu_count()} CPUs ({cpu})"
