@@ -42,6 +42,7 @@ from .controlbase import (
     Transport,
     parse_early_payload,
 )
+from .upgrade import Refused, Upgrade
 
 UPGRADE_PATH = "/ts2021"
 UPGRADE_PROTOCOL = "tailscale-control-protocol"
@@ -49,7 +50,6 @@ HANDSHAKE_HEADER = "X-Tailscale-Handshake"
 # Our receive windows: large enough that a multi-megabyte map frame flows without waiting
 # for WINDOW_UPDATE round trips.
 STREAM_WINDOW = 8 << 20
-MAX_REFUSAL_BODY = 4096
 
 
 class ControlProtocolError(Exception):
@@ -110,13 +110,10 @@ class ControlConnection:
         self.phase = Phase.UPGRADE
         self.authority = authority or host
         self._initiator = initiator
-        self._h11 = h11.Connection(h11.CLIENT)
         self._out = bytearray()
         self._inbuf = bytearray()  # handshake bytes, then early-payload plaintext
         self._transport: Transport | None = None
         self._h2: h2.connection.H2Connection | None = None
-        self._refusal: h11.Response | None = None
-        self._refusal_body = bytearray()
         self.early_payload: dict | None = None
         request = h11.Request(method="POST", target=UPGRADE_PATH, headers=[
             ("Host", host),
@@ -125,7 +122,8 @@ class ControlConnection:
             (HANDSHAKE_HEADER, base64.b64encode(initiator.initiation()).decode()),
             ("Content-Length", "0"),
         ])
-        self._out += self._h11.send(request) + self._h11.send(h11.EndOfMessage())
+        self._upgrade = Upgrade(request)
+        self._out += self._upgrade.bytes_to_send()
 
     # -- output -------------------------------------------------------------------------
 
@@ -190,25 +188,14 @@ class ControlConnection:
         return []
 
     def _receive_upgrade(self, data: bytes) -> list[Event]:
-        self._h11.receive_data(data)
-        while True:
-            ev = self._h11.next_event()
-            if ev is h11.NEED_DATA:
-                return []
-            if isinstance(ev, h11.InformationalResponse) and ev.status_code == 101:
-                leftover, _closed = self._h11.trailing_data
-                self.phase = Phase.HANDSHAKE
-                return self._receive_handshake(bytes(leftover)) if leftover else []
-            if isinstance(ev, h11.Response):
-                self._refusal = ev
-            elif isinstance(ev, h11.Data) and len(self._refusal_body) < MAX_REFUSAL_BODY:
-                self._refusal_body += ev.data[: MAX_REFUSAL_BODY - len(self._refusal_body)]
-            elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)) or ev is h11.PAUSED:
-                self.phase = Phase.CLOSED
-                status = self._refusal.status_code if self._refusal else "?"
-                text = self._refusal_body.decode(errors="replace").strip()
-                raise ControlProtocolError(f"server refused the TS2021 upgrade: HTTP {status}"
-                                           + (f": {text}" if text else ""))
+        answer = self._upgrade.receive(data)
+        if answer is None:
+            return []
+        if isinstance(answer, Refused):
+            self.phase = Phase.CLOSED
+            raise ControlProtocolError(answer.describe("TS2021 upgrade"))
+        self.phase = Phase.HANDSHAKE
+        return self._receive_handshake(answer.leftover) if answer.leftover else []
 
     def _receive_handshake(self, data: bytes) -> list[Event]:
         self._inbuf += data

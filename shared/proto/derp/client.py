@@ -45,6 +45,7 @@ import h11
 import nacl.exceptions
 from nacl.public import Box, PrivateKey, PublicKey
 
+from ..upgrade import Refused, Upgrade
 from .events import (
     Closed,
     Connected,
@@ -77,7 +78,6 @@ __all__ = ["MAX_EARLY_BYTES", "DerpClientCore", "Phase", "client_info_json"]
 
 UPGRADE_PATH = "/derp"
 MAX_EARLY_BYTES = 256 << 10
-MAX_REFUSAL_BODY = 2048
 BOX_OVERHEAD = 16  # Poly1305 tag
 PEER_GONE_DISCONNECTED = 0x00
 PEER_GONE_NOT_HERE = 0x01
@@ -115,9 +115,7 @@ class DerpClientCore:
         self.server_key: bytes | None = None
         self.close_reason: str | None = None
         self._box: Box | None = None
-        self._h11: h11.Connection | None = None
-        self._refusal: h11.Response | None = None
-        self._refusal_body = bytearray()
+        self._upgrade: Upgrade | None = None
         self._decoder = FrameDecoder()
         self._out = bytearray()
         self._early: list[bytes] = []
@@ -146,14 +144,13 @@ class DerpClientCore:
 
     def upgrade_request(self, host: str) -> bytes:
         """The HTTP request that upgrades a fresh connection to DERP (call it first)."""
-        if self.phase is not Phase.SERVER_KEY or self._h11 is not None:
+        if self.phase is not Phase.SERVER_KEY or self._upgrade is not None:
             raise RuntimeError("upgrade_request() must come before any input")
-        self._h11 = h11.Connection(h11.CLIENT)
         self.phase = Phase.UPGRADE
-        request = h11.Request(method="GET", target=UPGRADE_PATH, headers=[
+        self._upgrade = Upgrade(h11.Request(method="GET", target=UPGRADE_PATH, headers=[
             ("Host", host), ("Upgrade", "DERP"), ("Connection", "Upgrade"),
-        ])
-        return self._h11.send(request) + self._h11.send(h11.EndOfMessage())
+        ]))
+        return self._upgrade.bytes_to_send()
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -203,30 +200,17 @@ class DerpClientCore:
         return Closed(reason)
 
     def _receive_upgrade(self, data: bytes) -> list[Event]:
-        assert self._h11 is not None
+        assert self._upgrade is not None
         try:
-            self._h11.receive_data(data)
-            while True:
-                ev = self._h11.next_event()
-                if ev is h11.NEED_DATA:
-                    return []
-                if isinstance(ev, h11.InformationalResponse) and ev.status_code == 101:
-                    leftover, _closed = self._h11.trailing_data
-                    self.phase = Phase.SERVER_KEY
-                    return self._receive_frames(bytes(leftover)) if leftover else []
-                if isinstance(ev, h11.Response):
-                    self._refusal = ev
-                elif isinstance(ev, h11.Data):
-                    self._refusal_body += ev.data[: MAX_REFUSAL_BODY - len(self._refusal_body)]
-                elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)) or ev is h11.PAUSED:
-                    if self._refusal is None:
-                        return [self._close("server closed the connection during the DERP upgrade")]
-                    text = self._refusal_body.decode(errors="replace").strip()
-                    return [self._close(f"server refused the DERP upgrade: HTTP {self._refusal.status_code}"
-                                        + (f": {text}" if text else ""))]
-                # other InformationalResponse (1xx): keep reading
+            answer = self._upgrade.receive(data)
         except h11.RemoteProtocolError as exc:
             return [self._close(f"bad HTTP answer to the DERP upgrade: {exc}")]
+        if answer is None:
+            return []
+        if isinstance(answer, Refused):
+            return [self._close(answer.describe("DERP upgrade"))]
+        self.phase = Phase.SERVER_KEY
+        return self._receive_frames(answer.leftover) if answer.leftover else []
 
     def _receive_frames(self, data: bytes) -> list[Event]:
         events: list[Event] = []
