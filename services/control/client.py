@@ -306,13 +306,15 @@ class ControlClient:
             return
         self.counters.incr("map_responses")
         change = self.builder.apply(resp)
-        if change is None:
-            return
-        self.pub.publish_change(change, self.builder)
+        if change is not None:
+            self.pub.publish_change(change, self.builder)
+        # Running once the stream delivers a map with us in it, changed or not: after a
+        # reconnect the first response often changes nothing we had
         if self.pub.state is not State.RUNNING and self.builder.snapshot().self_node is not None:
             self.backoff.reset()
             self.pub.set_state(State.RUNNING)
-        self._maybe_choose_home_derp()
+        if change is not None:
+            self._maybe_choose_home_derp()
 
     def _maybe_choose_home_derp(self) -> None:
         """Until the DERP service reports a measured home, use the map's lowest region."""

@@ -8,13 +8,25 @@ stats of the peers it owns (`Worker.peer_stats`). The node key IS the WireGuard 
 
 from __future__ import annotations
 
+import sys
+
+from sunbeam.shared.keys import KeyFormatError, load_or_create
 from sunbeam.shared.runtime.service import Service, run_service
 
 from .worker import Worker
 
 
+class KeysUnusable(SystemExit):
+    pass
+
+
 def setup(svc: Service) -> None:
-    worker = Worker(svc)
+    try:
+        keys, _ = load_or_create(svc.context.state_dir)
+    except (KeyFormatError, OSError) as exc:  # e.g. keys.json readable by others: one line, exit 2
+        print(f"sunbeam-{svc.name}: {exc}", file=sys.stderr)
+        raise KeysUnusable(2) from None
+    worker = Worker(svc, keys.node.private_bytes())
     svc.extra_counters = worker.health_counters
     svc.peers_provider = worker.peer_stats
 

@@ -47,8 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-
-from sunbeam.shared.keys import from_text, load_or_create, to_text
+from sunbeam.shared.keys import from_text, to_text
 from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.messages.ctl import PeerStats
 from sunbeam.shared.messages.dataplane import (
@@ -67,7 +66,12 @@ from sunbeam.shared.messages.dataplane import (
 )
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
-from sunbeam.shared.proto.wireguard import MESSAGE_INITIATION, MESSAGE_RESPONSE, Device, message_type
+from sunbeam.shared.proto.wireguard import (
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    Device,
+    message_type,
+)
 from sunbeam.shared.runtime import RateLimitedLog, send_bounded
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
@@ -144,7 +148,7 @@ class Outbox:
 
 
 class Worker:
-    def __init__(self, svc: Service) -> None:
+    def __init__(self, svc: Service, node_private: bytes) -> None:
         self.svc = svc
         self.loop = svc.loop
         self.counters = svc.counters
@@ -152,8 +156,7 @@ class Worker:
         ctx = svc.context
         self.index = svc.worker or 0
         self.workers = ctx.wg_workers
-        keys, _ = load_or_create(ctx.state_dir)
-        self.device = Device(private_key=keys.node.private_bytes(), worker=self.index, random_bytes=os.urandom)
+        self.device = Device(private_key=node_private, worker=self.index, random_bytes=os.urandom)
         self.routes: dict[bytes, PeerRoute] = {}
         self.out = Outbox()
         rundir = ctx.runtime_dir

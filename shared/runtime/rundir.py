@@ -6,7 +6,12 @@ stop the daemon:
 
 - missing: created with mode 0700 (parents are created with the default mode; choosing a
   private parent such as ``$XDG_RUNTIME_DIR`` is config's job);
-- exists, owned by us, mode looser (or stricter) than 0700: tightened to exactly 0700;
+- exists, owned by us, with any group/other permission bit (e.g. 0755): refused with a
+  `RundirError` naming the directory and its mode. Tightening it now would not undo what
+  others could do while it was open (plant a socket file we would talk to, hold a
+  connection to one of ours), so the user decides (``chmod 700 <dir>``, or remove it);
+- exists, owned by us, missing some owner bit (e.g. 0500): set to exactly 0700 (this
+  opens nothing to anyone else);
 - exists but owned by another uid, or is a symlink, or is not a directory: refused with a
   `RundirError` that says which, because we cannot make someone else's directory private.
 
@@ -55,7 +60,8 @@ class SocketPathTooLong(RundirError):
 def ensure_rundir(path: str | os.PathLike[str]) -> Path:
     """Create or validate the runtime directory; return its absolute path.
 
-    Raises `RundirError` if it is a symlink, not a directory, or owned by another user.
+    Raises `RundirError` if it is a symlink, not a directory, owned by another user, or
+    open to group or others.
     """
     rundir = Path(path).absolute()
     rundir.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +85,13 @@ def ensure_rundir(path: str | os.PathLike[str]) -> Path:
                 f"runtime directory {rundir} is owned by uid {st.st_uid}, not by us (uid "
                 f"{our_uid}); refusing to bind sockets in a directory another user controls"
             )
-        if stat.S_IMODE(st.st_mode) != RUNDIR_MODE:
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise RundirError(
+                f"runtime directory {rundir} has mode {mode:04o}: others could reach our sockets; "
+                f"refusing to use it (run: chmod 700 {rundir})"
+            )
+        if mode != RUNDIR_MODE:
             os.fchmod(fd, RUNDIR_MODE)
     finally:
         os.close(fd)

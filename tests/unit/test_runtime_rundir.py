@@ -38,12 +38,32 @@ def test_rundir_created_0700_even_with_permissive_umask(tmp_path):
     assert mode_of(rundir) == 0o700
 
 
-def test_existing_loose_rundir_owned_by_us_is_tightened(tmp_path):
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o701, 0o707, 0o777, 0o1777])
+def test_existing_loose_rundir_is_refused_saying_why_and_left_alone(tmp_path, mode):
     loose = tmp_path / "run"
     loose.mkdir()
-    os.chmod(loose, 0o755)
-    assert ensure_rundir(loose) == loose
-    assert mode_of(loose) == 0o700
+    os.chmod(loose, mode)
+    with pytest.raises(RundirError) as info:
+        ensure_rundir(loose)
+    text = str(info.value)
+    assert str(loose) in text and f"mode {mode:04o}" in text and f"chmod 700 {loose}" in text
+    assert mode_of(loose) == mode  # not touched: the user decides
+
+
+def test_existing_rundir_missing_owner_bits_is_set_to_0700(tmp_path):
+    strict = tmp_path / "run"
+    strict.mkdir()
+    os.chmod(strict, 0o500)
+    assert ensure_rundir(strict) == strict
+    assert mode_of(strict) == 0o700
+
+
+def test_existing_private_rundir_is_used_as_is(tmp_path):
+    ok = tmp_path / "run"
+    ok.mkdir(mode=0o700)
+    (ok / "keep").write_text("x")
+    assert ensure_rundir(ok) == ok
+    assert mode_of(ok) == 0o700 and (ok / "keep").exists()
 
 
 def test_rundir_owned_by_someone_else_is_refused(tmp_path):
