@@ -24,6 +24,8 @@ from sunbeam.shared.proto.tcp.segment import (
     parse_packet,
 )
 
+from ..ip.vectors import rfc1071
+
 # Captured from Linux 6.18 (this machine's kernel, over a TUN device): the SYN of
 # `connect(("10.77.0.2", 4242))` and of `connect(("fd00:77::2", 4242))`, MTU 1280.
 LINUX_SYN4 = bytes.fromhex(
@@ -32,18 +34,6 @@ LINUX_SYN4 = bytes.fromhex(
 LINUX_SYN6 = bytes.fromhex(
     "600d220a00280640fd000077000000000000000000000001fd000077000000000000000000000002"
     "b5461092c05dde2300000000a002fc9453cd0000020404c40402080a20fe7840000000000103030a")
-
-
-def rfc1071(data: bytes) -> int:
-    """RFC 1071 4.1 word by word with end-around carry: independent of our fold."""
-    total = 0
-    for i in range(0, len(data) - 1, 2):
-        total += (data[i] << 8) | data[i + 1]
-    if len(data) % 2:
-        total += data[-1] << 8
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def tcp_ok(packet: bytes) -> bool:
