@@ -125,6 +125,7 @@ class HttpProxyServer:
         self._upstream: h11.Connection | None = None  # re-encodes the forwarded body
         self._out = bytearray()
         self._body = bytearray()
+        self._head = False  # the request is HEAD: any reply of ours has headers only
 
     def data_to_send(self) -> bytes:
         """Bytes for the client (CONNECT replies, error responses); drained by the call."""
@@ -221,6 +222,7 @@ class HttpProxyServer:
         return events
 
     def _on_request(self, request: h11.Request) -> Event:
+        self._head = request.method == b"HEAD"
         target = request.target.decode("ascii")  # h11 let through visible ASCII only
         if request.method == b"CONNECT":
             if any(name in _FRAMING for name, _ in request.headers):
@@ -284,7 +286,9 @@ class HttpProxyServer:
         headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(body)),
                    (b"Connection", b"close")]  # fmt: skip
         self._out += self._conn.send(h11.Response(status_code=status, headers=headers, reason=phrase.encode()))
-        self._out += self._conn.send(h11.Data(body)) + self._conn.send(h11.EndOfMessage())
+        if not self._head:  # a reply to HEAD carries the length of the body it does not send
+            self._out += self._conn.send(h11.Data(body))
+        self._out += self._conn.send(h11.EndOfMessage())
 
 
 def _authority(text: str, default_port: int | None) -> tuple[str, int]:

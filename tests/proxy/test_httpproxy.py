@@ -213,6 +213,19 @@ def test_reply_error_while_the_body_is_still_arriving():
     assert proxy.data_to_send().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
 
 
+def test_error_replies_to_head_carry_no_body():
+    """Regression (found by tests/fuzz): a 400 or 502 with a body answering HEAD made h11
+    raise LocalProtocolError, which killed the proxy."""
+    proxy, events, out, _ = run([b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"])
+    assert isinstance(events[-1], ProtocolError) and events[-1].reason == "not_absolute_form"
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n") and out.endswith(b"\r\n\r\n")  # headers only
+    proxy, events, _, _ = run([b"HEAD http://peer-1/ HTTP/1.1\r\nHost: peer-1\r\n\r\n"])
+    assert isinstance(events[0], ForwardRequest)
+    proxy.reply_error(502, "no route to peer-1")
+    reply = proxy.data_to_send()
+    assert reply.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and reply.endswith(b"\r\n\r\n")
+
+
 # --- malformed -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
