@@ -224,7 +224,10 @@ class ControlClient:
         for ev in events:
             if self.conn is not conn:
                 return  # a handler dropped the connection
-            self._on_event(ev)
+            try:
+                self._on_event(ev)
+            except ControlProtocolError as exc:  # a request the server's own frames refused
+                return self.drop_connection(str(exc), counter="protocol_error")
         self._flush()
 
     def _on_event(self, ev: Any) -> None:

@@ -138,13 +138,19 @@ class ControlConnection:
 
     def post(self, path: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> int:
         """Send ``POST path`` with a JSON body; returns the HTTP/2 stream id."""
+        if self.phase is Phase.CLOSED:  # the server's own frames (GOAWAY...) closed it
+            raise ControlProtocolError("connection closed by the server")
         if self.phase is not Phase.HTTP2 or self._h2 is None:
             raise RuntimeError(f"post() before the connection is up (phase {self.phase.value})")
-        sid = self._h2.get_next_available_stream_id()
-        self._h2.send_headers(sid, [
-            (":method", "POST"), (":scheme", "https"), (":authority", self.authority), (":path", path),
-            ("content-type", "application/json"), ("content-length", str(len(body))), *headers,
-        ])
+        try:
+            sid = self._h2.get_next_available_stream_id()
+            self._h2.send_headers(sid, [
+                (":method", "POST"), (":scheme", "https"), (":authority", self.authority), (":path", path),
+                ("content-type", "application/json"), ("content-length", str(len(body))), *headers,
+            ])
+        except h2.exceptions.ProtocolError as exc:  # e.g. SETTINGS_MAX_CONCURRENT_STREAMS 0
+            self.phase = Phase.CLOSED
+            raise ControlProtocolError(f"the server's HTTP/2 settings refuse a request: {exc!r}") from exc
         self._send_body(sid, body)
         return sid
 
@@ -182,7 +188,8 @@ class ControlConnection:
             if self.phase in (Phase.EARLY, Phase.HTTP2):
                 assert self._transport is not None
                 return self._receive_plain(self._transport.receive_data(data))
-        except (HandshakeError, RecordError, h2.exceptions.ProtocolError, h11.RemoteProtocolError) as exc:
+        except (HandshakeError, RecordError, h2.exceptions.ProtocolError, h11.RemoteProtocolError,
+                UnicodeDecodeError) as exc:  # UnicodeDecodeError: a header that is not UTF-8
             self.phase = Phase.CLOSED
             raise ControlProtocolError(f"{exc.__class__.__name__}: {exc}") from exc
         return []
