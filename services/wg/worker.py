@@ -70,7 +70,6 @@ from sunbeam.shared.proto.wireguard import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     Device,
-    message_type,
 )
 from sunbeam.shared.runtime import RateLimitedLog, send_bounded
 from sunbeam.shared.runtime.rundir import endpoint
@@ -82,6 +81,7 @@ MAX_BATCH = 256
 UDP_FRESH = 12.0  # s: a peer's last authenticated UDP source carries our handshakes this long
 WANT_INTERVAL = 1.0  # s: PathWanted per peer at most this often
 _HANDSHAKE = (MESSAGE_INITIATION, MESSAGE_RESPONSE)
+_INITIATION = bytes((MESSAGE_INITIATION,))
 
 
 @dataclass
@@ -223,11 +223,9 @@ class Worker:
             if isinstance(msg, ToPeer):
                 self._send_ip(msg.peer_key, msg.packets, now)
             elif isinstance(msg, UdpReceived):
-                for pkt in msg.packets:
-                    self._receive(pkt, now, udp_src=msg.src)
+                self._receive(msg.packets, now, udp_src=msg.src)
             elif isinstance(msg, DerpReceived):
-                for pkt in msg.packets:
-                    self._receive(pkt, now, derp_from=msg.peer_key, derp_region=msg.region)
+                self._receive(msg.packets, now, derp_from=msg.peer_key, derp_region=msg.region)
             elif isinstance(msg, PeerPath):
                 route = self.routes.get(msg.peer_key)
                 if route is not None:
@@ -243,19 +241,34 @@ class Worker:
         if msgs:
             self._to_peer(peer_key, msgs, now)
 
-    def _receive(self, pkt: bytes, now: float, *, udp_src: str | None = None, derp_from: bytes | None = None,
-                 derp_region: int = 0) -> None:
-        if udp_src is not None and message_type(pkt) == MESSAGE_INITIATION:
-            initiator = self.device.initiator_static(pkt, now)
-            if initiator is None:
-                self.counters.incr("initiation_invalid")
-                return
-            target = owner(initiator, self.workers)
-            if target != self.index:
-                self.out.forward[(target, udp_src)].append(pkt)
-                self.counters.incr("initiation_forwarded")
-                return
-        result = self.device.decapsulate(pkt, now, src=(udp_src or "").encode())
+    def _receive(self, pkts: list[bytes], now: float, *, udp_src: str | None = None,
+                 derp_from: bytes | None = None, derp_region: int = 0) -> None:
+        """One batch from one source, decrypted in one `decapsulate_batch` call (one result
+        per peer). An initiation that arrived over UDP may belong to another worker: those
+        are forwarded to their owner first."""
+        if udp_src is not None:
+            pkts = [p for p in pkts if p[:1] != _INITIATION or not self._forwarded(p, now, udp_src)]
+        if not pkts:
+            return
+        src = udp_src.encode() if udp_src is not None else b""
+        for result in self.device.decapsulate_batch(pkts, now, src=src):
+            self._apply(result, now, udp_src, derp_from, derp_region)
+
+    def _forwarded(self, pkt: bytes, now: float, udp_src: str) -> bool:
+        """An initiation from UDP: forwarded (or dropped as invalid) unless it is ours."""
+        initiator = self.device.initiator_static(pkt, now)
+        if initiator is None:
+            self.counters.incr("initiation_invalid")
+            return True
+        target = owner(initiator, self.workers)
+        if target == self.index:
+            return False
+        self.out.forward[(target, udp_src)].append(pkt)
+        self.counters.incr("initiation_forwarded")
+        return True
+
+    def _apply(self, result: Any, now: float, udp_src: str | None, derp_from: bytes | None,
+               derp_region: int) -> None:
         if result.error:
             self.noisy.info(result.error, "wg_drop", reason=result.error)
         peer = result.peer_key
@@ -264,7 +277,7 @@ class Worker:
                 self.out.udp[(udp_src,)].extend(result.to_peer)
             return
         route = self.routes.get(peer)
-        if route is not None and result.error is None:
+        if route is not None and result.error is None:  # every message of the batch authenticated
             if udp_src is not None:
                 route.heard_over_udp(udp_src, now)
             elif derp_from is not None:
