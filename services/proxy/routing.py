@@ -9,6 +9,9 @@ Our own source address for a destination: the first single-address prefix of our
 (``self_node.addresses``) in the destination's family, as tailscaled's
 ``mySelfIPMatchingFamily`` picks it (ts:wgengine/userspace.go).
 
+Lookups are memoized per destination (a table is immutable: a new netmap makes a new
+table), so the packets of a flow cost one dict lookup each, not an address parse.
+
 Ownership: the proxy's loop thread; a new table replaces the old one on every netmap.
 """
 
@@ -21,6 +24,8 @@ from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.netmap import Netmap
 
 __all__ = ["RouteTable", "self_address_for"]
+
+CACHE_MAX = 4096  # destinations remembered per table; emptied when full
 
 
 class RouteTable:
@@ -36,6 +41,7 @@ class RouteTable:
             mask = ((1 << plen) - 1) << (bits - plen)
             self._tables[version].append((plen, mask, nets))
         self.size = sum(len(n) for n in by_len.values())
+        self._cache: dict[str | bytes, bytes | None] = {}
 
     @classmethod
     def from_netmap(cls, netmap: Netmap) -> RouteTable:
@@ -50,6 +56,17 @@ class RouteTable:
 
     def lookup(self, dst: str | bytes) -> bytes | None:
         """The node key of the peer that ``dst`` (text or packed) routes to, or None."""
+        try:
+            return self._cache[dst]
+        except KeyError:
+            pass
+        key = self._lookup(dst)
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[dst] = key
+        return key
+
+    def _lookup(self, dst: str | bytes) -> bytes | None:
         ip = ipaddress.ip_address(dst)
         value = int(ip)
         for _plen, mask, nets in self._tables[ip.version]:

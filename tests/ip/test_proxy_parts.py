@@ -37,6 +37,18 @@ def test_longest_prefix_wins():
     assert table.lookup("2001:db8::1") is None
 
 
+def test_memoized_lookups_agree_and_stay_bounded():
+    from sunbeam.services.proxy.routing import CACHE_MAX
+
+    table = RouteTable([("100.64.0.0/10", A), ("100.64.0.9/32", B)])
+    for _ in range(3):  # the second and third answers come from the memo
+        assert table.lookup(addr_bytes("100.64.0.9")) == B and table.lookup("100.64.0.10") == A
+        assert table.lookup("2001:db8::1") is None
+    for i in range(CACHE_MAX + 10):
+        assert table.lookup(addr_bytes(f"100.{64 + i // 65536 % 64}.{i // 256 % 256}.{i % 256}")) in (A, B)
+    assert len(table._cache) <= CACHE_MAX
+
+
 def test_first_peer_keeps_a_duplicate_prefix():
     assert RouteTable([("100.64.0.9/32", A), ("100.64.0.9/32", B)]).lookup("100.64.0.9") == A
 
