@@ -62,13 +62,15 @@ from sunbeam.shared.proto.disco import (
 from sunbeam.shared.proto.stun import is_stun
 from sunbeam.shared.runtime import Batcher, RateLimitedLog, decoding_handler, endpoint, send_bounded
 from sunbeam.shared.runtime.service import Service, run_service
+from sunbeam.shared.sharding import worker_of_index
 
 from .discoreply import answer
 from .paths import PathFinder
 from .udpsock import UdpSocket
-from .wgroute import route
+from .wgroute import TRANSPORT_MIN_SIZE, route
 
 ENV_PORT = "SUNBEAM_UDP_PORT"
+_TRANSPORT = b"\x04\x00\x00\x00"
 RECV_BUDGET = 256  # recvmsg calls per readable event; the poll is level-triggered
 PUSH_HWM = 1024  # messages (batches) queued per PUSH socket before drops
 SUPPRESSED_REPORT_S = 60.0
@@ -127,7 +129,17 @@ class UdpService:
     # -- from the network ------------------------------------------------------------
 
     def on_datagrams(self, _udp: UdpSocket) -> None:
+        workers, add = self.workers, self.batcher.add
         for pkt, src in self.udp.recv(RECV_BUDGET):
+            # the hot path: a WireGuard transport message (4, 0, 0, 0 | receiver index ...),
+            # which neither STUN (first byte 0x00/0x01) nor disco ("TS") can look like
+            if pkt[:4] == _TRANSPORT and len(pkt) >= TRANSPORT_MIN_SIZE:
+                worker = worker_of_index(int.from_bytes(pkt[4:8], "little"))
+                if worker < workers:
+                    full = add((worker, src), pkt)
+                    if full is not None:
+                        self._send_wg(full.dest[0], full.data, full.packets)
+                    continue
             if is_stun(pkt):
                 self.paths.on_stun(pkt, src)
                 continue
