@@ -16,12 +16,14 @@ Sockets::
     udp-pub     PUB  bind     `UDP_PUB_CODEC`: UdpStatus(port, endpoints) for control
     control-pub SUB  connect  the netmap (peers' disco keys and endpoints)
 
-Inbound datagrams: STUN responses -> the path finder (our mapped endpoint); disco (magic
-``TS💬``) -> `discoreply.answer` (a ping is answered at once with a pong to its source),
-then the path finder (`paths.PathFinder`: which direct address each peer is trusted at,
-see `sunbeam.shared.proto.discopaths`); WireGuard -> the worker `wgroute.route` picks; anything
-else a counted drop ``rx.drop.<reason>``. PUSH sockets have a bounded HWM; a full one is
-a counted drop (``wg_in.dropped`` / ``derp_in.dropped``, in packets).
+Inbound datagrams: WireGuard transport messages (04 00 00 00, the data) go straight to the
+worker their receiver index names; then STUN responses -> the path finder (our mapped
+endpoint); disco (magic ``TS💬``) -> `discoreply.answer` (a ping is answered at once with a
+pong to its source), then the path finder (`paths.PathFinder`: which direct address each
+peer is trusted at, see `sunbeam.shared.proto.discopaths`); other WireGuard messages ->
+the worker `wgroute.route` picks; anything else a counted drop ``rx.drop.<reason>``.
+PUSH sockets have a bounded HWM; a full one is a counted drop (``wg_in.dropped`` /
+``derp_in.dropped``, in packets).
 
 Counters (health reply): see `udpsock` for ``rx.*``/``tx.*``; ``disco.ping_rx``,
 ``disco.pong_tx``, ``disco.pong_rx``, ``disco.call_me_maybe_rx`` (with ``_derp`` for
