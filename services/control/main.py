@@ -16,11 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-
 from sunbeam.shared.keys import KeyFormatError, load_or_create
-from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.messages.codec import Codec
-from sunbeam.shared.messages.dataplane import DERP_PUB_CODEC, UDP_PUB_CODEC, DerpStatus, UdpStatus
+from sunbeam.shared.messages.dataplane import (
+    DERP_PUB_CODEC,
+    UDP_PUB_CODEC,
+    DerpStatus,
+    UdpStatus,
+)
+from sunbeam.shared.runtime import decoding_handler
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service, run_service
 
@@ -60,21 +64,7 @@ def follow(svc: Service, name: str, codec: Codec[Any], on_message: Callable[[Any
     sub = svc.loop.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(endpoint(svc.context.runtime_dir, name))
-
-    def on_readable(sock: zmq.Socket[Any]) -> None:
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = codec.decode(frame)
-            except BadMessage:
-                svc.counters.incr(f"{name}_bad_message")
-                continue
-            on_message(msg)
-
-    svc.loop.on_readable(sub, on_readable)
+    svc.loop.on_readable(sub, decoding_handler(codec, on_message, svc.counters, counter=f"{name}_bad_message"))
 
 
 def follow_peers(svc: Service, client: ControlClient) -> None:
