@@ -40,8 +40,9 @@ from sunbeam.shared.proto.tcp.segment import (
     parse_options,
     parse_packet,
 )
+
 from tests.ip.vectors import OURS4, OURS6, UPSTREAM
-from tests.tcp.scripted import Scripted
+from tests.tcp.scripted import STATES, Scripted, stack_in
 
 from .harness import Seed, Target, check_token
 
@@ -145,40 +146,6 @@ def _tcp_segment():
     return run
 
 
-STATES = ["listen", "syn_sent", "syn_rcvd", "established", "fin_wait", "close_wait", "time_wait"]
-
-
-def _stack_in(state: str, v6: bool) -> Scripted:
-    """`tests.tcp.test_fuzz`'s openings, one per state."""
-    s = Scripted(v6=v6)
-    if state == "listen":
-        s.stack.listen(80)
-    elif state == "syn_sent":
-        s.stack.connect(s.ours, (s.peer, 443), s.now)
-        syn = s.out()[0]
-        s.sport, s.dport = 443, syn.sport
-    elif state == "syn_rcvd":
-        s.stack.listen(80)
-        s.deliver(SYN, 1000, options=build_syn_options(1240, 7, True))
-        s.stack.accept(s.events()[0].conn_id)
-        s.out()
-    else:
-        cid, synack = s.passive_open()
-        s.stack.send(cid, b"x" * 5000, s.now)
-        s.out()
-        if state == "fin_wait":
-            s.stack.shutdown(cid, s.now)
-        elif state == "close_wait":
-            s.deliver(FIN | ACK, 1001, synack.seq + 1)
-        elif state == "time_wait":
-            s.stack.shutdown(cid, s.now)
-            s.out()
-            s.deliver(FIN | ACK, 1001, synack.seq + 5002)
-    s.out()
-    s.events()
-    return s
-
-
 def _split_packets(data: bytes) -> list[bytes]:
     """Packets one after the other, each as long as its own IP length field says."""
     out = []
@@ -202,7 +169,7 @@ _SNAPSHOTS: dict[tuple[int, bool], bytes] = {}
 def _snapshot(state: int, v6: bool) -> bytes:
     key = (state, v6)
     if key not in _SNAPSHOTS:
-        s = _stack_in(STATES[state], v6)
+        s, _ = stack_in(STATES[state], v6)
         _SNAPSHOTS[key] = pickle.dumps((s.stack, s.now), pickle.HIGHEST_PROTOCOL)
     return _SNAPSHOTS[key]
 

@@ -38,7 +38,7 @@ from tests.proxy.test_httpproxy import CHUNKED, CURL_CONNECT, CURL_GET, POST_CL
 from tests.proxy.test_proxy_fuzz import HTTP_REAL, SOCKS_REAL
 from tests.proxy.test_socks5 import GREETING, REQ_NAME, REQ_V4, REQ_V6
 
-from .harness import Known, Target, check_reason, check_token
+from .harness import Target, check_reason, check_token
 
 # --- SOCKS5 ----------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from tests.proto.test_controlbase import SERVER, Responder, make_initiator
 from tests.proto.test_controlbase_early import H2_SETTINGS, HEADSCALE_EARLY
 from tests.proto.test_tailcfg import HEADSCALE_FULL_MAP
 
-from .harness import Known, Seed, Target, check_reason
+from .harness import Seed, Target, check_reason
 from .targets_map import _JSON_TOKENS
 
 # --- TS2021 handshake and records ------------------------------------------------------

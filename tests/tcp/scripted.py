@@ -11,6 +11,7 @@ from sunbeam.shared.proto.ip.headers import addr_bytes
 from sunbeam.shared.proto.tcp import TcpStack
 from sunbeam.shared.proto.tcp.segment import (
     ACK,
+    FIN,
     SYN,
     Segment,
     build_packet,
@@ -91,3 +92,40 @@ class Scripted:
         (ack,) = self.deliver(SYN | ACK, isn, syn.seq + 1, options=opts, window=window)
         assert ack.flags == ACK and ack.ack == isn + 1
         return cid, syn
+
+
+STATES = ["listen", "syn_sent", "syn_rcvd", "established", "fin_wait", "close_wait", "time_wait"]
+
+
+def stack_in(state: str, v6: bool = False) -> tuple[Scripted, int | None]:
+    """A fresh stack brought into ``state`` by a scripted opening; the connection id (None
+    for ``listen``)."""
+    s = Scripted(v6=v6)
+    cid = None
+    if state == "listen":
+        s.stack.listen(80)
+    elif state == "syn_sent":
+        cid = s.stack.connect(s.ours, (s.peer, 443), s.now)
+        syn = s.out()[0]
+        s.sport, s.dport = 443, syn.sport
+    elif state == "syn_rcvd":
+        s.stack.listen(80)
+        s.deliver(SYN, 1000, options=build_syn_options(1240, 7, True))
+        cid = s.events()[0].conn_id
+        s.stack.accept(cid)
+        s.out()
+    else:
+        cid, synack = s.passive_open()
+        s.stack.send(cid, b"x" * 5000, s.now)
+        s.out()
+        if state == "fin_wait":
+            s.stack.shutdown(cid, s.now)
+        elif state == "close_wait":
+            s.deliver(FIN | ACK, 1001, synack.seq + 1)
+        elif state == "time_wait":
+            s.stack.shutdown(cid, s.now)
+            s.out()
+            s.deliver(FIN | ACK, 1001, synack.seq + 5002)
+    s.out()
+    s.events()
+    return s, cid

@@ -19,41 +19,7 @@ from sunbeam.shared.proto.tcp.segment import (
     tcp_checksum,
 )
 
-from .scripted import Scripted
-
-STATES = ["listen", "syn_sent", "syn_rcvd", "established", "fin_wait", "close_wait", "time_wait"]
-
-
-def _stack_in(state: str) -> tuple[Scripted, int | None]:
-    s = Scripted(v6=False)
-    cid = None
-    if state == "listen":
-        s.stack.listen(80)
-    elif state == "syn_sent":
-        cid = s.stack.connect(s.ours, (s.peer, 443), s.now)
-        syn = s.out()[0]
-        s.sport, s.dport = 443, syn.sport
-    elif state == "syn_rcvd":
-        s.stack.listen(80)
-        s.deliver(SYN, 1000, options=build_syn_options(1240, 7, True))
-        cid = s.events()[0].conn_id
-        s.stack.accept(cid)
-        s.out()
-    else:
-        cid, synack = s.passive_open()
-        s.stack.send(cid, b"x" * 5000, s.now)
-        s.out()
-        if state == "fin_wait":
-            s.stack.shutdown(cid, s.now)
-        elif state == "close_wait":
-            s.deliver(FIN | ACK, 1001, synack.seq + 1)
-        elif state == "time_wait":
-            s.stack.shutdown(cid, s.now)
-            s.out()
-            s.deliver(FIN | ACK, 1001, synack.seq + 5002)
-    s.out()
-    s.events()
-    return s, cid
+from .scripted import STATES, Scripted, stack_in
 
 
 def _fix_checksums(pkt: bytearray) -> bytes:
@@ -84,14 +50,14 @@ def _drive(s: Scripted, packets: list[bytes]) -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(STATES), st.lists(st.binary(max_size=120), max_size=8))
 def test_random_bytes(state, packets):
-    s, _ = _stack_in(state)
+    s, _ = stack_in(state)
     _drive(s, packets)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(STATES), st.data())
 def test_mutated_segments(state, data):
-    s, cid = _stack_in(state)
+    s, cid = stack_in(state)
     conn = s.stack._by_id.get(cid) if cid else None
     rcv = conn.rcv_nxt if conn else 1001
     snd = conn.snd_una if conn else 0
@@ -122,7 +88,7 @@ def test_mutated_segments(state, data):
                                                bytes([1, 1, 8, 10]) + bytes(8), bytes([5, 10]) + bytes(10)])),
     max_size=10))
 def test_arbitrary_segments_in_every_state(state, segments):
-    s, cid = _stack_in(state)
+    s, cid = stack_in(state)
     conn = s.stack._by_id.get(cid) if cid else None
     rcv = conn.rcv_nxt if conn else 1001
     snd = conn.snd_una if conn else 0
