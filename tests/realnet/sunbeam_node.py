@@ -112,3 +112,14 @@ class SunbeamNode:
 
     def watch(self) -> NetmapWatch:
         return NetmapWatch(self.rundir)
+
+
+def until_ok(fn, timeout: float = 30.0):
+    """Call ``fn`` (returning a CompletedProcess) once a second until it exits 0 or
+    ``timeout`` passes; the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = fn()
+        if res.returncode == 0 or time.monotonic() > deadline:
+            return res
+        time.sleep(1)

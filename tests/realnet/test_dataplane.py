@@ -12,7 +12,7 @@ from sunbeam.refnet import network
 from sunbeam.shared.keys import from_text
 from sunbeam.shared.sharding import owner
 
-from .sunbeam_node import SunbeamNode
+from .sunbeam_node import SunbeamNode, until_ok
 
 pytestmark = pytest.mark.realnet
 
@@ -38,13 +38,6 @@ def _ts_ping(peer: dict, target: str, kind: str, count: int = 5) -> subprocess.C
                           capture_output=True, text=True, timeout=90)
 
 
-def _until_ok(fn, timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        res = fn()
-        if res.returncode == 0 or time.monotonic() > deadline:
-            return res
-        time.sleep(1)
 
 
 def _proxy_ping(node, dst: str, count: int = 3, timeout: float = 5.0):
@@ -66,7 +59,7 @@ def test_real_peer_pings_us_with_icmp_and_tsmp(refnet_derp, node):
     peer = refnet_derp["peers"][0]
     ours = _our_ip(node)
     for kind in ("icmp", "tsmp"):
-        res = _until_ok(lambda: _ts_ping(peer, ours, kind), timeout=30)
+        res = until_ok(lambda: _ts_ping(peer, ours, kind), timeout=30)
         assert res.returncode == 0, f"{kind}: {res.stdout}{res.stderr}\n{node.log('wg-0')[-2000:]}"
         assert "pong from sunbeam-dp" in res.stdout, res.stdout
 

@@ -53,7 +53,7 @@ from sunbeam.shared.sharding import make_index
 
 from ..derp.test_derp_service import TcpDerpServer
 from .control_mitm import ControlMitm, _add_hostile_region_and_peer, _frame
-from .sunbeam_node import SunbeamNode
+from .sunbeam_node import SunbeamNode, until_ok
 
 pytestmark = pytest.mark.realnet
 
@@ -98,7 +98,7 @@ def hostile(refnet):
     h = Hostile(refnet)
     try:
         h.start()
-        warm = _until(lambda: _peer_curl(refnet, f"http://{h.ours}:{INBOUND}/whoami", timeout=15), 60)
+        warm = until_ok(lambda: _peer_curl(refnet, f"http://{h.ours}:{INBOUND}/whoami", timeout=15), 60)
         assert warm.returncode == 0, warm.stderr
         yield h
     finally:
@@ -112,13 +112,6 @@ def _peer_curl(refnet: dict, url: str, timeout: int = 20) -> subprocess.Complete
                           capture_output=True, timeout=timeout + 30, check=False)
 
 
-def _until(fn, timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        res = fn()
-        if res.returncode == 0 or time.monotonic() > deadline:
-            return res
-        time.sleep(1)
 
 
 class Download:

@@ -17,7 +17,7 @@ from sunbeam.refnet import netns
 from sunbeam.refnet.blobs import blob_sha256, iter_blob
 from sunbeam.refnet.headscale import DENIED_PORT
 
-from .sunbeam_node import SunbeamNode
+from .sunbeam_node import SunbeamNode, until_ok
 
 pytestmark = pytest.mark.realnet
 
@@ -46,13 +46,6 @@ def _curl(refnet, *args: str, input: bytes | None = None, timeout: int = 300) ->
                           input=input, capture_output=True, timeout=timeout + 30)
 
 
-def _until(fn, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        res = fn()
-        if res.returncode == 0 or time.monotonic() > deadline:
-            return res
-        time.sleep(1)
 
 
 def _peer_url(peer: dict, path: str, by_name: bool = True) -> str:
@@ -62,7 +55,7 @@ def _peer_url(peer: dict, path: str, by_name: bool = True) -> str:
 
 def test_socks5_download_100mb(refnet, node):
     peer = refnet["peers"][1]
-    first = _until(lambda: _curl(refnet, "--socks5-hostname", f"127.0.0.1:{SOCKS}", _peer_url(peer, "/whoami"),
+    first = until_ok(lambda: _curl(refnet, "--socks5-hostname", f"127.0.0.1:{SOCKS}", _peer_url(peer, "/whoami"),
                                  timeout=20))
     assert first.returncode == 0, first.stderr + node.log("proxy")[-2000:].encode()
     t0 = time.monotonic()
@@ -158,7 +151,7 @@ def _enter(name: str) -> None:
 
 def _warm(node, peer: dict) -> None:
     """A WireGuard session to ``peer`` first, so a burst measures the proxy, not the handshake."""
-    res = _until(lambda: node.ctl("ping", peer["name"], "-c", "2"), timeout=30)
+    res = until_ok(lambda: node.ctl("ping", peer["name"], "-c", "2"), timeout=30)
     assert res.returncode == 0, res.stdout
 
 
@@ -206,7 +199,7 @@ def test_first_connection_of_a_cold_node(refnet):
 def test_real_peer_reaches_our_inbound_service_and_filter_refuses(refnet, node):
     ours = node.control()["addresses"][0].split("/")[0]
     peer2 = refnet["peers"][1]
-    ok = _until(lambda: _curl(refnet, "--socks5-hostname", peer2["socks5"], f"http://{ours}:{INBOUND}/whoami",
+    ok = until_ok(lambda: _curl(refnet, "--socks5-hostname", peer2["socks5"], f"http://{ours}:{INBOUND}/whoami",
                               timeout=20))
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["peer"] == refnet["peers"][0]["name"]  # the local service behind our listener
