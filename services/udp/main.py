@@ -9,15 +9,16 @@ Sockets::
     udp-in      PULL bind     `UDP_IN_CODEC`:  UdpSend -> datagrams out;
                                                DiscoReceived -> pongs via derp-in;
                                                PathWanted -> disco pings (paths.py)
-    wg-<k>-in   PUSH connect  `WG_IN_CODEC`:   UdpReceived(src, packets), one per
-                                               (worker, src) and loop iteration;
+    wg-<k>-in   PUSH connect  `WG_IN_CODEC`:   UdpReceived(src, packets, segments), one
+                                               per (worker, src) and loop iteration;
                                                PeerPath(peer, addr, until)
     derp-in     PUSH connect  `DERP_IN_CODEC`: DerpSend(peer, region, pongs / CallMeMaybe)
     udp-pub     PUB  bind     `UDP_PUB_CODEC`: UdpStatus(port, endpoints) for control
     control-pub SUB  connect  the netmap (peers' disco keys and endpoints)
 
 Inbound datagrams: WireGuard transport messages (04 00 00 00, the data) go straight to the
-worker their receiver index names; then STUN responses -> the path finder (our mapped
+worker their receiver index names -- a GRO burst that is all transport messages for one
+receiver index (`transport_run_index`) goes whole, unsplit, with its segment size; then STUN responses -> the path finder (our mapped
 endpoint); disco (magic ``TS💬``) -> `discoreply.answer` (a ping is answered at once with a
 pong to its source), then the path finder (`paths.PathFinder`: which direct address each
 peer is trusted at, see `sunbeam.shared.proto.discopaths`); other WireGuard messages ->
@@ -62,13 +63,14 @@ from sunbeam.shared.proto.disco import (
     looks_like_disco,
 )
 from sunbeam.shared.proto.stun import is_stun
+from sunbeam.shared.proto.wireguard import transport_run_index
 from sunbeam.shared.runtime import Batcher, RateLimitedLog, decoding_handler, endpoint, send_bounded
 from sunbeam.shared.runtime.service import Service, run_service
 from sunbeam.shared.sharding import worker_of_index
 
 from .discoreply import answer
 from .paths import PathFinder
-from .udpsock import UdpSocket
+from .udpsock import UdpSocket, split_gro
 from .wgroute import TRANSPORT_MIN_SIZE, route
 
 ENV_PORT = "SUNBEAM_UDP_PORT"
@@ -107,7 +109,9 @@ class UdpService:
         self.wg_out = [self._push(endpoint(rundir, f"wg-{k}-in")) for k in range(self.workers)]
         self.derp_out = self._push(endpoint(rundir, "derp-in"))
         self.batcher: Batcher[tuple[int, str]] = Batcher(
-            WG_IN_CODEC, lambda dest, packets: UdpReceived(src=dest[1], packets=packets))
+            WG_IN_CODEC, lambda dest, packets, segments: UdpReceived(
+                src=dest[1], packets=packets, segments=segments if any(segments) else []),
+            segmented=True)
         udp_in = loop.socket(zmq.PULL)
         udp_in.setsockopt(zmq.RCVHWM, PUSH_HWM)
         loop.bind(udp_in, endpoint(rundir, "udp-in"))
@@ -132,29 +136,46 @@ class UdpService:
 
     def on_datagrams(self, _udp: UdpSocket) -> None:
         workers, add = self.workers, self.batcher.add
-        for pkt, src in self.udp.recv(RECV_BUDGET):
-            # the hot path: a WireGuard transport message (4, 0, 0, 0 | receiver index ...),
-            # which neither STUN (first byte 0x00/0x01) nor disco ("TS") can look like
-            if pkt[:4] == _TRANSPORT and len(pkt) >= TRANSPORT_MIN_SIZE:
-                worker = worker_of_index(int.from_bytes(pkt[4:8], "little"))
-                if worker < workers:
-                    full = add((worker, src), pkt)
-                    if full is not None:
-                        self._send_wg(full.dest[0], full.data, full.packets)
-                    continue
-            if is_stun(pkt):
-                self.paths.on_stun(pkt, src)
-                continue
-            if looks_like_disco(pkt):
-                self.on_disco_udp(pkt, src)
-                continue
-            worker = route(pkt, src, self.workers)
-            if isinstance(worker, str):
-                self.drop(worker, src=src, size=len(pkt))
-                continue
-            full = self.batcher.add((worker, src), pkt)
-            if full is not None:
-                self._send_wg(full.dest[0], full.data, full.packets)
+        for data, src, size in self.udp.recv_bursts(RECV_BUDGET):
+            if size:
+                # a GRO burst; mostly one session's transport messages, passed on whole
+                index = transport_run_index(data, size)
+                if index is not None:
+                    worker = worker_of_index(index)
+                    if worker < workers:
+                        full = add((worker, src), data, size, -(-len(data) // size))
+                        if full is not None:
+                            self._send_wg(full.dest[0], full.data, full.packets)
+                        continue
+                datagrams = split_gro(data, size)
+            else:
+                datagrams = (data,)
+            for pkt in datagrams:
+                self.on_datagram(pkt, src)
+
+    def on_datagram(self, pkt: bytes, src: str) -> None:
+        # the hot path: a WireGuard transport message (4, 0, 0, 0 | receiver index ...),
+        # which neither STUN (first byte 0x00/0x01) nor disco ("TS") can look like
+        if pkt[:4] == _TRANSPORT and len(pkt) >= TRANSPORT_MIN_SIZE:
+            worker = worker_of_index(int.from_bytes(pkt[4:8], "little"))
+            if worker < self.workers:
+                full = self.batcher.add((worker, src), pkt)
+                if full is not None:
+                    self._send_wg(full.dest[0], full.data, full.packets)
+                return
+        if is_stun(pkt):
+            self.paths.on_stun(pkt, src)
+            return
+        if looks_like_disco(pkt):
+            self.on_disco_udp(pkt, src)
+            return
+        worker = route(pkt, src, self.workers)
+        if isinstance(worker, str):
+            self.drop(worker, src=src, size=len(pkt))
+            return
+        full = self.batcher.add((worker, src), pkt)
+        if full is not None:
+            self._send_wg(full.dest[0], full.data, full.packets)
 
     def on_disco_udp(self, pkt: bytes, src: str) -> None:
         try:

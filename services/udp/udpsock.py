@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sunbeam.shared.proto.disco import format_addr_port, parse_addr_port
+from sunbeam.shared.proto.wireguard.messages import split_segments
 from sunbeam.shared.runtime.counters import Counters
 
 __all__ = ["MAX_GSO_BYTES", "MAX_GSO_SEGMENTS", "UdpSocket", "gso_runs", "split_gro"]
@@ -51,9 +52,7 @@ _CACHE_MAX = 4096
 
 def split_gro(data: memoryview | bytes, gso_size: int) -> list[bytes]:
     """Datagrams of a GRO-coalesced receive (``gso_size`` 0: one datagram)."""
-    if gso_size <= 0 or gso_size >= len(data):
-        return [bytes(data)]
-    return [bytes(data[i:i + gso_size]) for i in range(0, len(data), gso_size)]
+    return split_segments(bytes(data), gso_size)
 
 
 def gso_runs(packets: list[bytes], max_segments: int = MAX_GSO_SEGMENTS,
@@ -103,29 +102,37 @@ class UdpSocket:
 
     def recv(self, budget: int) -> list[tuple[bytes, str]]:
         """Up to ``budget`` recvmsg calls until EAGAIN: [(datagram, src text)]."""
-        out: list[tuple[bytes, str]] = []
+        return [(d, src) for burst, src, size in self.recv_bursts(budget) for d in split_gro(burst, size)]
+
+    def recv_bursts(self, budget: int) -> list[tuple[bytes, str, int]]:
+        """Up to ``budget`` recvmsg calls until EAGAIN: [(data, src text, segment size)],
+        where a nonzero segment size says ``data`` is a GRO burst of datagrams that long,
+        back to back (the last may be shorter), left for the caller to split or not."""
+        out: list[tuple[bytes, str, int]] = []
+        incr = self.counters.incr
         for _ in range(budget):
             try:
                 n, anc, flags, addr = self.sock.recvmsg_into([self._buf], self._ancsize)
             except BlockingIOError:
                 break
             except OSError as exc:  # e.g. a queued ICMP error; the socket stays usable
-                self.counters.incr(f"rx.error.{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+                incr(f"rx.error.{errno.errorcode.get(exc.errno or 0, exc.errno)}")
                 break
             if flags & socket.MSG_TRUNC:
-                self.counters.incr("rx.drop.truncated")
+                incr("rx.drop.truncated")
                 continue
             gso_size = 0
             for level, kind, data in anc:
                 if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
                     gso_size = int.from_bytes(data[:4], "little") if len(data) >= 4 else \
                         int.from_bytes(data[:2], "little")
-            src = self._text_of(addr)
-            datagrams = split_gro(self._view[:n], gso_size)
-            if len(datagrams) > 1:
-                self.counters.incr("rx.gro_batches")
-            self.counters.incr("rx.datagrams", len(datagrams))
-            out.extend((d, src) for d in datagrams)
+            if 0 < gso_size < n:
+                incr("rx.gro_batches")
+                incr("rx.datagrams", -(-n // gso_size))
+            else:
+                gso_size = 0
+                incr("rx.datagrams")
+            out.append((bytes(self._view[:n]), self._text_of(addr), gso_size))
         return out
 
     def _text_of(self, addr: Any) -> str:

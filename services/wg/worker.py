@@ -70,6 +70,7 @@ from sunbeam.shared.proto.wireguard import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     Device,
+    split_segments,
 )
 from sunbeam.shared.runtime import RateLimitedLog, send_bounded
 from sunbeam.shared.runtime.rundir import endpoint
@@ -223,7 +224,10 @@ class Worker:
             if isinstance(msg, ToPeer):
                 self._send_ip(msg.peer_key, msg.packets, now)
             elif isinstance(msg, UdpReceived):
-                self._receive(msg.packets, now, udp_src=msg.src)
+                if msg.segments:
+                    self._receive_bursts(msg, now)
+                else:
+                    self._receive(msg.packets, now, udp_src=msg.src)
             elif isinstance(msg, DerpReceived):
                 self._receive(msg.packets, now, derp_from=msg.peer_key, derp_region=msg.region)
             elif isinstance(msg, PeerPath):
@@ -253,6 +257,27 @@ class Worker:
         src = udp_src.encode() if udp_src is not None else b""
         for result in self.device.decapsulate_batch(pkts, now, src=src):
             self._apply(result, now, udp_src, derp_from, derp_region)
+
+    def _receive_bursts(self, msg: UdpReceived, now: float) -> None:
+        """A UDP batch holding GRO bursts (an entry with a segment size): a burst of one
+        session's transport messages is decrypted whole (`Device.decapsulate_run`), any
+        other entry as usual, in order."""
+        if len(msg.segments) != len(msg.packets):
+            self.counters.incr("inbox_bad_message")
+            self.noisy.warning("inbox", "bad_message", error="segments do not match packets")
+            return
+        src, plain = msg.src, []
+        for pkt, size in zip(msg.packets, msg.segments, strict=True):
+            result = self.device.decapsulate_run(pkt, size, now) if size else None
+            if result is None:
+                plain.extend(split_segments(pkt, size))
+                continue
+            if plain:
+                self._receive(plain, now, udp_src=src)
+                plain = []
+            self._apply(result, now, src, None, 0)
+        if plain:
+            self._receive(plain, now, udp_src=src)
 
     def _forwarded(self, pkt: bytes, now: float, udp_src: str) -> bool:
         """An initiation from UDP: forwarded (or dropped as invalid) unless it is ours."""

@@ -8,7 +8,8 @@ Sockets (``ipc://<rundir>/<name>.sock``, bound by the receiving service)::
 
     wg-<k>-in   PULL at WireGuard worker k   `WG_IN_CODEC`
         ToPeer(peer_key, packets)            proxy -> wg: IP packets to encrypt for a peer
-        UdpReceived(src, packets)            udp   -> wg: WireGuard messages from src
+        UdpReceived(src, packets, segments)  udp   -> wg: WireGuard messages from src
+                                             (an entry with a segment size: a GRO burst)
         DerpReceived(peer_key, region, packets)  derp -> wg: WireGuard messages via DERP
         PeerPath(peer_key, addr, until)      udp -> wg: the disco-trusted direct address
                                              of a peer until ``until`` ("" = DERP only)
@@ -87,10 +88,16 @@ class FromPeer(_Batch, frozen=True):
 
 
 class UdpReceived(_Batch, frozen=True):
-    """WireGuard messages received on the UDP socket from one source address."""
+    """WireGuard messages received on the UDP socket from one source address.
+
+    ``segments`` (empty, or one per entry of ``packets``): a nonzero ``segments[i]`` says
+    ``packets[i]`` is datagrams of that many bytes back to back, the last possibly shorter,
+    as UDP GRO returned them (split by the receiver, not here: one entry per burst)."""
 
     src: Addr
     packets: Packets
+    segments: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_PACKET_BYTES)]],
+                        msgspec.Meta(max_length=MAX_PACKETS_PER_BATCH)] = []
 
 
 class DerpReceived(_Batch, frozen=True):

@@ -41,31 +41,38 @@ class EncodedBatch(NamedTuple, Generic[D]):
     dest: D
     data: bytes
     packets: int
-    """How many packets ``data`` carries (to count packets, not messages, on a drop)."""
+    """How many packets ``data`` carries (to count packets, not messages, on a drop); a
+    GRO burst counts as the datagrams in it."""
 
 
 class _Pending:
-    __slots__ = ("packets", "size")
+    __slots__ = ("count", "packets", "segments", "size")
 
     def __init__(self) -> None:
         self.packets: list[bytes] = []
+        self.segments: list[int] = []
         self.size = 0
+        self.count = 0
 
 
 class Batcher(Generic[D]):
     """Accumulates packets per destination; encodes them with ``make_message``.
 
     ``make_message(dest, packets)`` builds the Struct (e.g. ``lambda key, p:
-    WireBatch(peer_key=key, packets=p)``); ``codec`` encodes it.
+    WireBatch(peer_key=key, packets=p)``); ``codec`` encodes it. A batcher made with
+    ``segmented=True`` takes entries that may be many packets (``add(..., segment=size,
+    count=n)``, a GRO burst) and calls ``make_message(dest, packets, segments)`` with a
+    segment size per entry (0: one packet).
     """
 
     def __init__(
         self,
         codec: Codec[Any],
-        make_message: Callable[[D, list[bytes]], Any],
+        make_message: Callable[..., Any],
         *,
         max_packets: int = DEFAULT_MAX_PACKETS,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        segmented: bool = False,
     ) -> None:
         if not 1 <= max_packets <= MAX_PACKETS_PER_BATCH:
             raise ValueError(f"max_packets must be in 1..{MAX_PACKETS_PER_BATCH}")
@@ -75,15 +82,20 @@ class Batcher(Generic[D]):
         self._make_message = make_message
         self.max_packets = max_packets
         self.max_bytes = max_bytes
+        self.segmented = segmented
         self._pending: dict[D, _Pending] = {}  # owned by the loop thread
 
-    def add(self, dest: D, packet: bytes) -> EncodedBatch[D] | None:
-        """Queue ``packet`` for ``dest``; return ``dest``'s batch if it is now full."""
+    def add(self, dest: D, packet: bytes, segment: int = 0, count: int = 1) -> EncodedBatch[D] | None:
+        """Queue ``packet`` (``count`` packets of ``segment`` bytes back to back, in a
+        segmented batcher) for ``dest``; return ``dest``'s batch if it is now full."""
         pending = self._pending.get(dest)
         if pending is None:
             pending = self._pending[dest] = _Pending()
         pending.packets.append(packet)
+        if self.segmented:
+            pending.segments.append(segment)
         pending.size += len(packet)
+        pending.count += count
         if len(pending.packets) >= self.max_packets or pending.size >= self.max_bytes:
             del self._pending[dest]
             return self._encode(dest, pending)
@@ -96,11 +108,14 @@ class Batcher(Generic[D]):
 
     @property
     def pending_packets(self) -> int:
-        return sum(len(p.packets) for p in self._pending.values())
+        return sum(p.count for p in self._pending.values())
 
     def _encode(self, dest: D, pending: _Pending) -> EncodedBatch[D]:
-        message = self._make_message(dest, pending.packets)
-        return EncodedBatch(dest, self._codec.encode(message), len(pending.packets))
+        if self.segmented:
+            message = self._make_message(dest, pending.packets, pending.segments)  # type: ignore[call-arg]
+        else:
+            message = self._make_message(dest, pending.packets)
+        return EncodedBatch(dest, self._codec.encode(message), pending.count)
 
 
 def send_bounded(

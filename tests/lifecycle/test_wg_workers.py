@@ -104,8 +104,8 @@ def _recv(sock, codec, timeout=5.0):
     return codec.decode(sock.recv())
 
 
-def _icmp(src: str) -> bytes:
-    return build_echo_request(src, OURS, 7, 1, b"sunbeam")
+def _icmp(src: str, seq: int = 1) -> bytes:
+    return build_echo_request(src, OURS, 7, seq, b"sunbeam")
 
 
 def test_initiation_reaches_owner_and_data_flows(harness):
@@ -145,6 +145,22 @@ def test_initiation_reaches_owner_and_data_flows(harness):
         assert time.monotonic() < deadline, h["counters"](1)
         time.sleep(0.05)
     assert not h["socks"]["proxy-in"].poll(200)
+    # a GRO burst (equal-size messages back to back) after a lone message, in one batch
+    pings = [_icmp(PEER_IP, seq) for seq in range(12)]
+    lone, *burst = h["peer"].encapsulate(h["our_pub"], pings, time.time())
+    assert len({len(m) for m in burst}) == 1
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=[lone, b"".join(burst)],
+                                                     segments=[0, len(burst[0])])))
+    got = []
+    while len(got) < len(pings):
+        got += _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC).packets
+    assert got == pings
+    # a batch whose segment sizes do not match its entries is refused whole, and counted
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=[lone], segments=[0, 5])))
+    deadline = time.monotonic() + 5
+    while h["counters"](1).get("inbox_bad_message", 0) < 1:
+        assert time.monotonic() < deadline, h["counters"](1)
+        time.sleep(0.05)
 
 
 def test_handshakes_take_one_path_data_follows_the_disco_path(harness):

@@ -110,3 +110,17 @@ def test_bounded_send_with_stalled_reader_drops_when_hwm_full(tmp_path):
         pull.close(linger=0)
     finally:
         ctx.term()
+
+
+def test_segmented_batcher_counts_datagrams_and_passes_segment_sizes():
+    from sunbeam.shared.messages.dataplane import WG_IN_CODEC, UdpReceived
+
+    batcher = Batcher(WG_IN_CODEC, lambda src, p, seg: UdpReceived(src=src, packets=p, segments=seg),
+                      segmented=True, max_packets=100, max_bytes=10_000)
+    assert batcher.add("1.2.3.4:5", b"a" * 10) is None
+    assert batcher.add("1.2.3.4:5", b"b" * 40, 16, 3) is None  # a burst: 16 + 16 + 8 bytes
+    assert batcher.pending_packets == 4
+    (batch,) = batcher.flush()
+    assert batch.packets == 4
+    assert WG_IN_CODEC.decode(batch.data) == UdpReceived(src="1.2.3.4:5", packets=[b"a" * 10, b"b" * 40],
+                                                         segments=[0, 16])

@@ -14,6 +14,8 @@ from sunbeam.shared.proto.wireguard import (
     Device,
     message_type,
     receiver_index,
+    split_segments,
+    transport_run_index,
 )
 from sunbeam.shared.proto.wireguard.replay import WINDOW
 from sunbeam.shared.sharding import worker_of_index
@@ -339,3 +341,69 @@ def test_low_order_peer_key_cannot_handshake():
     a.set_peer(bytes(32), ["10.9.0.0/16"])  # the all-zero point: DH is refused
     assert a.encapsulate(bytes(32), [b"x"], T0) == []
     assert a.counters["invalid_peer_key"] == 1
+
+
+def _burst(b: Device, a_key: bytes, sizes: list[int]) -> list[bytes]:
+    return b.encapsulate(a_key, [udp4(B4, A4, bytes([i % 251]) * n) for i, n in enumerate(sizes)], T0)
+
+
+def test_decapsulate_run_gives_what_decapsulate_batch_gives():
+    """A GRO burst (equal-size messages back to back, a shorter last one) decrypted whole:
+    the same packets, counters and peer statistics as message by message."""
+    (a1, b1), (a2, b2) = established(), established()  # deterministic: twins
+    msgs = _burst(b1, a1.public_key, [1200] * 20 + [100])
+    assert msgs == _burst(b2, a2.public_key, [1200] * 20 + [100])
+    size = len(msgs[0])
+    assert all(len(m) == size for m in msgs[:-1]) and len(msgs[-1]) < size
+    run = a1.decapsulate_run(b"".join(msgs), size, T0 + 1)
+    (batch,) = a2.decapsulate_batch(msgs, T0 + 1)
+    assert run == batch and len(run.to_tunnel) == 21 and run.error is None
+    assert a1.counters == a2.counters
+    p1, p2 = a1._peers[b1.public_key], a2._peers[b2.public_key]
+    assert (p1.rx_bytes, p1.rx_packets) == (p2.rx_bytes, p2.rx_packets)
+    assert p1.timers.send_keepalive == p2.timers.send_keepalive is not None
+
+
+def test_decapsulate_run_drops_a_tampered_and_a_replayed_message_only():
+    (a1, b1), (a2, b2) = established(), established()
+    msgs = _burst(b1, a1.public_key, [1000] * 6)
+    _burst(b2, a2.public_key, [1000] * 6)
+    msgs[2] = msgs[2][:-1] + bytes([msgs[2][-1] ^ 1])
+    msgs[4] = msgs[1]  # a replay of an earlier one
+    run = a1.decapsulate_run(b"".join(msgs), len(msgs[0]), T0)
+    (batch,) = a2.decapsulate_batch(msgs, T0)
+    assert run == batch and len(run.to_tunnel) == 4 and run.error == "replay"
+    assert a1.counters == a2.counters and a1.counters["decrypt"] == 1 and a1.counters["replay"] == 1
+
+
+def test_decapsulate_run_declines_what_is_not_one_live_session():
+    a, b = established()
+    msgs = _burst(b, a.public_key, [500] * 3)
+    size = len(msgs[0])
+    before = dict(a.counters)
+    other_index = msgs[1][:4] + bytes(4) + msgs[1][8:]
+    assert a.decapsulate_run(msgs[0] + other_index + msgs[2], size, T0) is None
+    assert a.decapsulate_run(msgs[0] + b"\x01" + msgs[1][1:], size, T0) is None  # not transport
+    assert a.decapsulate_run(b"".join(msgs) + b"\x04\x00\x00\x00", size, T0) is None  # too short a tail
+    assert a.decapsulate_run(b"".join(msgs), size, T0 + 10_000) is None  # expired: one by one
+    assert a.counters == before
+    # the side that answered the handshake holds an unconfirmed keypair until data arrives
+    c, d = make_pair()
+    (init,) = c.encapsulate(d.public_key, [udp4(A4, B4, b"x")], T0)
+    (resp,) = d.decapsulate(init, T0).to_peer
+    first = c.decapsulate(resp, T0).to_peer
+    assert d.decapsulate_run(b"".join(first), len(first[0]), T0) is None
+    assert d.decapsulate_batch(first, T0)[0].to_tunnel == [udp4(A4, B4, b"x")]
+
+
+def test_transport_run_index():
+    a, b = established()
+    msgs = _burst(b, a.public_key, [300] * 4 + [20])
+    size, blob = len(msgs[0]), b"".join(msgs)
+    index = struct.unpack_from("<I", msgs[0], 4)[0]
+    assert transport_run_index(blob, size) == index
+    assert transport_run_index(msgs[0], size) == index
+    assert transport_run_index(blob, size - 1) is None  # the boundaries do not line up
+    assert transport_run_index(blob[:-1] + b"", 16) is None
+    assert transport_run_index(b"", size) is None
+    assert split_segments(blob, size) == msgs and split_segments(blob, 0) == [blob]

@@ -16,6 +16,8 @@ from .messages import (
     MESSAGE_TRANSPORT,
     message_type,
     receiver_index,
+    split_segments,
+    transport_run_index,
 )
 from .noise import public_key
 
@@ -30,4 +32,6 @@ __all__ = [
     "message_type",
     "public_key",
     "receiver_index",
+    "split_segments",
+    "transport_run_index",
 ]

@@ -10,6 +10,8 @@ the TAI64N in initiations and drives every timer, so pass the same clock everywh
                                             initiation is returned when one is due)
     decapsulate(message, now)            -> Decapsulated(peer_key, to_peer, to_tunnel, error)
     decapsulate_batch(messages, now)     -> one Decapsulated per peer seen, in first-seen order
+    decapsulate_run(blob, size, now)     -> the same for one session's transport messages of
+                                            ``size`` bytes back to back (a UDP GRO burst)
     update_timers(now) / next_timer()    -> keepalives, handshake retries, key expiry
     initiator_static(initiation, now)    -> the initiator's static key (no state change)
     route(dst)                           -> the peer whose AllowedIPs hold dst
@@ -215,6 +217,19 @@ class Device(ReceiveMixin):
             if err is not None:
                 g[2][0] = err
         return [Decapsulated(k, g[0], g[1], g[2][0]) for k, g in groups.items()]
+
+    def decapsulate_run(self, blob: bytes, size: int, now: float) -> Decapsulated | None:
+        """Messages of ``size`` bytes back to back in ``blob`` (the last may be shorter), as
+        UDP GRO returns a burst: if every one is a transport message for one live, confirmed
+        session, the same result `decapsulate_batch` gives for them, with the per-session
+        work done once. None (nothing done): not such a run -- split it
+        (`split_segments`) and use `decapsulate_batch`."""
+        to_peer: list[bytes] = []
+        to_tunnel: list[bytes] = []
+        done = self._transport_run(blob, size, now, to_peer, to_tunnel)
+        if done is None:
+            return None
+        return Decapsulated(done[0].key, to_peer, to_tunnel, done[1])
 
     def _handle(self, data: bytes, now: float, under_load: bool, src: bytes,
                 to_peer: list[bytes], to_tunnel: list[bytes]) -> tuple[Peer | None, str | None]:

@@ -77,3 +77,32 @@ def receiver_index(data: bytes) -> int | None:
     if t == MESSAGE_RESPONSE:
         return _U32.unpack_from(data, 8)[0]
     return None
+
+
+def split_segments(blob: bytes, size: int) -> list[bytes]:
+    """The ``size``-byte messages back to back in ``blob`` (0 or >= len: ``blob`` alone)."""
+    if size <= 0 or size >= len(blob):
+        return [blob]
+    return [blob[i:i + size] for i in range(0, len(blob), size)]
+
+
+def transport_run_index(blob: bytes, size: int) -> int | None:
+    """For ``size``-byte messages back to back in ``blob`` (the last may be shorter; a UDP
+    GRO burst): their receiver index if every one is a transport message for the same
+    receiver, else None. Costs a few C-level strided slices, not a loop per message."""
+    n = len(blob)
+    if size < KEEPALIVE_LEN or n < KEEPALIVE_LEN:
+        return None
+    count = -(-n // size)
+    if n - (count - 1) * size < KEEPALIVE_LEN:
+        return None
+    head = blob[:8]
+    for i in range(8):
+        if blob[i::size] != head[i:i + 1] * count:
+            return None
+    if head[:4] != _TRANSPORT_TYPE:
+        return None
+    return _U32.unpack_from(head, 4)[0]
+
+
+_TRANSPORT_TYPE = bytes([MESSAGE_TRANSPORT, 0, 0, 0])

@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidTag
 
 from .allowedips import AllowedIPs
 from .cookie import CookieChecker
+from .messages import transport_run_index
 from .noise import (
     StaticIdentity,
     commit_initiation,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from .device import Peer
 
 _IQ = struct.Struct("<IQ")
+_Q = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _ZERO4 = bytes(4)
 _LAST_MINUTE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
@@ -89,25 +91,69 @@ class ReceiveMixin(SendMixin):
             peer.last_handshake = now
             self._count("handshake_completed")
             to_peer.extend(self._send_staged(peer, now))
-        n = len(data)
-        peer.rx_bytes += n
-        peer.rx_packets += 1
+        err = self._inner(peer, pt, to_tunnel) if pt else None
+        self._received(peer, 1, len(data), 1 if pt else 0, now, to_peer)
+        return peer, err
+
+    def _received(self, peer: Peer, messages: int, nbytes: int, data: int, now: float,
+                  to_peer: list[bytes]) -> None:
+        """After ``messages`` authenticated transport messages (``nbytes`` in all, ``data``
+        of them not keepalives) from ``peer``: statistics, timers, and the initiator's
+        last-minute rehandshake (wireguard-go keepKeyFreshReceiving)."""
+        peer.rx_bytes += nbytes
+        peer.rx_packets += messages
         c = self.counters
-        c["rx_packets"] = c.get("rx_packets", 0) + 1
-        c["rx_bytes"] = c.get("rx_bytes", 0) + n
+        c["rx_packets"] = c.get("rx_packets", 0) + messages
+        c["rx_bytes"] = c.get("rx_bytes", 0) + nbytes
         t = peer.timers
-        err = None
-        if pt:
-            err = self._inner(peer, pt, to_tunnel)
+        if data:
             t.data_received(now)
-        else:
-            self._count("keepalive_rx")
+        if messages > data:
+            self._count("keepalive_rx", messages - data)
         if not t.sent_last_minute_handshake:
             cur = peer.keypairs.current
             if cur is not None and cur.is_initiator and now - cur.created > _LAST_MINUTE:
                 t.sent_last_minute_handshake = True
                 to_peer.extend(self._send_initiation(peer, now, retry=False))
         t.any_authenticated_received()
+
+    def _transport_run(self, blob: bytes, size: int, now: float, to_peer: list[bytes],
+                       to_tunnel: list[bytes]) -> tuple[Peer, str | None] | None:
+        """Transport messages of ``size`` bytes back to back in ``blob`` (the last may be
+        shorter), all for one receiver index -- as UDP GRO hands over a burst from one peer.
+        The same checks, per message, as `_transport`; the keypair lookup, statistics and
+        timers are done once for the run. None (nothing done): not such a run, or one
+        `_transport` must take message by message (unknown index, expired or unconfirmed
+        keypair)."""
+        receiver = transport_run_index(blob, size)
+        if receiver is None:
+            return None
+        kp = self._entries.get(receiver)
+        if kp.__class__ is not Keypair or kp is kp.peer.keypairs.next or now - kp.created >= REJECT_AFTER_TIME:
+            return None
+        n = len(blob)
+        peer = kp.peer
+        decrypt, check, inner, counter_at = kp.recv.decrypt, kp.replay.check, self._inner, _Q.unpack_from
+        err = None
+        good = data = dropped_bytes = 0
+        for off in range(0, n, size):
+            end = off + size
+            try:
+                pt = decrypt(_ZERO4 + blob[off + 8:off + 16], blob[off + 16:end], None)
+            except InvalidTag:
+                err = self._count("decrypt")
+                dropped_bytes += min(end, n) - off
+                continue
+            if not check(counter_at(blob, off + 8)[0]):
+                err = self._count("replay")
+                dropped_bytes += min(end, n) - off
+                continue
+            good += 1
+            if pt:
+                data += 1
+                err = inner(peer, pt, to_tunnel) or err
+        if good:
+            self._received(peer, good, n - dropped_bytes, data, now, to_peer)
         return peer, err
 
     def _inner(self, peer: Peer, pt: bytes, to_tunnel: list[bytes]) -> str | None:
