@@ -30,10 +30,9 @@ Options (kind, length, value)::
     8 Timestamps     10: u32 TSval, u32 TSecr (RFC 7323; parsed, never sent by us)
 
 Checksum: the Internet checksum (`sunbeam.shared.proto.ip.headers`) over the pseudo-header
-(source, destination, protocol 6, TCP length), header and data. Fast paths use `fold16`:
-the data read as one big-endian integer is congruent to its 16-bit word sum modulo 0xffff,
-and folding the integer with shifts at multiples of 16 bits keeps that congruence while
-avoiding a slow big-integer division.
+(source, destination, protocol 6, TCP length), header and data. Fast paths use
+`sunbeam.shared.proto.ip.wordsums` (``fold16``, ``data_sum`` = ``word_sum``): the data read
+as one big-endian integer is congruent to its 16-bit word sum modulo 0xffff.
 
 `parse_packet` refuses, with ``Malformed.reason`` as the counter name, everything
 `headers.parse` refuses plus ``not_tcp``, ``tcp_truncated``, ``bad_data_offset``,
@@ -45,6 +44,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from ..ip.wordsums import fold16
+from ..ip.wordsums import word_sum as data_sum
 from ..ip.headers import (
     PROTO_TCP,
     Malformed,
@@ -70,32 +71,6 @@ OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACK_OK, OPT_SACK, OPT_TS = 0, 1, 2, 3, 4
 
 TCP_HEADER = struct.Struct("!HHIIBBHHH")
 """sport, dport, seq, ack, offset << 4, flags, window, checksum, urgent pointer."""
-
-_M5120 = (1 << 5120) - 1
-_M2560 = (1 << 2560) - 1
-_M1280 = (1 << 1280) - 1
-
-
-def fold16(x: int) -> int:
-    """``x % 0xffff`` for a big non-negative integer: halving folds at multiples of 16 bits
-    first (shifts and masks are linear; the division is not), tuned for 1-1.5 KB."""
-    n = x.bit_length()
-    if n > 5120:
-        x = (x >> 5120) + (x & _M5120)
-    if n > 2560:
-        x = (x >> 2560) + (x & _M2560)
-    if n > 1280:
-        x = (x >> 1280) + (x & _M1280)
-    return x % 0xFFFF
-
-
-def data_sum(data: bytes | bytearray | memoryview) -> int:
-    """The 16-bit word sum of ``data`` modulo 0xffff (odd length: padded with a zero)."""
-    x = int.from_bytes(data, "big")
-    if len(data) & 1:
-        x <<= 8
-    return fold16(x)
-
 
 def tcp_checksum(src: bytes, dst: bytes, segment: bytes | bytearray | memoryview) -> int:
     """The checksum field value for ``segment`` (whose own checksum field must be zero)."""

@@ -12,8 +12,9 @@
 Demultiplexing key: the inbound packet's own bytes, ``src | dst | sport | dport``, i.e.
 IPv4 bytes 12..24 and IPv6 bytes 8..44 (no IPv6 extension headers), so the fast path
 looks a connection up with one slice. The fast path verifies the IPv4 header checksum
-and the TCP checksum over the whole packet at once (`segment.fold16`: the IP header is
-a multiple of 16 bits and sums to 0 when valid); anything unusual (IPv4 options,
+and the TCP checksum over the whole packet at once (the IP header is a multiple of 16 bits
+and sums to 0 when valid), the word sums of a whole batch computed together
+(`sunbeam.shared.proto.ip.wordsums`); anything unusual (IPv4 options,
 fragments, trailing bytes are fine) goes through `segment.parse_packet`.
 
 Segments for no connection (RFC 9293 3.10.7.1): a SYN to a listened port on one of our
@@ -44,6 +45,7 @@ from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
 
 from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
+from ..ip.wordsums import word_sum, word_sums
 from .connection import Config, Connection
 from .events import ConnectionRequest, Event, Readable
 from .segment import (
@@ -52,7 +54,6 @@ from .segment import (
     RST,
     SYN,
     build_packet,
-    fold16,
     parse_options,
     parse_packet,
 )
@@ -109,7 +110,8 @@ class TcpStack:
         unpack = _SEQ.unpack_from
         from_bytes = int.from_bytes
         self.counters["packets_in"] += len(packets)
-        for pkt in packets:
+        sums = word_sums(packets)
+        for i, pkt in enumerate(packets):
             n = len(pkt)
             if n >= 40 and pkt[0] == 0x45 and pkt[9] == 6 and not (pkt[6] & 0x3F or pkt[7]):
                 total = pkt[2] << 8 | pkt[3]
@@ -120,10 +122,7 @@ class TcpStack:
                         if from_bytes(pkt[:20], "big") % 0xFFFF:
                             self._drop("bad_ip_checksum")
                             continue
-                        x = from_bytes(pkt if total == n else pkt[:total], "big")
-                        if total & 1:
-                            x <<= 8
-                        if (fold16(x) + conn.addr_sum + total - 14) % 0xFFFF:
+                        if ((sums[i] if total == n else word_sum(pkt[:total])) + conn.addr_sum + total - 14) % 0xFFFF:
                             self._drop("bad_tcp_checksum")
                             continue
                         seqw, ackw, _off, flags, wnd = unpack(pkt, 24)
@@ -136,10 +135,8 @@ class TcpStack:
                 if conn is not None and 60 <= end <= n:
                     doff = (pkt[52] >> 4) << 2
                     if 20 <= doff <= plen:
-                        x = from_bytes(pkt if end == n else pkt[:end], "big")
-                        if end & 1:
-                            x <<= 8
-                        if (fold16(x) - from_bytes(pkt[:8], "big") + plen + 6) % 0xFFFF:
+                        if ((sums[i] if end == n else word_sum(pkt[:end])) - from_bytes(pkt[:8], "big") + plen + 6) \
+                                % 0xFFFF:
                             self._drop("bad_tcp_checksum")
                             continue
                         seqw, ackw, _off, flags, wnd = unpack(pkt, 44)
