@@ -3,7 +3,8 @@
 Each packet is built in one go, IP header + TCP header (+ options) + data, with both
 checksums computed arithmetically: the constant part of each (addresses, ports, protocol,
 TTL) is summed once per connection (``hsum``, ``ip_base``) and only the per-segment words
-and the data (`segment.data_sum`) are added per segment. IPv4: no options, DF clear,
+and the data (`segment.data_sum`; for a run of new segments, one batched
+`sunbeam.shared.proto.ip.wordsums.word_sums`) are added per segment. IPv4: no options, DF clear,
 TTL 64, identification counting up per connection. IPv6: flow label 0, hop limit 64.
 
 What `output` sends, in order (RFC 9293 3.10.7 and the recovery rules in `sender`):
@@ -40,6 +41,7 @@ from .segment import (
     build_syn_options,
     data_sum,
 )
+from ..ip.wordsums import MIN_GROUP, word_sums
 from .states import ESTABLISHED, M32, SYN_RCVD, SYN_SENT, TIME_WAIT
 
 __all__: list[str] = []
@@ -55,8 +57,10 @@ class _Output:
 
     # --- building ------------------------------------------------------------------
 
-    def _tx(self, out: list, seq: int, flags: int, payload=b"", opts: bytes = b"", wndf: int = -1) -> None:
-        """Append one segment with our current ACK and window."""
+    def _tx(self, out: list, seq: int, flags: int, payload=b"", opts: bytes = b"", wndf: int = -1,
+            psum: int = -1) -> None:
+        """Append one segment with our current ACK and window (``psum``: the payload's word
+        sum, when the caller computed a batch of them)."""
         seqw = seq & M32
         ackw = self.rcv_nxt & M32 if flags & ACK else 0
         if wndf < 0:
@@ -66,7 +70,7 @@ class _Output:
         s = (self.hsum + tlen + (seqw >> 16) + (seqw & 0xFFFF) + (ackw >> 16) + (ackw & 0xFFFF)
              + ((hl << 10) | flags) + wndf)
         if payload:
-            s += data_sum(payload)
+            s += data_sum(payload) if psum < 0 else psum
         if opts:
             s += data_sum(opts)
         csum = -s % 0xFFFF
@@ -244,6 +248,7 @@ class _Output:
         snd_max = self.snd_max
         force = self.force
         new = 0
+        fresh: list[tuple[int, int, bytearray]] = []
         while nxt < data_end:
             n = data_end - nxt
             n = min(n, mss)
@@ -257,7 +262,7 @@ class _Output:
             end = nxt + n
             if wndf < 0:
                 wndf = self._window_field()
-            tx(out, nxt, ACK | PSH if end == data_end else ACK, sbuf[off:off + n], b"", wndf)
+            fresh.append((nxt, ACK | PSH if end == data_end else ACK, sbuf[off:off + n]))
             sent += 1
             if nxt < snd_max:
                 self._rexmitted(nxt, end, now)
@@ -270,6 +275,10 @@ class _Output:
                 if not self.rtt_seq:
                     self.rtt_seq, self.rtt_time = end, now
             nxt = end
+        if fresh:  # built together: one batched checksum pass over the payloads
+            sums = word_sums([f[2] for f in fresh]) if len(fresh) >= MIN_GROUP else [-1] * len(fresh)
+            for (seq, flags, payload), psum in zip(fresh, sums, strict=True):
+                tx(out, seq, flags, payload, b"", wndf, psum)
         self.force = False
         if fin_seq is not None and nxt == fin_seq and fin_seq < wnd_edge:
             if wndf < 0:
