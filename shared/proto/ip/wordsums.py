@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["MIN_GROUP", "fold16", "word_sum", "word_sums"]
 
-MIN_GROUP = 8
+MIN_GROUP = 4
 
 _M5120 = (1 << 5120) - 1
 _M2560 = (1 << 2560) - 1
