@@ -29,8 +29,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from .runtime.secret import Secret
 
 KEY_LEN = 32
@@ -43,6 +41,10 @@ class KeyFormatError(ValueError):
 
 
 def public_from_private(private: bytes) -> bytes:
+    # imported here: the proxy parses key texts but never derives keys, and cryptography's
+    # bindings cost a process ~6 MB of memory
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 

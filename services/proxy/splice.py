@@ -29,7 +29,7 @@ from sunbeam.shared.runtime.loop import ServiceLoop
 
 from .tcpengine import TcpEngine
 
-CHUNK = 1 << 16
+CHUNK = 1 << 18
 MAX_READ = 1 << 18
 
 
