@@ -6,6 +6,9 @@ and its timer. Outputs: the stack's IP packets, each routed by destination to th
 WireGuard worker (`IpPlane.send`), and stack events dispatched to the handler registered
 for the connection (`Splice`, or the inbound acceptor for `ConnectionRequest`).
 
+Buffers: `RECV_BUFFER` and `SEND_BUFFER` per connection and direction; they fill only when
+one side is slower than the other (a slow local reader, a slow peer).
+
 ``pump()`` runs at the end of every loop iteration (and after a timer): it drains events,
 transmits, flushes the worker outbox, and re-arms the one timer. Ownership: the proxy's
 loop thread.
@@ -33,6 +36,16 @@ from sunbeam.shared.runtime.service import Service
 from .plane import IpPlane
 
 
+RECV_BUFFER = 4 << 20
+"""Per connection, bytes received but not yet written to the local socket (the window we
+advertise). With 1 MB, a 200 MB download ran at ~112 MB/s, with 4 MB at ~127 and with
+8 MB no faster (a bigger window means bigger bursts, so fewer, larger batches through
+every stage). tailscaled's netstack lets its receive buffer grow to 8 MB."""
+SEND_BUFFER = 4 << 20
+"""Per connection, bytes read from the local socket and not yet acknowledged by the peer.
+1 MB: ~118 MB/s for a 200 MB upload, 4 MB: ~130 (tailscaled: up to 6 MB)."""
+
+
 class ConnHandler(Protocol):
     def on_connected(self) -> None: ...
     def on_readable(self) -> None: ...
@@ -57,7 +70,7 @@ class TcpEngine:
         self.loop = svc.loop
         self.plane = plane
         self.counters = svc.counters
-        self.stack = TcpStack(random_bytes=os.urandom)
+        self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER)
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self._timer: Any = None
