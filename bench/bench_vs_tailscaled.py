@@ -10,7 +10,9 @@ medians and the sunbeam/tailscaled ratio:
                           (plus CPU seconds both spent per 100 MB)
     2. latency            64-byte request/response over one TCP connection, p50 / p99
     3. connect            `sunbeam-ctl connect` -> Connected vs tailscaled start + `tailscale
-                          up` -> Running (fresh node each round)
+                          up` -> Running (fresh node each round); sunbeam's split from its
+                          control log: startup (until the TS2021 connection is up), waiting
+                          for the register answer, for the first map response, the rest
     4. memory             RSS and PSS (shared pages split among processes) of all sunbeam
                           processes (supervisord + services) vs the tailscaled process:
                           idle, and peak RSS during the downloads
@@ -216,12 +218,18 @@ def run(args: argparse.Namespace) -> dict:
         results["rss_load_mb"] = {n: round(p[0] / MB, 1) for n, p in peak.items()}
         results.update({k: {n: med(v) for n, v in d.items()} for k, d in rows.items()})
         results["large_netmap"] = large_netmap(info, sides, args.nodes) if args.nodes else None
+        parts = [sb.connect_parts]
         for r in range(1, args.rounds):  # fresh nodes: connect time from nothing
             for cls in (Sunbeam, Tailscaled):
                 extra = cls(info, hostname=f"sunbeam-bench{r}", socks_port=1080 + r) if cls is Sunbeam else cls(info)
                 connect[extra.name].append(extra.start())
+                if cls is Sunbeam:
+                    parts.append(extra.connect_parts)
                 extra.stop()
         results["connect_s"] = {n: med(v) for n, v in connect.items()}
+        parts = [p for p in parts if p]
+        if parts:
+            results["sunbeam_connect_parts_s"] = {k: med([p[k] for p in parts]) for k in parts[0]}
     finally:
         sb.stop()
         network.down(info["name"])
@@ -244,6 +252,9 @@ def table(results: dict) -> str:
         ratio = v["sunbeam"] / v["tailscaled"] if v["tailscaled"] else float("nan")
         hint = "lower is better" if key in LOWER_IS_BETTER else "higher is better"
         lines.append(f"{key:28} {v['sunbeam']:>10} {v['tailscaled']:>11} {ratio:>7.2f}  {hint}")
+    parts = results.get("sunbeam_connect_parts_s")
+    if parts:
+        lines.append("sunbeam connect, split (medians, s): " + ", ".join(f"{k} {v}" for k, v in parts.items()))
     nm = results.get("large_netmap")
     if nm:
         for n in ("sunbeam", "tailscaled"):

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from sunbeam.refnet import network
@@ -63,6 +64,31 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, float]:
+    """``connect`` split by the control service's log events: ``startup`` (until the TS2021
+    connection is up: ctl, supervisord, every service starting), ``register_wait`` (the
+    register request until its answer), ``first_map_wait`` (the streaming map request until
+    the first map response made us Running), ``rest`` (until the ctl printed Connected)."""
+    seen: dict[str, float] = {}
+    for line in control_log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+            at = datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        name = event.get("event")
+        if name == "control_state":
+            name = f"state_{event.get('state')}"
+        seen.setdefault(name, at)
+    try:
+        marks = [wall0, seen["ts2021_connected"], seen["registered"], seen["state_Running"]]
+    except KeyError:
+        return {}
+    parts = [round(b - a, 3) for a, b in zip(marks, marks[1:], strict=False)]
+    return {"startup": parts[0], "register_wait": parts[1], "first_map_wait": parts[2],
+            "rest": round(total - sum(parts), 3)}
+
+
 class Sunbeam:
     name = "sunbeam"
 
@@ -80,18 +106,21 @@ class Sunbeam:
                         SUNBEAM_STATE_DIR=str(self.base / "state"), SUNBEAM_AUTH_KEY=info["auth_keys"]["reusable"],
                         SUNBEAM_HOSTNAME=hostname, SUNBEAM_WG_WORKERS=str(workers), SUNBEAM_LOG_LEVEL="info")
         self.socks = f"127.0.0.1:{socks_port}"
+        self.connect_parts: dict[str, float] = {}
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(self.info["exec_prefix"] + ["sunbeam-ctl", *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout)
 
     def start(self) -> float:
-        """Seconds from `sunbeam-ctl connect` to its 'Connected' line."""
-        t0 = time.monotonic()
+        """Seconds from `sunbeam-ctl connect` to its 'Connected' line; `connect_parts` splits
+        them (from the control log's timestamps) into our part and waiting for the server."""
+        t0, wall0 = time.monotonic(), time.time()
         res = self.ctl("connect", timeout=120)
         took = time.monotonic() - t0
         if res.returncode != 0 or "Connected" not in res.stdout:
             raise RuntimeError(f"sunbeam-ctl connect failed: {res.stdout}{res.stderr}")
+        self.connect_parts = connect_parts(self.rundir / "control.log", wall0, took)
         return took
 
     def pids(self) -> list[int]:
