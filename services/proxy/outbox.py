@@ -45,6 +45,10 @@ class WgOutbox:
         if full is not None:
             self._send(full.dest, full.data, full.packets)
 
+    def add_many(self, peer_key: bytes, packets: list[bytes]) -> None:
+        for full in self._batcher.add_many(peer_key, packets):
+            self._send(full.dest, full.data, full.packets)
+
     def flush(self) -> None:
         for batch in self._batcher.flush():
             self._send(batch.dest, batch.data, batch.packets)

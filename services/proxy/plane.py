@@ -109,6 +109,34 @@ class IpPlane:
         if tcp:
             self.tcp_sink(tcp)  # type: ignore[misc]
 
+    def send_many(self, packets: list[bytes]) -> int:
+        """Send IP packets we originate (well-formed: our TCP stack built them), each to the
+        peer its destination routes to, runs of one destination in one call; returns how
+        many had no route (counted ``no_route``)."""
+        lookup, add_many = self.routes.lookup, self.outbox.add_many
+        unrouted = 0
+        run: list[bytes] = []
+        run_dst: bytes | None = None
+        for packet in packets:
+            dst = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+            if dst != run_dst:
+                if run:
+                    unrouted += self._send_run(run_dst, run, lookup, add_many)  # type: ignore[arg-type]
+                run, run_dst = [], dst
+            run.append(packet)
+        if run:
+            unrouted += self._send_run(run_dst, run, lookup, add_many)  # type: ignore[arg-type]
+        return unrouted
+
+    def _send_run(self, dst: bytes, run: list[bytes], lookup: Callable[[bytes], bytes | None],
+                  add_many: Callable[[bytes, list[bytes]], None]) -> int:
+        key = lookup(dst)
+        if key is None:
+            self.counters.incr("no_route", len(run))
+            return len(run)
+        add_many(key, run)
+        return 0
+
     def send(self, packet: bytes, dst: str | bytes) -> bool:
         """Send a packet we originate to the peer ``dst`` (text or packed) routes to; False if none."""
         key = self.routes.lookup(dst)

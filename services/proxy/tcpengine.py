@@ -55,15 +55,6 @@ class ConnHandler(Protocol):
     def on_closed(self) -> None: ...
 
 
-def _dst_of(packet: bytes) -> bytes | None:
-    """The packed destination address (what `RouteTable.lookup` takes, without re-parsing)."""
-    if packet[:1] and packet[0] >> 4 == 4 and len(packet) >= 20:
-        return packet[16:20]
-    if packet[:1] and packet[0] >> 4 == 6 and len(packet) >= 40:
-        return packet[24:40]
-    return None
-
-
 class TcpEngine:
     def __init__(self, svc: Service, plane: IpPlane) -> None:
         self.svc = svc
@@ -104,11 +95,11 @@ class TcpEngine:
                 break
             for ev in events:
                 self._dispatch(ev)
-        now = time.monotonic()
-        for packet in self.stack.poll(now):
-            dst = _dst_of(packet)
-            if dst is None or not self.plane.send(packet, dst):
-                self.counters.incr("tcp_out_no_route")
+        packets = self.stack.poll(time.monotonic())
+        if packets:
+            unrouted = self.plane.send_many(packets)
+            if unrouted:
+                self.counters.incr("tcp_out_no_route", unrouted)
         self.plane.outbox.flush()
         self._rearm()
 

@@ -101,6 +101,30 @@ class Batcher(Generic[D]):
             return self._encode(dest, pending)
         return None
 
+    def add_many(self, dest: D, packets: list[bytes]) -> list[EncodedBatch[D]]:
+        """`add` for each of ``packets`` (not in a segmented batcher), without a call per
+        packet; returns the batches that filled up, in order."""
+        if self.segmented:
+            raise ValueError("add_many takes single packets; a segmented batcher takes add()")
+        full: list[EncodedBatch[D]] = []
+        pending = self._pending.get(dest)
+        if pending is None:
+            pending = self._pending[dest] = _Pending()
+        queued, max_packets, max_bytes = pending.packets, self.max_packets, self.max_bytes
+        for packet in packets:
+            queued.append(packet)
+            pending.size += len(packet)
+            if len(queued) >= max_packets or pending.size >= max_bytes:
+                pending.count = len(queued)
+                full.append(self._encode(dest, pending))
+                pending = self._pending[dest] = _Pending()
+                queued = pending.packets
+        if queued:
+            pending.count = len(queued)
+        else:
+            del self._pending[dest]
+        return full
+
     def flush(self) -> list[EncodedBatch[D]]:
         """Encode and return every non-empty batch, emptying the batcher."""
         pending, self._pending = self._pending, {}

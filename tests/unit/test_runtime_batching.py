@@ -124,3 +124,16 @@ def test_segmented_batcher_counts_datagrams_and_passes_segment_sizes():
     assert batch.packets == 4
     assert WG_IN_CODEC.decode(batch.data) == UdpReceived(src="1.2.3.4:5", packets=[b"a" * 10, b"b" * 40],
                                                          segments=[0, 16])
+
+
+def test_add_many_is_add_for_each_packet():
+    packets = [bytes([i]) * (100 + i) for i in range(50)]
+    one, many = (Batcher(IP_CODEC, lambda _d, p: IPBatch(packets=p), max_packets=7, max_bytes=2000)
+                 for _ in range(2))
+    assert many.add(0, b"first") is None and one.add(0, b"first") is None
+    singly = [b for b in (one.add(0, p) for p in packets) if b is not None]
+    assert many.add_many(0, packets) == singly and len(singly) > 3
+    assert many.pending_packets == one.pending_packets and many.flush() == one.flush()
+    assert many.add_many(1, []) == [] and many.flush() == []
+    with pytest.raises(ValueError):
+        Batcher(IP_CODEC, lambda *_: None, segmented=True).add_many(0, [b"x"])
