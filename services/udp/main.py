@@ -18,11 +18,12 @@ Sockets::
 
 Inbound datagrams: WireGuard transport messages (04 00 00 00, the data) go straight to the
 worker their receiver index names -- a GRO burst that is all transport messages for one
-receiver index (`transport_run_index`) goes whole, unsplit, with its segment size; then STUN responses -> the path finder (our mapped
-endpoint); disco (magic ``TS💬``) -> `discoreply.answer` (a ping is answered at once with a
-pong to its source), then the path finder (`paths.PathFinder`: which direct address each
-peer is trusted at, see `sunbeam.shared.proto.discopaths`); other WireGuard messages ->
-the worker `wgroute.route` picks; anything else a counted drop ``rx.drop.<reason>``.
+receiver index (`transport_run_index`) goes whole, unsplit, with its segment size; then
+STUN responses -> the path finder (our mapped endpoint); disco (magic ``TS💬``) ->
+`discoreply.answer` (a ping is answered at once with a pong to its source), then the path
+finder (`paths.PathFinder`: which direct address each peer is trusted at, see
+`sunbeam.shared.proto.discopaths`); other WireGuard messages -> the worker
+`wgroute.route` picks; anything else a counted drop ``rx.drop.<reason>``.
 PUSH sockets have a bounded HWM; a full one is a counted drop (``wg_in.dropped`` /
 ``derp_in.dropped``, in packets).
 
