@@ -28,7 +28,7 @@ from ..messages.ctl import ServiceHealth, StatusReply, StatusRequest
 from ..messages.netmap import ControlStatus
 from ..runtime.rundir import RundirError
 from . import daemon
-from .client import CtlTimeout, discover, request
+from .client import ask_each, discover
 from .peers import peers_command, ping_command
 from .watch import NetmapWatch
 
@@ -52,14 +52,10 @@ def _vpn_lines(control: ControlStatus | None) -> tuple[list[str], bool]:
 def _status(rundir, as_json: bool) -> int:
     found = discover(rundir)
     live = [f for f in found if f.live]
-    rows, failed = [], []
+    rows = []
     control: ControlStatus | None = None
-    for f in live:
-        try:
-            reply = request(f.path, StatusRequest())
-        except CtlTimeout:
-            failed.append(f.service)
-            continue
+    replies, failed = ask_each(live, StatusRequest())
+    for _f, reply in replies:
         if isinstance(reply, StatusReply):
             rows.append(reply.health)
             control = reply.control or control

@@ -53,3 +53,16 @@ def request(path: Path, msg: CtlRequest, *, timeout: float = 2.0, context: zmq.C
         raise CtlTimeout(f"no answer from {path} within {timeout}s") from exc
     finally:
         sock.close()
+
+
+def ask_each(found: list[Found], msg: CtlRequest, *, timeout: float = 2.0) -> tuple[list[tuple[Found, CtlReply]], list[str]]:
+    """``msg`` to each of ``found`` in turn: the (service, reply) pairs, and the services
+    that did not answer within ``timeout``."""
+    replies: list[tuple[Found, CtlReply]] = []
+    silent: list[str] = []
+    for f in found:
+        try:
+            replies.append((f, request(f.path, msg, timeout=timeout)))
+        except CtlTimeout:
+            silent.append(f.service)
+    return replies, silent

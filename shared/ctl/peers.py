@@ -43,7 +43,7 @@ from ..messages.codec import BadMessage
 from ..messages.ctl import PeersReply, PeersRequest, PeerStats
 from ..netmap import Netmap, Peer
 from ..runtime.rundir import endpoint
-from .client import CtlTimeout, discover, request
+from .client import ask_each, discover
 from .watch import NetmapWatch
 
 __all__ = ["collect_stats", "find_peer", "format_ago", "format_bytes", "format_path", "format_table", "peer_rows",
@@ -158,15 +158,9 @@ def _read_netmap(rundir: Path) -> Netmap | None:
 def collect_stats(rundir: Path) -> tuple[list[PeerStats], list[str]]:
     """Every live wg worker's `PeerStats`, and the workers that did not answer."""
     stats: list[PeerStats] = []
-    failed: list[str] = []
-    for f in discover(Path(rundir)):
-        if not (f.live and f.service.startswith("wg-")):
-            continue
-        try:
-            reply = request(f.path, PeersRequest())
-        except CtlTimeout:
-            failed.append(f.service)
-            continue
+    workers = [f for f in discover(Path(rundir)) if f.live and f.service.startswith("wg-")]
+    replies, failed = ask_each(workers, PeersRequest())
+    for f, reply in replies:
         if isinstance(reply, PeersReply):
             stats.extend(reply.peers)
         else:  # an ErrorReply: a worker that does not know PeersRequest
