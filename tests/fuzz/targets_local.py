@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import h11
 import msgspec
 
 from sunbeam.services.proxy import httpproxy, socks5
@@ -35,7 +34,7 @@ from sunbeam.shared.netmap import NetmapBuilder
 from sunbeam.shared.proto import tailcfg
 from tests.proto.test_tailcfg import HEADSCALE_FULL_MAP
 from tests.proxy.test_httpproxy import CHUNKED, CURL_CONNECT, CURL_GET, POST_CL
-from tests.proxy.test_proxy_fuzz import HTTP_REAL, SOCKS_REAL
+from tests.proxy.test_proxy_fuzz import HTTP_REAL, SOCKS_REAL, feed_http, upstream_view
 from tests.proxy.test_socks5 import GREETING, REQ_NAME, REQ_V4, REQ_V6
 
 from .harness import Target, check_reason, check_token
@@ -85,28 +84,13 @@ def _socks_seeds() -> list[bytes]:
 # --- HTTP proxy ------------------------------------------------------------------------
 
 
-def _upstream_view(wire: bytes) -> None:
-    """An HTTP server must read a forwarded request without a protocol error."""
-    server = h11.Connection(h11.SERVER)
-    server.receive_data(wire)
-    while server.next_event() not in (h11.NEED_DATA, h11.PAUSED):
-        pass
-
-
 def _http_outcome(chunks: list[bytes]):
     proxy = httpproxy.HttpProxyServer(max_head=2048, max_early_data=1024)
-    events, out, body = [], b"", b""
-    for chunk in [*chunks, b""]:
-        events += proxy.receive_data(chunk)
-        out += proxy.data_to_send()
-        body += proxy.body_data()
-    kinds = (httpproxy.ConnectRequest, httpproxy.ForwardRequest, httpproxy.ProtocolError)
-    assert all(isinstance(e, kinds) for e in events)
-    assert sum(isinstance(e, httpproxy.ProtocolError) for e in events) <= 1
+    events, _out, body = feed_http(proxy, [*chunks, b""])
     heads = [e.head for e in events if isinstance(e, httpproxy.ForwardRequest)]
     if heads:
         assert len(heads) == 1
-        _upstream_view(heads[0] + body)
+        upstream_view(heads[0] + body)  # an HTTP server reads it without a protocol error
     for e in events:
         if isinstance(e, (httpproxy.ConnectRequest, httpproxy.ForwardRequest)):
             assert 1 <= e.port <= 65535 and e.host

@@ -85,16 +85,23 @@ def upstream_view(wire: bytes) -> list:
     return out
 
 
-def http_outcome(chunks: list[bytes], eof: bool):
-    proxy = httpproxy.HttpProxyServer(max_head=512, max_early_data=256)
+def feed_http(proxy: httpproxy.HttpProxyServer, chunks: list[bytes]) -> tuple[list, bytes, bytes]:
+    """Feed ``chunks`` (b"" = EOF); the events (only the documented kinds, at most one
+    ProtocolError), the bytes it sends back, and the body data it passes on."""
     events, out, body = [], b"", b""
-    for chunk in chunks + ([b""] if eof else []):
+    for chunk in chunks:
         events += proxy.receive_data(chunk)
         out += proxy.data_to_send()
         body += proxy.body_data()
     kinds = (httpproxy.ConnectRequest, httpproxy.ForwardRequest, httpproxy.ProtocolError)
     assert all(isinstance(e, kinds) for e in events)
     assert sum(isinstance(e, httpproxy.ProtocolError) for e in events) <= 1
+    return events, out, body
+
+
+def http_outcome(chunks: list[bytes], eof: bool):
+    proxy = httpproxy.HttpProxyServer(max_head=512, max_early_data=256)
+    events, out, body = feed_http(proxy, chunks + ([b""] if eof else []))
     if proxy.state is httpproxy.State.CONNECT_PENDING:
         proxy.reply_connect(True)
         return events, out + proxy.data_to_send(), proxy.leftover()
