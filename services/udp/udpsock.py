@@ -100,10 +100,6 @@ class UdpSocket:
 
     # -- receive ---------------------------------------------------------------------
 
-    def recv(self, budget: int) -> list[tuple[bytes, str]]:
-        """Up to ``budget`` recvmsg calls until EAGAIN: [(datagram, src text)]."""
-        return [(d, src) for burst, src, size in self.recv_bursts(budget) for d in split_gro(burst, size)]
-
     def recv_bursts(self, budget: int) -> list[tuple[bytes, str, int]]:
         """Up to ``budget`` recvmsg calls until EAGAIN: [(data, src text, segment size)],
         where a nonzero segment size says ``data`` is a GRO burst of datagrams that long,

@@ -79,10 +79,11 @@ def recv_all(sock: socket.socket, n: int, timeout: float = 3.0) -> list[bytes]:
 
 
 def drain(us: UdpSocket, n: int, timeout: float = 3.0) -> list[tuple[bytes, str]]:
+    """Datagrams (GRO bursts split) and their sources, until ``n`` arrived."""
     got: list[tuple[bytes, str]] = []
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
-        got += us.recv(64)
+        got += [(d, src) for burst, src, size in us.recv_bursts(64) for d in split_gro(burst, size)]
         time.sleep(0.001)
     return got
 
