@@ -114,6 +114,19 @@ class SunbeamNode:
         return NetmapWatch(self.rundir)
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """``predicate()``'s first truthy value, polled every ``interval`` s; AssertionError
+    naming ``what`` and the last value after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout}s (last {last})")
+
+
 def until_ok(fn, timeout: float = 30.0):
     """Call ``fn`` (returning a CompletedProcess) once a second until it exits 0 or
     ``timeout`` passes; the last result."""

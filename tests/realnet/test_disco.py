@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .sunbeam_node import SunbeamNode
+from .sunbeam_node import SunbeamNode, wait_for
 
 pytestmark = pytest.mark.realnet
 
@@ -45,17 +45,6 @@ def _their_netmap_of(peer: dict, our_ip: str) -> dict:
     return {}
 
 
-def _wait(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not within {timeout}s (last: {last})")
-
-
 @pytest.fixture(scope="module")
 def node(refnet):
     n = SunbeamNode(refnet, hostname="sunbeam-disco", extra_env={"SUNBEAM_WG_WORKERS": "2"})
@@ -69,21 +58,21 @@ def test_same_host_direct_path_both_ways_and_stun_endpoint(refnet, node):
     peer = refnet["peers"][0]
     ours = node.control()["addresses"][0].split("/")[0]
     # STUN against Headscale's embedded server found our socket (127.0.0.1:<port> here)
-    udp = _wait(lambda: node.counters("udp") if node.counters("udp").get("stun.response_rx") else None, 30,
+    udp = wait_for(lambda: node.counters("udp") if node.counters("udp").get("stun.response_rx") else None, 30,
                 "a STUN answer")
     assert udp.get("stun.request_tx", 0) >= 1
     # the endpoints reached control and, through it, the peer's netmap
     port = udp_port(node)
-    entry = _wait(lambda: _their_netmap_of(peer, ours) if _their_netmap_of(peer, ours).get("Endpoints") else None,
+    entry = wait_for(lambda: _their_netmap_of(peer, ours) if _their_netmap_of(peer, ours).get("Endpoints") else None,
                   30, "our endpoints in the peer's netmap")
     assert f"127.0.0.1:{port}" in entry["Endpoints"], entry["Endpoints"]  # the STUN-mapped one
     # traffic makes both sides probe; each ends up on a direct UDP path
     for _ in range(3):
         node.ctl("ping", peer["name"], "-c", "2", timeout=60)
-    mine = _wait(lambda: _peers_json(node).get(peer["name"]) if _peers_json(node).get(peer["name"], {}).get(
+    mine = wait_for(lambda: _peers_json(node).get(peer["name"]) if _peers_json(node).get(peer["name"], {}).get(
         "path") == "direct" else None, 20, "our direct path to the peer")
     assert mine["endpoint"] in (node_peer_endpoints(node, peer["name"]) or [mine["endpoint"]])
-    theirs = _wait(lambda: _their_view_of(peer, ours) if _their_view_of(peer, ours).get("CurAddr") else None, 30,
+    theirs = wait_for(lambda: _their_view_of(peer, ours) if _their_view_of(peer, ours).get("CurAddr") else None, 30,
                    "the peer's direct path to us")
     assert theirs["CurAddr"].rsplit(":", 1)[1] == str(port), theirs
     paths = node.counters("udp")
@@ -131,7 +120,7 @@ def _direct_both_ways(node: SunbeamNode, peer: dict, our_addr: str) -> tuple[dic
             return mine, theirs
         return None
 
-    return _wait(both, 40, f"a direct path both ways (ours via {our_addr})")
+    return wait_for(both, 40, f"a direct path both ways (ours via {our_addr})")
 
 
 def _curl_blob(host: dict, peer: dict, size: int, seed: str, rate: str | None = None) -> subprocess.Popen:
@@ -173,7 +162,7 @@ def test_two_hosts_direct_path_survives_derp_block_and_falls_back_when_udp_drops
         topology.block_udp(refnet_hosts, True)
         cut = time.monotonic()
         try:
-            _wait(lambda: _peers_json(node).get(peer["name"], {}).get("path") == "derp", 10, "DERP after the UDP cut")
+            wait_for(lambda: _peers_json(node).get(peer["name"], {}).get("path") == "derp", 10, "DERP after the UDP cut")
             print(f"moved to DERP {time.monotonic() - cut:.1f} s after UDP was dropped")
             _check_blob(stream, 24 * MB, "udpcut")
         finally:
@@ -199,9 +188,9 @@ def test_behind_nat_stun_finds_the_mapping_and_a_direct_path_forms(refnet_hosts,
                         return eps
             return None
 
-        mapped = _wait(stun_mapping, 30, "the NAT's mapping from STUN")
+        mapped = wait_for(stun_mapping, 30, "the NAT's mapping from STUN")
         assert f"{nat_host['local_addr']}:{port}" not in mapped  # the inside address is not what A sees
-        entry = _wait(lambda: _their_netmap_of(peer, ours) if any(
+        entry = wait_for(lambda: _their_netmap_of(peer, ours) if any(
             e.startswith(nat_host["addr"] + ":") for e in _their_netmap_of(peer, ours).get("Endpoints") or []) else None,
             30, "the mapped endpoint advertised through control")
         assert entry

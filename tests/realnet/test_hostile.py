@@ -53,7 +53,7 @@ from sunbeam.shared.sharding import make_index
 
 from ..derp.test_derp_service import TcpDerpServer
 from .control_mitm import ControlMitm, _add_hostile_region_and_peer, _frame
-from .sunbeam_node import SunbeamNode, until_ok
+from .sunbeam_node import SunbeamNode, until_ok, wait_for
 
 pytestmark = pytest.mark.realnet
 
@@ -173,17 +173,6 @@ def _delta(before: dict, after: dict, prefix: str = "") -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if k.startswith(prefix) and v != before.get(k, 0)}
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s (last {last})")
-
-
 def udp_port(node: SunbeamNode) -> int:
     for line in node.log("udp").splitlines():
         if '"udp_listening"' in line:
@@ -245,7 +234,7 @@ def _direct_path(h: Hostile) -> None:
         me = next((p for p in (st.get("Peer") or {}).values() if h.ours in (p.get("TailscaleIPs") or [])), {})
         return bool(me.get("CurAddr"))
 
-    _wait(direct, 60, "a direct path from peer-2 to us")
+    wait_for(direct, 60, "a direct path from peer-2 to us")
 
 
 def _flood(ns: str, port: int, captured: list[bytes], rng: random.Random) -> dict[str, int]:
@@ -294,7 +283,7 @@ def test_udp_flood_of_junk_replays_and_garbage_disco(hostile):
     download = Download(h, 80 * MB, "flood", rate="2M")
     # tailscaled's netstack sends stretch ACKs (about one per 100 KB), so a few hundred
     # transport packets are what a 40 MB transfer yields; 200 are plenty to replay
-    _wait(lambda: sum(p[:4] == b"\x04\0\0\0" for p in capture.packets) >= 200, 20, "peer-2's WireGuard packets")
+    wait_for(lambda: sum(p[:4] == b"\x04\0\0\0" for p in capture.packets) >= 200, 20, "peer-2's WireGuard packets")
     captured = capture.close()
     sent = _flood(h.refnet["netns"], port, captured, random.Random(9))
     assert download.in_flight(), "the flood should land mid-transfer"
@@ -340,7 +329,7 @@ def _raw_to_our_derp_conn(h: Hostile, data: bytes) -> None:
 
 def test_fake_derp_server_sending_garbage(hostile):
     h, node = hostile, hostile.node
-    conn = _wait(lambda: _our_fake_derp_conn(h), 40, "our derp service at the fake region 1000")
+    conn = wait_for(lambda: _our_fake_derp_conn(h), 40, "our derp service at the fake region 1000")
     pids = _pids(node)
     svcs = ["derp", "udp"] + [f"wg-{k}" for k in range(WORKERS)]
     before = {s: node.counters(s) for s in svcs}
@@ -366,12 +355,12 @@ def test_fake_derp_server_sending_garbage(hostile):
         h.derp.push(h.node_key, FrameType.RECV_PACKET, src + body + rng.randbytes(rng.randrange(24, 500)))
     for _ in range(pushed["disco_junk"]):
         h.derp.push(h.node_key, FrameType.RECV_PACKET, h.fake_peer + DISCO_MAGIC + rng.randbytes(80))
-    _wait(lambda: node.counters("derp").get("derp_frame_malformed", 0)
+    wait_for(lambda: node.counters("derp").get("derp_frame_malformed", 0)
           >= before["derp"].get("derp_frame_malformed", 0) + 500, 20, "malformed frames counted")
     # then bytes that break the framing: a frame announcing 4 GiB, then plain noise
     for garbage in (b"\x05\xff\xff\xff\xff" + rng.randbytes(1000), b"\xee" + rng.randbytes(65536)):
         _raw_to_our_derp_conn(h, garbage)
-        conn = _wait(lambda c=conn: _our_fake_derp_conn(h) not in (None, c) and _our_fake_derp_conn(h),
+        conn = wait_for(lambda c=conn: _our_fake_derp_conn(h) not in (None, c) and _our_fake_derp_conn(h),
                      30, "the derp service logging in again after garbage")
     assert download.in_flight()
     time.sleep(1)
@@ -422,20 +411,20 @@ def test_control_server_sending_malformed_and_oversized_map_frames(hostile):
     malformed += [_frame(b"[" * 200_000), _frame(os.urandom(3 * MB))]  # deep nesting; 3 MiB of noise
     bombs = [_frame(b) for b in _zstd_bombs()]
     h.mitm.inject(*malformed, *bombs)
-    _wait(lambda: node.counters("control").get("map_frame_corrupt", 0) >= before.get("map_frame_corrupt", 0) + 3,
+    wait_for(lambda: node.counters("control").get("map_frame_corrupt", 0) >= before.get("map_frame_corrupt", 0) + 3,
           30, "zstd bombs counted")
     mid = node.counters("control")
     assert node.control()["state"] == "Running"  # none of that broke the stream
     assert _peers_of(node) >= {h.refnet["peers"][0]["name"], h.refnet["peers"][1]["name"]}
     # a 100 MiB length prefix: the framing is lost; the service drops the stream and reconnects
     h.mitm.inject(struct.pack("<I", 100 * MB) + b"x" * 64)
-    _wait(lambda: node.counters("control").get("map_frame_fatal", 0) > before.get("map_frame_fatal", 0), 20,
+    wait_for(lambda: node.counters("control").get("map_frame_fatal", 0) > before.get("map_frame_fatal", 0), 20,
           "the fatal frame counted")
     fatal = node.counters("control")
     # the reconnect: a new TS2021 connection through the same server, a new map stream whose
     # responses are consumed, and the netmap kept published all along
-    _wait(lambda: h.mitm.connections > connections and h.mitm.map_streams > streams, 30, "a new map stream")
-    _wait(lambda: node.counters("control").get("map_responses", 0) > fatal.get("map_responses", 0), 30,
+    wait_for(lambda: h.mitm.connections > connections and h.mitm.map_streams > streams, 30, "a new map stream")
+    wait_for(lambda: node.counters("control").get("map_responses", 0) > fatal.get("map_responses", 0), 30,
           "map responses on the new stream")
     assert _peers_of(node) >= {h.refnet["peers"][0]["name"], h.refnet["peers"][1]["name"]}
     assert download.in_flight()
@@ -455,7 +444,7 @@ def test_control_server_sending_malformed_and_oversized_map_frames(hostile):
 def test_state_is_running_again_after_that_reconnect(hostile):
     """Regression: Running was set only by a map response that changed the netmap, so after
     a reconnect with an unchanged netmap the state stayed Registering."""
-    _wait(lambda: hostile.node.control().get("state") == "Running", 10, "state Running")
+    wait_for(lambda: hostile.node.control().get("state") == "Running", 10, "state Running")
 
 
 def _peers_of(node: SunbeamNode) -> set[str]:
