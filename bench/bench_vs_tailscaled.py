@@ -12,7 +12,8 @@ medians and the sunbeam/tailscaled ratio:
     3. connect            `sunbeam-ctl connect` -> Connected vs tailscaled start + `tailscale
                           up` -> Running (fresh node each round); sunbeam's split from its
                           control log: startup (until the TS2021 connection is up), waiting
-                          for the register answer, for the first map response, the rest
+                          for the register answer, for the first map response, for the
+                          server to show peers our home DERP region (Running), the rest
     4. memory             RSS and PSS (shared pages split among processes) of all sunbeam
                           processes (supervisord + services) vs the tailscaled process:
                           idle, and peak RSS during the downloads

@@ -68,7 +68,9 @@ def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, fl
     """``connect`` split by the control service's log events: ``startup`` (until the TS2021
     connection is up: ctl, supervisord, every service starting), ``register_wait`` (the
     register request until its answer), ``first_map_wait`` (the streaming map request until
-    the first map response made us Running), ``rest`` (until the ctl printed Connected)."""
+    the first map response), ``announce_wait`` (until the server showed our home DERP region
+    in its view of us, which it shows peers at the same time: Running), ``rest`` (until the
+    ctl printed Connected)."""
     seen: dict[str, float] = {}
     for line in control_log.read_text(errors="replace").splitlines():
         try:
@@ -81,11 +83,12 @@ def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, fl
             name = f"state_{event.get('state')}"
         seen.setdefault(name, at)
     try:
-        marks = [wall0, seen["ts2021_connected"], seen["registered"], seen["state_Running"]]
+        running = seen["state_Running"]
+        marks = [wall0, seen["ts2021_connected"], seen["registered"], seen.get("announce_wait", running), running]
     except KeyError:
         return {}
     parts = [round(b - a, 3) for a, b in zip(marks, marks[1:], strict=False)]
-    return {"startup": parts[0], "register_wait": parts[1], "first_map_wait": parts[2],
+    return {"startup": parts[0], "register_wait": parts[1], "first_map_wait": parts[2], "announce_wait": parts[3],
             "rest": round(total - sum(parts), 3)}
 
 

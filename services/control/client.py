@@ -3,7 +3,11 @@
 One connection at a time. Per connection: fetch the server's Noise key (``GET /key?v=``,
 cached), open TCP (TLS for https), upgrade to TS2021, then the calls in `calls.py`:
 register, lite update, map stream. Map frames feed the `NetmapBuilder`; every change is
-published (`NetmapPublisher`). Any failure closes the connection and retries after an
+published (`NetmapPublisher`). Running once peers can reach us: the map's self node (the
+server's view of us) carries our home DERP region, so the server has told the peers too
+(before that, a peer's WireGuard finds "no UDP or DERP addr" for us and retries only after
+5 s); a server that never shows it gets ``ANNOUNCE_TIMEOUT``. The home region is
+remembered across restarts (`lastderp`) so a restart does not open that gap again. Any failure closes the connection and retries after an
 exponential backoff with jitter; the last netmap stays published meanwhile. Failures the
 user must fix (rejected auth key, interactive login demanded, capability version refused)
 park the service in Error with the reason, and it does not retry on its own.
@@ -42,7 +46,7 @@ from sunbeam.shared.runtime.backoff import Backoff
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.service import Service
 
-from . import calls
+from . import calls, lastderp
 from .publication import Publication
 from .serverkey import ServerKeyError, fetch_server_key
 from .state import State
@@ -50,6 +54,7 @@ from .state import State
 IO_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 20.0
 STREAM_IDLE_TIMEOUT = 150.0  # Headscale sends a keepalive every ~50-60 s
+ANNOUNCE_TIMEOUT = 5.0  # Headscale batches changes for ~1 s before telling nodes
 RECV_SIZE = 1 << 18
 
 
@@ -120,8 +125,8 @@ class ControlClient:
         self.streams: dict[int, Any] = {}
         self.builder = NetmapBuilder()
         self.registered_marker = self.ctx.state_dir / "registered"
-        self._timers: list[Any] = []
         self._idle_timer: Any = None
+        self._announce_timer: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -171,6 +176,9 @@ class ControlClient:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._announce_timer is not None:
+            self._announce_timer.cancel()
+            self._announce_timer = None
 
     def drop_connection(self, reason: str, *, counter: str = "connection_dropped") -> None:
         self.counters.incr(counter)
@@ -311,13 +319,38 @@ class ControlClient:
         change = self.builder.apply(resp)
         if change is not None:
             self.pub.publish_change(change, self.builder)
-        # Running once the stream delivers a map with us in it, changed or not: after a
-        # reconnect the first response often changes nothing we had
-        if self.pub.state is not State.RUNNING and self.builder.snapshot().self_node is not None:
-            self.backoff.reset()
-            self.pub.set_state(State.RUNNING)
-        if change is not None:
             self._maybe_choose_home_derp()
+        # checked on every response, changed or not: after a reconnect the first one often
+        # changes nothing we had
+        if self.pub.state is not State.RUNNING:
+            self._maybe_running()
+
+    def _maybe_running(self) -> None:
+        node = self.builder.snapshot().self_node
+        if node is None:
+            return
+        if self.me.preferred_derp and node.home_derp != self.me.preferred_derp:
+            if self._announce_timer is None:
+                self.log.info("announce_wait", region=self.me.preferred_derp, server_has=node.home_derp)
+                self.pub.set_state(State.REGISTERING, "waiting for the server to show peers our home DERP region")
+                self._announce_timer = self.loop.call_later(ANNOUNCE_TIMEOUT, self._announce_timed_out)
+            return
+        self._running()
+
+    def _announce_timed_out(self) -> None:
+        self._announce_timer = None
+        if self.conn is None or self.pub.state is State.RUNNING:
+            return
+        self.counters.incr("announce_unconfirmed")
+        self.log.warning("announce_unconfirmed", region=self.me.preferred_derp, waited=ANNOUNCE_TIMEOUT)
+        self._running()
+
+    def _running(self) -> None:
+        if self._announce_timer is not None:
+            self._announce_timer.cancel()
+            self._announce_timer = None
+        self.backoff.reset()
+        self.pub.set_state(State.RUNNING)
 
     def _maybe_choose_home_derp(self) -> None:
         """Until the DERP service reports a measured home, use the map's lowest region."""
@@ -330,6 +363,10 @@ class ControlClient:
         self.me = replace(self.me, preferred_derp=region)
         self.pub.set_home_derp(region)
         self.log.info("preferred_derp", region=region)
+        try:
+            lastderp.save(self.ctx.state_dir, self.ctx.control_url, region)
+        except OSError as exc:
+            self.noisy.warning("lastderp", "home_derp_not_saved", error=str(exc))
         self.send_lite_update()
 
     def set_endpoints(self, endpoints: tuple[str, ...]) -> None:

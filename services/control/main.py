@@ -28,6 +28,7 @@ from sunbeam.shared.runtime import decoding_handler
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service, run_service
 
+from . import lastderp
 from .calls import Identity
 from .client import ControlClient
 from .publication import Publication
@@ -50,8 +51,13 @@ def setup(svc: Service) -> None:
     svc.log.info("keys", created=created, node_key=keys.node_public_text, disco_key=keys.disco_public_text)
     publisher = NetmapPublisher(svc.loop, endpoint(ctx.runtime_dir, PUB_NAME), svc.counters)
     publication = Publication(publisher, svc.log)
+    region, ignored = lastderp.load(ctx.state_dir, ctx.control_url)
+    if ignored:
+        svc.log.warning("home_derp_ignored", reason=ignored)
+    if region:
+        publication.set_home_derp(region)
     me = Identity(keys=keys, capability_version=ctx.capability_version, hostname=ctx.hostname,
-                  ephemeral=ctx.ephemeral)
+                  ephemeral=ctx.ephemeral, preferred_derp=region)
     client = ControlClient(svc, me, publication)
     follow_peers(svc, client)
     svc.status_provider = publication.status

@@ -98,6 +98,10 @@ def test_peer_joining_mid_stream_appears_and_logout_removes_it(refnet, node):
 def test_restart_keeps_node_id_and_addresses_without_auth_key(refnet, node):
     before = node.control()
     keys_before = (node.statedir / "keys.json").read_text()
+    remembered = json.loads((node.statedir / "home-derp.json").read_text())
+    assert remembered == {"control_url": refnet["control_url"], "region": 999}
+    waits = node.log().count('"announce_wait"')
+    assert waits >= 1  # a new node: the server first knew it without a home region
     assert node.stop() == 0
     # a key that would be rejected: a registered node must not need it again
     node.env["SUNBEAM_AUTH_KEY"] = "hskey-auth-not-a-real-key"
@@ -106,6 +110,9 @@ def test_restart_keeps_node_id_and_addresses_without_auth_key(refnet, node):
     assert (after["node_id"], after["addresses"]) == (before["node_id"], before["addresses"])
     assert (node.statedir / "keys.json").read_text() == keys_before
     node.env["SUNBEAM_AUTH_KEY"] = refnet["auth_keys"]["reusable"]
+    # the remembered home region went out with the first requests: the server never showed
+    # peers this node without one, so Running came without waiting for it
+    assert node.log().count('"announce_wait"') == waits
 
 
 def test_survives_headscale_restart(refnet, node):

@@ -56,6 +56,11 @@ def test_connect_status_peers_ping_stop_transcript(refnet, node):
     assert m, out
     assert int(m.group(3)) >= 2  # both reference peers (tests may add more)
     assert "services up" in out  # progress while it came up
+    # Connected means reachable: a real peer gets through at once. (Declared on the first
+    # map, the peers still had "no UDP or DERP addr" for us and their WireGuard waited 5 s.)
+    first = subprocess.run(refnet["peers"][1]["tailscale_cli"] + [
+        "ping", "--icmp", "--c=1", "--timeout=3s", "--until-direct=false", m.group(1)], capture_output=True, text=True)
+    assert first.returncode == 0 and "pong from" in first.stdout, first.stdout + first.stderr
     sup = _supervisord_pid(node)
     assert not _gone(sup)
 

@@ -26,6 +26,12 @@ def test_connect_split_from_the_control_log(tmp_path):
         _line(t0 + 9.0, "control_state", state="Running"),  # a later one does not count
     ]) + "\n")
     assert connect_parts(log, t0, 2.7) == {"startup": 0.6, "register_wait": 0.9, "first_map_wait": 1.0,
-                                           "rest": 0.2}
+                                           "announce_wait": 0.0, "rest": 0.2}
+    log.write_text("\n".join([  # a new node waits for the server to show peers its home region
+        _line(t0 + 0.6, "ts2021_connected"), _line(t0 + 1.5, "registered"), _line(t0 + 2.5, "announce_wait"),
+        _line(t0 + 3.3, "control_state", state="Running"),
+    ]) + "\n")
+    assert connect_parts(log, t0, 3.5) == {"startup": 0.6, "register_wait": 0.9, "first_map_wait": 1.0,
+                                           "announce_wait": 0.8, "rest": 0.2}
     log.write_text(_line(t0 + 0.6, "ts2021_connected") + "\n")  # never registered: no split
     assert connect_parts(log, t0, 2.7) == {}
