@@ -4,8 +4,12 @@ One directory per sunbeam context (its path comes from config). It must be priva
 user running sunbeam, because anyone who can connect to our sockets can inject packets or
 stop the daemon:
 
-- missing: created with mode 0700 (parents are created with the default mode; choosing a
-  private parent such as ``$XDG_RUNTIME_DIR`` is config's job);
+- missing: created with mode 0700 (missing parents too: the default parent
+  ``/tmp/sunbeam-<uid>`` is nobody else's business);
+- its parent belongs to another user (root aside), or others may write to it and it is not
+  sticky: refused with a `RundirError`. Whoever can rename entries in the parent can swap
+  our checked directory for one of theirs before the sockets are bound (a sticky parent
+  such as ``/tmp`` forbids renaming what is ours);
 - exists, owned by us, with any group/other permission bit (e.g. 0755): refused with a
   `RundirError` naming the directory and its mode. Tightening it now would not undo what
   others could do while it was open (plant a socket file we would talk to, hold a
@@ -64,11 +68,12 @@ def ensure_rundir(path: str | os.PathLike[str]) -> Path:
     open to group or others.
     """
     rundir = Path(path).absolute()
-    rundir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(rundir, RUNDIR_MODE)
-    except FileExistsError:
-        pass
+    for missing in reversed([p for p in (rundir, *rundir.parents) if not p.exists()]):
+        try:
+            os.mkdir(missing, RUNDIR_MODE)
+        except FileExistsError:
+            pass
+    _check_parent(rundir.parent)
     try:
         fd = os.open(rundir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -96,6 +101,21 @@ def ensure_rundir(path: str | os.PathLike[str]) -> Path:
     finally:
         os.close(fd)
     return rundir
+
+
+def _check_parent(parent: Path) -> None:
+    st = os.stat(parent)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise RundirError(
+            f"the runtime directory's parent {parent} belongs to uid {st.st_uid}, who could replace our "
+            f"directory with theirs; configure a runtime directory under one of ours"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        raise RundirError(
+            f"the runtime directory's parent {parent} has mode {mode:04o}: others could replace our "
+            f"directory with theirs; refusing to use it (run: chmod go-w {parent})"
+        )
 
 
 def socket_path(rundir: str | os.PathLike[str], name: str) -> Path:

@@ -36,6 +36,29 @@ def test_rundir_created_0700_even_with_permissive_umask(tmp_path):
         os.umask(old)
     assert rundir.is_absolute() and rundir.is_dir()
     assert mode_of(rundir) == 0o700
+    assert mode_of(tmp_path / "a") == 0o700  # a parent we created: private too
+
+
+def test_parent_others_may_write_to_is_refused_unless_sticky(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(RundirError) as info:
+        ensure_rundir(shared / "run")
+    assert f"{shared} has mode 0777" in str(info.value) and f"chmod go-w {shared}" in str(info.value)
+    os.chmod(shared, 0o1777)  # like /tmp: others cannot rename what is ours
+    assert mode_of(ensure_rundir(shared / "run")) == 0o700
+
+
+def test_parent_owned_by_someone_else_is_refused(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a directory owned by another uid")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    (theirs / "run").mkdir(mode=0o700)  # even a private directory of ours inside it
+    os.chown(theirs, 12345, 12345)
+    with pytest.raises(RundirError, match=f"parent {theirs} belongs to uid 12345"):
+        ensure_rundir(theirs / "run")
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o750, 0o701, 0o707, 0o777, 0o1777])
