@@ -31,6 +31,7 @@ from sunbeam.shared.proto.tcp import (
     TcpStack,
     Writable,
 )
+from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.service import Service
 
 from .plane import IpPlane
@@ -64,7 +65,7 @@ class TcpEngine:
         self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER)
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
-        self._timer: Any = None
+        self.timer = CoreTimer(self.loop, self.stack.next_timer, time.monotonic, self._on_timer)
         svc.extra_counters = lambda: {**svc.counters.snapshot(),
                                       **{f"tcp_{k}": v for k, v in self.stack.counters.items()}}
         plane.tcp_sink = self.receive
@@ -101,7 +102,7 @@ class TcpEngine:
             if unrouted:
                 self.counters.incr("tcp_out_no_route", unrouted)
         self.plane.outbox.flush()
-        self._rearm()
+        self.timer.rearm()
 
     def _dispatch(self, ev: Any) -> None:
         if isinstance(ev, ConnectionRequest):
@@ -124,15 +125,6 @@ class TcpEngine:
             self.handlers.pop(ev.conn_id, None)
             handler.on_closed()
 
-    def _rearm(self) -> None:
-        when = self.stack.next_timer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
-
     def _on_timer(self) -> None:
-        self._timer = None
         self.stack.handle_timer(time.monotonic())
         self.pump()

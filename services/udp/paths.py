@@ -4,7 +4,7 @@ Feeds it the netmap (peers' node and disco keys, endpoints), ``PathWanted`` from
 workers, and disco pings/pongs/CallMeMaybe received over UDP or DERP; sends what it
 returns -- pings sealed to the peer's disco key to a UDP address, CallMeMaybe via DERP to
 the peer's home region -- and publishes each `PathUpdate` as ``PeerPath`` to the worker
-that owns the peer (``wg-<k>-in``). Re-arms one timer at `DiscoPaths.next_timer`.
+that owns the peer (``wg-<k>-in``). Keeps one timer at `DiscoPaths.next_timer` (a `CoreTimer`).
 
 Our endpoints (local interface addresses with our UDP port, plus STUN-mapped ones when
 known) go into our CallMeMaybe and, as `UdpStatus`, on ``udp-pub`` for the control
@@ -35,6 +35,7 @@ from sunbeam.shared.proto.disco import NONCE_LEN, CallMeMaybe, DiscoBoxes, Messa
 from sunbeam.shared.proto.discopaths import DiscoPaths, Output, PeerInfo
 from sunbeam.shared.proto.stun import StunError, binding_request, parse_response
 from sunbeam.shared.runtime import send_bounded
+from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import owner
@@ -61,8 +62,8 @@ class PathFinder:
         self.stun_targets: list[str] = []
         self.stun_pending: dict[bytes, tuple[str, float]] = {}  # txid -> (server, sent)
         self.stun_round: list[str] = []
-        self._timer: Any = None
         loop = svc.loop
+        self.timer = CoreTimer(loop, self.core.next_timer, time.time, self._on_timer)
         self.pub = loop.socket(zmq.PUB)
         loop.bind(self.pub, endpoint(svc.context.runtime_dir, "udp-pub"))
         self.netmap = NetmapSubscription(loop, svc.context.runtime_dir, self.counters, self.on_netmap)
@@ -169,7 +170,7 @@ class PathFinder:
                 self.counters.incr("paths.trusted_updates")
             else:
                 self.counters.incr("paths.to_derp")
-        self._rearm()
+        self.timer.rearm()
 
     def endpoints(self) -> list[str]:
         return list(dict.fromkeys(self.local_endpoints + self.stun_endpoints))
@@ -193,16 +194,7 @@ class PathFinder:
         status = UdpStatus(port=self.udp.port, endpoints=tuple(eps[:16]))
         send_bounded(self.pub, UDP_PUB_CODEC.encode(status), self.counters, counter="udp_status_dropped")
 
-    def _rearm(self) -> None:
-        when = self.core.next_timer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = self.svc.loop.call_later(max(0.0, when - time.time()), self._on_timer)
-
     def _on_timer(self) -> None:
-        self._timer = None
         self.emit(self.core.tick(time.time()))
 
     def counters_snapshot(self) -> dict[str, int]:

@@ -73,6 +73,7 @@ from sunbeam.shared.proto.wireguard import (
     split_segments,
 )
 from sunbeam.shared.runtime import RateLimitedLog, send_bounded
+from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import owner
@@ -179,7 +180,7 @@ class Worker:
         self.proxy = self._push(endpoint(rundir, "proxy-in"))
         self.peers_out = {j: self._push(endpoint(rundir, f"wg-{j}-in")) for j in range(self.workers) if j != self.index}
         z.on_iteration_end(self._flush)
-        self._timer: Any = None
+        self.timer = CoreTimer(self.loop, self.device.next_timer, time.time, self._on_timer)
 
     def _push(self, ep: str) -> zmq.Socket[Any]:
         sock = self.loop.socket(zmq.PUSH)
@@ -208,7 +209,7 @@ class Worker:
             route = self.routes.setdefault(key, PeerRoute())
             route.endpoints, route.home_derp = tuple(peer.endpoints), peer.home_derp
         self.counters.incr("netmap_updates")
-        self._rearm()
+        self.timer.rearm()
 
     # -- inbound ------------------------------------------------------------------------
 
@@ -243,7 +244,7 @@ class Worker:
                 if route is not None:
                     route.direct, route.direct_until = msg.addr, msg.until
                     self.counters.incr("path_updates")
-        self._rearm()
+        self.timer.rearm()
 
     def _send_ip(self, peer_key: bytes, packets: list[bytes], now: float) -> None:
         if peer_key not in self.routes:
@@ -381,20 +382,11 @@ class Worker:
 
     # -- timers -------------------------------------------------------------------------
 
-    def _rearm(self) -> None:
-        when = self.device.next_timer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = self.loop.call_later(max(0.0, when - time.time()), self._on_timer)
-
     def _on_timer(self) -> None:
-        self._timer = None
         now = time.time()
         for peer_key, msgs in self.device.update_timers(now):
             self._to_peer(peer_key, msgs, now)
-        self._rearm()
+        self.timer.rearm()
 
     def peer_stats(self) -> list[PeerStats]:
         """`PeerStats` of every peer this worker owns (the ctl socket's `PeersReply`)."""
