@@ -53,6 +53,7 @@ from .client import CtlTimeout, discover, request
 CONNECT_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 POLL = 0.2
+FIRST_POLL, FIRST_POLL_FOR = 0.01, 3.0
 LOG_TAIL_LINES = 15
 SERVICES = ("control", "derp", "udp", "proxy")
 PRIVATE_UMASK = 0o077  # sockets, logs and the pid file: the owning user only
@@ -227,6 +228,7 @@ def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], tim
              say: Callable[[str], None]) -> ControlStatus | str:
     """The control status once Running with every service up; else why not."""
     deadline = time.monotonic() + timeout
+    fast_until = time.monotonic() + FIRST_POLL_FOR
     shown: tuple[Any, ...] = ()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -248,7 +250,9 @@ def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], tim
             say(f"  services up {up}/{len(services)}, control: {state}{reason}")
         if control is not None and control.state == "Running" and up == len(services):
             return control
-        time.sleep(POLL)
+        # until supervisord answers, look often: it spawns the services only when its first
+        # poll returns, which is at its 1 s tick unless a connection (ours) wakes it sooner
+        time.sleep(FIRST_POLL if not table and time.monotonic() < fast_until else POLL)
     return f"not connected within {timeout:.0f}s (control: {shown[1] if shown else 'starting'})"
 
 
