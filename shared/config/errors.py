@@ -14,7 +14,6 @@ their type (see :func:`type_name`).
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import re
 from collections.abc import Iterable
@@ -82,6 +81,8 @@ def key_repr(key: str) -> str:
 def suggest(key: str, allowed: Iterable[str]) -> str:
     """Say what an unknown *key* may have meant: a close match, else the allowed keys."""
     options = sorted(allowed)
+    import difflib  # here: only a config mistake needs it, and every service loads this module
+
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
     if close:
         return f'did you mean "{close[0]}"?'

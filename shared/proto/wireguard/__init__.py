@@ -8,7 +8,8 @@ Modules, one concern each (layouts and spec sections in their docstrings):
 ``device`` (the public ``Device``).
 """
 
-from .device import MAX_STAGED, Decapsulated, Device
+from typing import TYPE_CHECKING, Any
+
 from .messages import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -19,7 +20,25 @@ from .messages import (
     split_segments,
     transport_run_index,
 )
-from .noise import public_key
+
+if TYPE_CHECKING:
+    from .device import MAX_STAGED, Decapsulated, Device
+    from .noise import public_key
+
+# The device and the handshake load cryptography (and PyNaCl for cookies); the udp service
+# only needs the wire layouts above, so those names load on first use (PEP 562).
+_LAZY = {"MAX_STAGED": ".device", "Decapsulated": ".device", "Device": ".device", "public_key": ".noise"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "MAX_STAGED",

@@ -28,12 +28,6 @@ import math
 import struct
 from collections.abc import Callable
 
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
-
 from .messages import MESSAGE_COOKIE_REPLY
 
 LABEL_MAC1 = b"mac1----"
@@ -92,6 +86,10 @@ class CookieChecker:
             self.secret_set = now
         cookie = mac(self.secret, src)
         nonce = random_bytes(COOKIE_NONCE_LEN)
+        # imported here: cookie replies are rare (under load only) and PyNaCl costs every
+        # worker process ~1 MB it would otherwise never use
+        from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
         sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(cookie, bytes(msg[-32:-16]), nonce,
                                                             self.encryption_key)
         return _II.pack(MESSAGE_COOKIE_REPLY, receiver) + nonce + sealed
@@ -122,6 +120,9 @@ class CookieGenerator:
     def consume_reply(self, msg: bytes, now: float) -> bool:
         if self.last_mac1 is None:
             return False
+        from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
+        from nacl.exceptions import CryptoError
+
         try:
             cookie = crypto_aead_xchacha20poly1305_ietf_decrypt(
                 bytes(msg[32:64]), self.last_mac1, bytes(msg[8:32]), self.encryption_key)
