@@ -41,11 +41,13 @@ class KeyFormatError(ValueError):
 
 
 def public_from_private(private: bytes) -> bytes:
-    # imported here: the proxy parses key texts but never derives keys, and cryptography's
-    # bindings cost a process ~6 MB of memory
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    """X25519 public key (RFC 7748: the scalar is clamped, as every X25519 does)."""
+    # PyNaCl, imported here: the proxy parses key texts but never derives keys, and the
+    # derp and udp services load PyNaCl anyway but not cryptography, whose bindings would
+    # cost each ~6 MB just for this
+    from nacl.bindings import crypto_scalarmult_base
 
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    return crypto_scalarmult_base(private)
 
 
 def to_text(prefix: str, raw: bytes) -> str:

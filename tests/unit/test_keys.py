@@ -1,4 +1,5 @@
-"""Key files: text forms, persistence, permissions, and two services creating them at once."""
+"""Key files: text forms, persistence, permissions, two services creating them at once, and
+the public key derivation."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def test_concurrent_first_start_agrees_on_one_set_of_keys(tmp_path):
             p.join()
         assert len(seen) == 1
         assert not [f for f in os.listdir(state) if f.endswith(".tmp")]
+
+
+def test_public_key_is_x25519_of_the_private_key():
+    # RFC 7748 section 6.1 (Alice): an unclamped private scalar, clamped by X25519 itself
+    private = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    assert public_from_private(private).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    # the same function as the handshake's (cryptography), on random keys
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    for _ in range(64):
+        k = os.urandom(32)
+        assert public_from_private(k) == X25519PrivateKey.from_private_bytes(k).public_key().public_bytes_raw()
