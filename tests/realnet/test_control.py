@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
-
 from sunbeam.refnet import network
+from sunbeam.services.control.client import ANNOUNCE_TIMEOUT
 
+from .control_mitm import ControlMitm
 from .sunbeam_node import SunbeamNode
 
 pytestmark = pytest.mark.realnet
@@ -151,3 +153,37 @@ def test_bad_auth_key_is_a_clear_error_without_retry_storm(refnet):
     finally:
         bad.close()
     assert "sunbeam-badkey" not in _hs_nodes(refnet)
+
+
+def test_running_after_the_announce_timeout_when_the_server_never_shows_our_region(refnet):
+    # a control server that never shows our home DERP region in its view of us (here: the
+    # real Headscale, its answers rewritten on the way) must not keep us out of Running
+    node = SunbeamNode(refnet, hostname="sunbeam-noecho")
+    mitm = ControlMitm(refnet, node.statedir)
+    node.env["SUNBEAM_CONTROL_URL"] = mitm.url
+
+    def hide_our_region(msg: dict) -> dict:
+        if msg.get("Node"):
+            msg["Node"]["HomeDERP"] = 0
+            msg["Node"].pop("DERP", None)
+        return msg
+
+    mitm.rewrite = hide_our_region
+    try:
+        node.start()
+        node.wait_state("Running", timeout=40)
+        assert node.counters().get("announce_unconfirmed") == 1
+        at = {}
+        for line in node.log().splitlines():
+            event = json.loads(line) if line.startswith("{") else {}
+            name = event.get("event")
+            if name == "control_state":
+                name = event["state"]
+            if name in ("announce_wait", "announce_unconfirmed", "Running"):
+                at.setdefault(name, datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp())
+        assert set(at) == {"announce_wait", "announce_unconfirmed", "Running"}, at
+        waited = at["Running"] - at["announce_wait"]
+        assert ANNOUNCE_TIMEOUT - 0.01 <= waited < ANNOUNCE_TIMEOUT + 2, waited
+    finally:
+        node.close()
+        mitm.close()
