@@ -1,33 +1,25 @@
 """CoreTimer: one loop timer following a core's next deadline, on a fake clock."""
 
 import pytest
-
 from sunbeam.shared.runtime import ServiceLoop, Shutdown, get_logger
 from sunbeam.shared.runtime.coretimer import CoreTimer
 
+from .test_runtime_loop import FakeClock
+
 pytestmark = pytest.mark.timeout(20)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def loop():
     with Shutdown() as shutdown:
-        lp = ServiceLoop("coretimer", shutdown, clock=Clock(), log=get_logger("coretimer"))
+        lp = ServiceLoop("coretimer", shutdown, clock=FakeClock(), log=get_logger("coretimer"))
         yield lp
         lp.close()
 
 
 def test_follows_the_deadline_and_rearms_only_when_it_moves(loop):
     # the core's clock runs 500 s ahead of the loop's (a wall clock vs a monotonic one)
-    core_clock = Clock()
-    core_clock.now = 1500.0
+    core_clock = FakeClock(1500.0)
     deadline: list[float | None] = [1502.0]
     fired = []
     timer = CoreTimer(loop, lambda: deadline[0], core_clock, lambda: fired.append(loop.clock()))
