@@ -3,14 +3,18 @@
 One connection at a time. Per connection: fetch the server's Noise key (``GET /key?v=``,
 cached), open TCP (TLS for https), upgrade to TS2021, then the calls in `calls.py`:
 register, lite update, map stream. Map frames feed the `NetmapBuilder`; every change is
-published (`NetmapPublisher`). Running once peers can reach us: the map's self node (the
-server's view of us) carries our home DERP region, so the server has told the peers too
-(before that, a peer's WireGuard finds "no UDP or DERP addr" for us and retries only after
-5 s); a server that never shows it gets ``ANNOUNCE_TIMEOUT``. The home region is
-remembered across restarts (`lastderp`) so a restart does not open that gap again. Any failure closes the connection and retries after an
-exponential backoff with jitter; the last netmap stays published meanwhile. Failures the
-user must fix (rejected auth key, interactive login demanded, capability version refused)
-park the service in Error with the reason, and it does not retry on its own.
+published (`NetmapPublisher`).
+
+Running once peers can reach us: the map's self node (the server's view of us) carries
+our home DERP region, so the server has told the peers too (before that, a peer's
+WireGuard finds "no UDP or DERP addr" for us and retries only after 5 s); a server that
+never shows it gets ``ANNOUNCE_TIMEOUT``. The home region is remembered across restarts
+(`lastderp`) so a restart does not open that gap again.
+
+Any failure closes the connection and retries after an exponential backoff with jitter;
+the last netmap stays published meanwhile. Failures the user must fix (rejected auth key,
+interactive login demanded, capability version refused) park the service in Error with
+the reason, and it does not retry on its own.
 
 The socket stays in blocking mode with a timeout: it is read only after the poller says it
 is readable, and what we write is small (requests), so neither call blocks for long.
@@ -176,9 +180,7 @@ class ControlClient:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if self._announce_timer is not None:
-            self._announce_timer.cancel()
-            self._announce_timer = None
+        self._cancel_announce()
 
     def drop_connection(self, reason: str, *, counter: str = "connection_dropped") -> None:
         self.counters.incr(counter)
@@ -346,11 +348,14 @@ class ControlClient:
         self._running()
 
     def _running(self) -> None:
+        self._cancel_announce()
+        self.backoff.reset()
+        self.pub.set_state(State.RUNNING)
+
+    def _cancel_announce(self) -> None:
         if self._announce_timer is not None:
             self._announce_timer.cancel()
             self._announce_timer = None
-        self.backoff.reset()
-        self.pub.set_state(State.RUNNING)
 
     def _maybe_choose_home_derp(self) -> None:
         """Until the DERP service reports a measured home, use the map's lowest region."""
