@@ -73,6 +73,8 @@ def ensure_rundir(path: str | os.PathLike[str]) -> Path:
             os.mkdir(missing, RUNDIR_MODE)
         except FileExistsError:
             pass
+        except OSError as exc:  # a parent is a file or a dangling symlink, no permission...
+            raise RundirError(f"cannot create the runtime directory {rundir}: {exc.strerror} ({missing})") from None
     _check_parent(rundir.parent)
     try:
         fd = os.open(rundir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -39,6 +39,14 @@ def test_rundir_created_0700_even_with_permissive_umask(tmp_path):
     assert mode_of(tmp_path / "a") == 0o700  # a parent we created: private too
 
 
+def test_uncreatable_rundir_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for path in (tmp_path / "afile" / "run", tmp_path / "dangling" / "run"):
+        with pytest.raises(RundirError, match=f"cannot create the runtime directory {path}"):
+            ensure_rundir(path)
+
+
 def test_parent_others_may_write_to_is_refused_unless_sticky(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
