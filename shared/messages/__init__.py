@@ -14,16 +14,7 @@ from .ctl import (
     StatusRequest,
     StopRequest,
 )
-from .packets import (
-    IP_CODEC,
-    MAX_PACKET_BYTES,
-    MAX_PACKETS_PER_BATCH,
-    PACKET_CODEC,
-    WIRE_CODEC,
-    IPBatch,
-    PacketMessage,
-    WireBatch,
-)
+from .dataplane import MAX_PACKET_BYTES, MAX_PACKETS_PER_BATCH
 
 __all__ = [
     "Ack",
@@ -35,15 +26,9 @@ __all__ = [
     "CtlRequest",
     "ErrorReply",
     "HealthRequest",
-    "IPBatch",
-    "IP_CODEC",
     "MAX_PACKETS_PER_BATCH",
     "MAX_PACKET_BYTES",
-    "PACKET_CODEC",
-    "PacketMessage",
     "ServiceHealth",
     "StatusRequest",
     "StopRequest",
-    "WIRE_CODEC",
-    "WireBatch",
 ]

@@ -40,7 +40,6 @@ from typing import Annotated
 import msgspec
 
 from .codec import Codec
-from .packets import KEY_BYTES, MAX_PACKET_BYTES, MAX_PACKETS_PER_BATCH, Packets, PeerKey
 
 __all__ = [
     "DERP_IN_CODEC",
@@ -65,6 +64,13 @@ __all__ = [
     "WG_IN_CODEC",
 ]
 
+MAX_PACKETS_PER_BATCH = 1024
+MAX_PACKET_BYTES = 65535  # largest IPv4/UDP datagram; WireGuard messages are smaller
+KEY_BYTES = 32
+
+Packet = Annotated[bytes, msgspec.Meta(max_length=MAX_PACKET_BYTES)]
+Packets = Annotated[list[Packet], msgspec.Meta(max_length=MAX_PACKETS_PER_BATCH)]
+PeerKey = Annotated[bytes, msgspec.Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
 Addr = Annotated[str, msgspec.Meta(max_length=64)]
 Region = Annotated[int, msgspec.Meta(ge=0, le=1 << 31)]
 

@@ -24,7 +24,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import zmq
 
 from ..messages.codec import Codec
-from ..messages.packets import MAX_PACKETS_PER_BATCH
+from ..messages.dataplane import MAX_PACKETS_PER_BATCH
 from .counters import Counters
 
 __all__ = ["Batcher", "EncodedBatch", "send_bounded"]
@@ -59,7 +59,7 @@ class Batcher(Generic[D]):
     """Accumulates packets per destination; encodes them with ``make_message``.
 
     ``make_message(dest, packets)`` builds the Struct (e.g. ``lambda key, p:
-    WireBatch(peer_key=key, packets=p)``); ``codec`` encodes it. A batcher made with
+    FromPeer(peer_key=key, packets=p)``); ``codec`` encodes it. A batcher made with
     ``segmented=True`` takes entries that may be many packets (``add(..., segment=size,
     count=n)``, a GRO burst) and calls ``make_message(dest, packets, segments)`` with a
     segment size per entry (0: one packet).

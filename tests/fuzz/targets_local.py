@@ -21,7 +21,7 @@ import msgspec
 from sunbeam.services.proxy import httpproxy, socks5
 from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer, PingResult
 from sunbeam.shared.config import EXAMPLE_TOML, ConfigError, Context, load_config, read_config
-from sunbeam.shared.messages import ctl, dataplane, packets
+from sunbeam.shared.messages import ctl, dataplane
 from sunbeam.shared.messages.codec import BadMessage, Codec
 from sunbeam.shared.messages.netmap import (
     CONTROL_EVENT_CODEC,
@@ -220,9 +220,6 @@ def _codec_messages() -> dict[str, tuple[Codec, list]]:
                                            ctl.StatusReply(health=health, control=_netmap_events()[2]),
                                            ctl.PeersReply(service="wg-0", peers=[ctl.PeerStats(
                                                key="nodekey:" + "ab" * 32, path="direct", endpoint="1.2.3.4:5")])]),
-        "ip_batch": (packets.IP_CODEC, [packets.IPBatch(_PKTS)]),
-        "wire_batch": (packets.WIRE_CODEC, [packets.WireBatch(_K, _PKTS)]),
-        "packet": (packets.PACKET_CODEC, [packets.IPBatch(_PKTS), packets.WireBatch(_K, _PKTS)]),
         "ping_request": (PING_REQUEST_CODEC, [PingPeer(dst_ip="100.64.0.2", count=3, timeout=1.0)]),
         "ping_reply": (PING_REPLY_CODEC, [PingResult(dst_ip="100.64.0.2", rtts=[0.01, None], error=None)]),
     }

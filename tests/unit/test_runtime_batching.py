@@ -5,29 +5,36 @@ import time
 import pytest
 import zmq
 
-from sunbeam.shared.messages import IP_CODEC, WIRE_CODEC, IPBatch, WireBatch
+from sunbeam.shared.messages.dataplane import DERP_IN_CODEC, PROXY_IN_CODEC, DerpSend, FromPeer
 from sunbeam.shared.runtime import Batcher, Counters, send_bounded
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def wire_batcher(**kw) -> Batcher[bytes]:
-    return Batcher(WIRE_CODEC, lambda key, packets: WireBatch(peer_key=key, packets=packets), **kw)
+K = bytes(32)
+
+
+def derp_batcher(**kw) -> Batcher[bytes]:
+    return Batcher(DERP_IN_CODEC, lambda key, packets: DerpSend(peer_key=key, region=1, packets=packets), **kw)
+
+
+def proxy_batcher(**kw) -> Batcher[int]:
+    return Batcher(PROXY_IN_CODEC, lambda _dest, packets: FromPeer(peer_key=K, packets=packets), **kw)
 
 
 def test_flush_on_packet_count():
-    batcher = Batcher(IP_CODEC, lambda _dest, p: IPBatch(packets=p), max_packets=3, max_bytes=10_000)
+    batcher = proxy_batcher(max_packets=3, max_bytes=10_000)
     assert batcher.add(0, b"a") is None
     assert batcher.add(0, b"b") is None
     full = batcher.add(0, b"c")
     assert full is not None and full.dest == 0 and full.packets == 3
-    assert IP_CODEC.decode(full.data) == IPBatch(packets=[b"a", b"b", b"c"])
+    assert PROXY_IN_CODEC.decode(full.data) == FromPeer(peer_key=K, packets=[b"a", b"b", b"c"])
     assert batcher.pending_packets == 0
     assert batcher.flush() == []
 
 
 def test_flush_on_bytes():
-    batcher = wire_batcher(max_packets=100, max_bytes=1000)
+    batcher = derp_batcher(max_packets=100, max_bytes=1000)
     key = b"k" * 32
     assert batcher.add(key, bytes(600)) is None
     full = batcher.add(key, bytes(400))
@@ -36,7 +43,7 @@ def test_flush_on_bytes():
 
 
 def test_explicit_flush_per_destination_keeps_order():
-    batcher = wire_batcher(max_packets=100)
+    batcher = derp_batcher(max_packets=100)
     a, b = b"a" * 32, b"b" * 32
     batcher.add(b, b"b1")
     batcher.add(a, b"a1")
@@ -44,30 +51,30 @@ def test_explicit_flush_per_destination_keeps_order():
     assert batcher.pending_packets == 3
     out = batcher.flush()
     assert [x.dest for x in out] == [b, a]
-    assert [WIRE_CODEC.decode(x.data) for x in out] == [
-        WireBatch(peer_key=b, packets=[b"b1", b"b2"]),
-        WireBatch(peer_key=a, packets=[b"a1"]),
+    assert [DERP_IN_CODEC.decode(x.data) for x in out] == [
+        DerpSend(peer_key=b, region=1, packets=[b"b1", b"b2"]),
+        DerpSend(peer_key=a, region=1, packets=[b"a1"]),
     ]
     assert batcher.flush() == []
 
 
 def test_many_packets_become_few_messages_and_round_trip():
-    batcher = Batcher(IP_CODEC, lambda _d, p: IPBatch(packets=p), max_packets=64)
+    batcher = proxy_batcher(max_packets=64)
     packets = [i.to_bytes(2, "big") * 50 for i in range(1000)]
     messages = [m for p in packets if (m := batcher.add("w0", p)) is not None]
     messages += batcher.flush()
     assert len(messages) == 16  # ceil(1000 / 64)
-    received = [p for m in messages for p in IP_CODEC.decode(m.data).packets]
+    received = [p for m in messages for p in PROXY_IN_CODEC.decode(m.data).packets]
     assert received == packets
 
 
 def test_bad_limits_rejected():
     with pytest.raises(ValueError):
-        wire_batcher(max_packets=0)
+        derp_batcher(max_packets=0)
     with pytest.raises(ValueError):
-        wire_batcher(max_packets=100_000)
+        derp_batcher(max_packets=100_000)
     with pytest.raises(ValueError):
-        wire_batcher(max_bytes=0)
+        derp_batcher(max_bytes=0)
 
 
 def test_bounded_send_without_reader_counts_drops():
@@ -128,12 +135,11 @@ def test_segmented_batcher_counts_datagrams_and_passes_segment_sizes():
 
 def test_add_many_is_add_for_each_packet():
     packets = [bytes([i]) * (100 + i) for i in range(50)]
-    one, many = (Batcher(IP_CODEC, lambda _d, p: IPBatch(packets=p), max_packets=7, max_bytes=2000)
-                 for _ in range(2))
+    one, many = (proxy_batcher(max_packets=7, max_bytes=2000) for _ in range(2))
     assert many.add(0, b"first") is None and one.add(0, b"first") is None
     singly = [b for b in (one.add(0, p) for p in packets) if b is not None]
     assert many.add_many(0, packets) == singly and len(singly) > 3
     assert many.pending_packets == one.pending_packets and many.flush() == one.flush()
     assert many.add_many(1, []) == [] and many.flush() == []
     with pytest.raises(ValueError):
-        Batcher(IP_CODEC, lambda *_: None, segmented=True).add_many(0, [b"x"])
+        Batcher(PROXY_IN_CODEC, lambda *_: None, segmented=True).add_many(0, [b"x"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from sunbeam.shared.messages import IP_CODEC, IPBatch, WireBatch
+from sunbeam.shared.messages.dataplane import DERP_IN_CODEC, PROXY_IN_CODEC, DerpSend, FromPeer
 from sunbeam.shared.runtime import (
     AlreadyRunning,
     RateLimitedLog,
@@ -132,9 +132,9 @@ def test_push_pull_over_ipc_delivers_batch(make_loop, shutdown, tmp_path):
         seen.append(msg)
         shutdown.set("got it")
 
-    loop.on_readable(pull, decoding_handler(IP_CODEC, on_batch, loop.counters))
-    batch = IPBatch(packets=[b"\x45" + bytes(19), b"\x60" + bytes(39)])
-    push.send(IP_CODEC.encode(batch))
+    loop.on_readable(pull, decoding_handler(PROXY_IN_CODEC, on_batch, loop.counters))
+    batch = FromPeer(peer_key=bytes(32), packets=[b"\x45" + bytes(19), b"\x60" + bytes(39)])
+    push.send(PROXY_IN_CODEC.encode(batch))
     loop.call_later(5.0, lambda: shutdown.set("timeout"))
     assert loop.run() == "got it"
     assert seen == [batch]
@@ -151,31 +151,29 @@ def test_garbage_on_pull_is_counted_not_fatal(make_loop, shutdown, tmp_path, log
     seen = []
     bad_log = RateLimitedLog(loop.log, max_lines=1, interval=60)
     loop.on_readable(
-        pull, decoding_handler(IP_CODEC, seen.append, loop.counters, bad_log=bad_log)
+        pull, decoding_handler(PROXY_IN_CODEC, seen.append, loop.counters, bad_log=bad_log)
     )
     push.send(b"\xc1garbage")
     push.send_multipart([b"two", b"frames"])
-    push.send(IP_CODEC.encode(IPBatch(packets=[b"x"])))
+    push.send(PROXY_IN_CODEC.encode(FromPeer(peer_key=bytes(32), packets=[b"x"])))
     deadline = time.monotonic() + 5
     while not seen and time.monotonic() < deadline:
         loop.run_once(max_wait=0.1)
-    assert seen == [IPBatch(packets=[b"x"])]
+    assert seen == [FromPeer(peer_key=bytes(32), packets=[b"x"])]
     assert loop.counters["bad_message"] == 2
     lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     assert [line["event"] for line in lines if line["level"] == "warning"] == ["bad_message"]
 
 
-def test_wire_batch_is_bad_message_on_ip_socket(make_loop, tmp_path):
-    from sunbeam.shared.messages import WIRE_CODEC
-
+def test_another_sockets_message_is_a_bad_message(make_loop, tmp_path):
     rundir = ensure_rundir(tmp_path / "run")
     loop = make_loop()
     pull = loop.socket(zmq.PULL)
     loop.bind(pull, endpoint(rundir, "in"))
     push = loop.socket(zmq.PUSH)
     push.connect(endpoint(rundir, "in"))
-    loop.on_readable(pull, decoding_handler(IP_CODEC, pytest.fail, loop.counters))
-    push.send(WIRE_CODEC.encode(WireBatch(peer_key=bytes(32), packets=[b"x"])))
+    loop.on_readable(pull, decoding_handler(PROXY_IN_CODEC, pytest.fail, loop.counters))
+    push.send(DERP_IN_CODEC.encode(DerpSend(peer_key=bytes(32), region=1, packets=[b"x"])))
     deadline = time.monotonic() + 5
     while loop.counters["bad_message"] == 0 and time.monotonic() < deadline:
         loop.run_once(max_wait=0.1)

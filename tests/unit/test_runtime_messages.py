@@ -8,31 +8,38 @@ from hypothesis import strategies as st
 from sunbeam.shared.messages import (
     CTL_REPLY_CODEC,
     CTL_REQUEST_CODEC,
-    IP_CODEC,
     MAX_PACKET_BYTES,
     MAX_PACKETS_PER_BATCH,
-    PACKET_CODEC,
-    WIRE_CODEC,
     Ack,
     BadMessage,
     Codec,
     ErrorReply,
     HealthRequest,
-    IPBatch,
     ServiceHealth,
     StatusRequest,
     StopRequest,
-    WireBatch,
+)
+from sunbeam.shared.messages.dataplane import (
+    DERP_IN_CODEC,
+    PROXY_IN_CODEC,
+    WG_IN_CODEC,
+    DerpReceived,
+    DerpSend,
+    FromPeer,
+    ToPeer,
+    UdpReceived,
 )
 
-ALL_CODECS = [IP_CODEC, WIRE_CODEC, PACKET_CODEC, CTL_REQUEST_CODEC, CTL_REPLY_CODEC]
+K = bytes(range(32))
+ALL_CODECS = [PROXY_IN_CODEC, DERP_IN_CODEC, WG_IN_CODEC, CTL_REQUEST_CODEC, CTL_REPLY_CODEC]
 
 SAMPLES = [
-    (IP_CODEC, IPBatch(packets=[])),
-    (IP_CODEC, IPBatch(packets=[b"\x45" + bytes(19), b"\x60" + bytes(39)])),
-    (WIRE_CODEC, WireBatch(peer_key=bytes(range(32)), packets=[b"\x04\0\0\0" + bytes(28)])),
-    (PACKET_CODEC, IPBatch(packets=[b"a"])),
-    (PACKET_CODEC, WireBatch(peer_key=b"k" * 32, packets=[b"a", b"b"])),
+    (PROXY_IN_CODEC, FromPeer(peer_key=K, packets=[])),
+    (PROXY_IN_CODEC, FromPeer(peer_key=K, packets=[b"\x45" + bytes(19), b"\x60" + bytes(39)])),
+    (DERP_IN_CODEC, DerpSend(peer_key=K, region=999, packets=[b"\x04\0\0\0" + bytes(28)])),
+    (WG_IN_CODEC, ToPeer(peer_key=K, packets=[b"a"])),
+    (WG_IN_CODEC, DerpReceived(peer_key=b"k" * 32, region=1, packets=[b"a", b"b"])),
+    (WG_IN_CODEC, UdpReceived(src="127.0.0.1:41641", packets=[b"ab" * 10], segments=[8])),
     (CTL_REQUEST_CODEC, StatusRequest()),
     (CTL_REQUEST_CODEC, HealthRequest()),
     (CTL_REQUEST_CODEC, StopRequest(reason="sunbeam-ctl stop")),
@@ -57,7 +64,7 @@ def test_round_trip(codec, message):
 
 
 def test_messages_are_frozen():
-    batch = IPBatch(packets=[b"x"])
+    batch = FromPeer(peer_key=K, packets=[b"x"])
     with pytest.raises(AttributeError):
         batch.packets = []  # type: ignore[misc]
 
@@ -66,28 +73,29 @@ def test_ctl_wire_form_is_a_tagged_map():
     assert msgspec.msgpack.decode(CTL_REQUEST_CODEC.encode(StopRequest(reason="r"))) == {
         "t": "StopRequest", "reason": "r",
     }
-    assert msgspec.msgpack.decode(WIRE_CODEC.encode(WireBatch(peer_key=b"k" * 32, packets=[b"p"]))) == [
-        "WireBatch", b"k" * 32, [b"p"],
+    assert msgspec.msgpack.decode(DERP_IN_CODEC.encode(DerpSend(peer_key=b"k" * 32, region=7, packets=[b"p"]))) == [
+        "DerpSend", b"k" * 32, 7, [b"p"],
     ]
 
 
 @pytest.mark.parametrize(
     ("codec", "data"),
     [
-        (IP_CODEC, b""),
-        (IP_CODEC, b"\xc1"),  # never-used msgpack byte
-        (IP_CODEC, b"\x93\xa9WireBatch"),  # truncated
-        (IP_CODEC, WIRE_CODEC.encode(WireBatch(peer_key=b"k" * 32, packets=[]))),  # wrong union
-        (WIRE_CODEC, msgspec.msgpack.encode(["WireBatch", b"short", []])),  # key length
-        (IP_CODEC, msgspec.msgpack.encode(["IPBatch", [b"x"] * (MAX_PACKETS_PER_BATCH + 1)])),
-        (IP_CODEC, msgspec.msgpack.encode(["IPBatch", [bytes(MAX_PACKET_BYTES + 1)]])),
-        (IP_CODEC, msgspec.msgpack.encode(["IPBatch", ["not bytes"]])),
+        (PROXY_IN_CODEC, b""),
+        (PROXY_IN_CODEC, b"\xc1"),  # never-used msgpack byte
+        (PROXY_IN_CODEC, b"\x93\xa8DerpSend"),  # truncated
+        (PROXY_IN_CODEC, DERP_IN_CODEC.encode(DerpSend(peer_key=K, region=1, packets=[]))),  # wrong union
+        (DERP_IN_CODEC, msgspec.msgpack.encode(["DerpSend", b"short", 1, []])),  # key length
+        (DERP_IN_CODEC, msgspec.msgpack.encode(["DerpSend", K, -1, []])),  # region out of range
+        (PROXY_IN_CODEC, msgspec.msgpack.encode(["FromPeer", K, [b"x"] * (MAX_PACKETS_PER_BATCH + 1)])),
+        (PROXY_IN_CODEC, msgspec.msgpack.encode(["FromPeer", K, [bytes(MAX_PACKET_BYTES + 1)]])),
+        (PROXY_IN_CODEC, msgspec.msgpack.encode(["FromPeer", K, ["not bytes"]])),
         (CTL_REQUEST_CODEC, CTL_REPLY_CODEC.encode(Ack())),  # a reply is not a request
         (CTL_REQUEST_CODEC, msgspec.msgpack.encode({"t": "StopRequest"})),  # missing field
         (CTL_REQUEST_CODEC, msgspec.msgpack.encode({"t": "Nope"})),
         (CTL_REQUEST_CODEC, b"\x91" * 100_000),  # deeply nested arrays
         # Invalid UTF-8 in the tag: msgspec raises UnicodeDecodeError (msgspec#714).
-        (IP_CODEC, b"\x92\xa9\x00\x00\x00\x00\x00\x00\x00\x00\x80"),
+        (PROXY_IN_CODEC, b"\x93\xa8\x00\x00\x00\x00\x00\x00\x00\x80"),
         (CTL_REQUEST_CODEC, b"\x82\xa1t\xa2\xff\xfe\xa6reason\xa1x"),
     ],
 )
@@ -98,14 +106,14 @@ def test_garbage_is_bad_message(codec, data):
 
 def test_encoding_outside_the_union_is_our_bug():
     with pytest.raises(TypeError):
-        IP_CODEC.encode(WireBatch(peer_key=b"k" * 32, packets=[]))  # type: ignore[arg-type]
+        PROXY_IN_CODEC.encode(DerpSend(peer_key=K, region=1, packets=[]))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         CTL_REQUEST_CODEC.encode(Ack())  # type: ignore[arg-type]
 
 
 def test_bad_message_is_a_value_error_with_a_reason():
     with pytest.raises(BadMessage, match="Expected `array`"):
-        IP_CODEC.decode(msgspec.msgpack.encode({"t": "IPBatch"}))
+        PROXY_IN_CODEC.decode(msgspec.msgpack.encode({"t": "FromPeer"}))
     assert issubclass(BadMessage, ValueError)
 
 
@@ -121,7 +129,7 @@ def test_arbitrary_bytes_only_ever_raise_bad_message(data, codec_index):
 
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
-    | st.binary(max_size=40) | st.sampled_from(["IPBatch", "WireBatch", "StopRequest", "t"]),
+    | st.binary(max_size=40) | st.sampled_from(["FromPeer", "DerpSend", "ToPeer", "StopRequest", "t"]),
     lambda children: st.lists(children, max_size=5)
     | st.dictionaries(st.sampled_from(["t", "reason", "message", "packets", "x"]) | st.text(max_size=5), children, max_size=5),
     max_leaves=20,
