@@ -41,7 +41,7 @@ from .segment import (
     build_syn_options,
     data_sum,
 )
-from ..ip.wordsums import MIN_GROUP, word_sums
+from ..ip.wordsums import word_sums
 from .states import ESTABLISHED, M32, SYN_RCVD, SYN_SENT, TIME_WAIT
 
 __all__: list[str] = []
@@ -276,7 +276,7 @@ class _Output:
                     self.rtt_seq, self.rtt_time = end, now
             nxt = end
         if fresh:  # built together: one batched checksum pass over the payloads
-            sums = word_sums([f[2] for f in fresh]) if len(fresh) >= MIN_GROUP else [-1] * len(fresh)
+            sums = word_sums([f[2] for f in fresh])  # (it sums a short run one by one itself)
             for (seq, flags, payload), psum in zip(fresh, sums, strict=True):
                 tx(out, seq, flags, payload, b"", wndf, psum)
         self.force = False
