@@ -64,14 +64,14 @@ from sunbeam.shared.proto.disco import (
     looks_like_disco,
 )
 from sunbeam.shared.proto.stun import is_stun
-from sunbeam.shared.proto.wireguard import transport_run_index
+from sunbeam.shared.proto.wireguard import split_segments, transport_run_index
 from sunbeam.shared.runtime import Batcher, RateLimitedLog, decoding_handler, endpoint, send_bounded
 from sunbeam.shared.runtime.service import Service, run_service
 from sunbeam.shared.sharding import worker_of_index
 
 from .discoreply import answer
 from .paths import PathFinder
-from .udpsock import UdpSocket, split_gro
+from .udpsock import UdpSocket
 from .wgroute import TRANSPORT_MIN_SIZE, route
 
 ENV_PORT = "SUNBEAM_UDP_PORT"
@@ -148,7 +148,7 @@ class UdpService:
                         if full is not None:
                             self._send_wg(full.dest[0], full.data, full.packets)
                         continue
-                datagrams = split_gro(data, size)
+                datagrams = split_segments(data, size)
             else:
                 datagrams = (data,)
             for pkt in datagrams:

@@ -35,10 +35,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from sunbeam.shared.proto.disco import format_addr_port, parse_addr_port
-from sunbeam.shared.proto.wireguard.messages import split_segments
 from sunbeam.shared.runtime.counters import Counters
 
-__all__ = ["MAX_GSO_BYTES", "MAX_GSO_SEGMENTS", "UdpSocket", "gso_runs", "split_gro"]
+__all__ = ["MAX_GSO_BYTES", "MAX_GSO_SEGMENTS", "UdpSocket", "gso_runs"]
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -48,11 +47,6 @@ MAX_GSO_BYTES = 65000  # under the 65507-byte IPv4 UDP payload limit
 RECV_BUFFER = 1 << 16
 SOCKET_BUFFER = 4 << 20
 _CACHE_MAX = 4096
-
-
-def split_gro(data: memoryview | bytes, gso_size: int) -> list[bytes]:
-    """Datagrams of a GRO-coalesced receive (``gso_size`` 0: one datagram)."""
-    return split_segments(bytes(data), gso_size)
 
 
 def gso_runs(packets: list[bytes], max_segments: int = MAX_GSO_SEGMENTS,

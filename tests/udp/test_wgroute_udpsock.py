@@ -9,7 +9,8 @@ import zlib
 
 import pytest
 
-from sunbeam.services.udp.udpsock import MAX_GSO_SEGMENTS, UdpSocket, gso_runs, sockaddr_text, split_gro
+from sunbeam.services.udp.udpsock import MAX_GSO_SEGMENTS, UdpSocket, gso_runs, sockaddr_text
+from sunbeam.shared.proto.wireguard import split_segments
 from sunbeam.services.udp.wgroute import route
 from sunbeam.shared.runtime.counters import Counters
 from sunbeam.shared.sharding import make_index
@@ -44,11 +45,11 @@ def test_route_drops():
     assert route(b"\x04", "a", 2) == "not_wireguard"
 
 
-def test_split_gro():
+def test_split_gro_burst():
     data = bytes(range(250))
-    assert split_gro(data, 0) == [data]
-    assert split_gro(data, 100) == [data[:100], data[100:200], data[200:]]
-    assert split_gro(data, 250) == [data]
+    assert split_segments(data, 0) == [data]
+    assert split_segments(data, 100) == [data[:100], data[100:200], data[200:]]
+    assert split_segments(data, 250) == [data]
 
 
 def test_gso_runs():
@@ -83,7 +84,7 @@ def drain(us: UdpSocket, n: int, timeout: float = 3.0) -> list[tuple[bytes, str]
     got: list[tuple[bytes, str]] = []
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
-        got += [(d, src) for burst, src, size in us.recv_bursts(64) for d in split_gro(burst, size)]
+        got += [(d, src) for burst, src, size in us.recv_bursts(64) for d in split_segments(burst, size)]
         time.sleep(0.001)
     return got
 
