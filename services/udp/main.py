@@ -136,7 +136,7 @@ class UdpService:
     # -- from the network ------------------------------------------------------------
 
     def on_datagrams(self, _udp: UdpSocket) -> None:
-        workers, add = self.workers, self.batcher.add
+        workers = self.workers
         for data, src, size in self.udp.recv_bursts(RECV_BUDGET):
             if size:
                 # a GRO burst; mostly one session's transport messages, passed on whole
@@ -144,9 +144,7 @@ class UdpService:
                 if index is not None:
                     worker = worker_of_index(index)
                     if worker < workers:
-                        full = add((worker, src), data, size, -(-len(data) // size))
-                        if full is not None:
-                            self._send_wg(full.dest[0], full.data, full.packets)
+                        self._to_worker(worker, src, data, size, -(-len(data) // size))
                         continue
                 datagrams = split_segments(data, size)
             else:
@@ -160,9 +158,7 @@ class UdpService:
         if pkt[:4] == _TRANSPORT and len(pkt) >= TRANSPORT_MIN_SIZE:
             worker = worker_of_index(int.from_bytes(pkt[4:8], "little"))
             if worker < self.workers:
-                full = self.batcher.add((worker, src), pkt)
-                if full is not None:
-                    self._send_wg(full.dest[0], full.data, full.packets)
+                self._to_worker(worker, src, pkt)
                 return
         if is_stun(pkt):
             self.paths.on_stun(pkt, src)
@@ -174,7 +170,12 @@ class UdpService:
         if isinstance(worker, str):
             self.drop(worker, src=src, size=len(pkt))
             return
-        full = self.batcher.add((worker, src), pkt)
+        self._to_worker(worker, src, pkt)
+
+    def _to_worker(self, worker: int, src: str, data: bytes, size: int = 0, count: int = 1) -> None:
+        """Batch ``data`` (a datagram, or a GRO burst of ``count`` of ``size`` bytes) for
+        ``worker``; send the batch once it is full."""
+        full = self.batcher.add((worker, src), data, size, count)
         if full is not None:
             self._send_wg(full.dest[0], full.data, full.packets)
 
