@@ -87,7 +87,7 @@ def test_active_open():
     s = Scripted()
     cid = s.stack.connect(s.ours, (s.peer, 443), s.now)
     (syn,) = s.out()
-    assert syn.flags == SYN and syn.dport == 443 and 49152 <= syn.sport <= 65535
+    assert syn.flags == SYN and syn.dport == 443 and 1024 <= syn.sport <= 65535
     opts = parse_options(syn.options)
     assert (opts.mss, opts.wscale, opts.sack_ok) == (1240, 5, True)
     s.sport, s.dport = 443, syn.sport

@@ -1,8 +1,8 @@
 """Our userspace TCP (RFC 9293), sans-IO and batch-oriented, for the proxy service.
 
 `TcpStack` takes IP packets in (`receive`), gives IP packets out (`poll`) and reports
-`events`; time comes in as ``now`` and randomness (ISNs, ephemeral ports) from the
-``random_bytes`` it is given. Modules, one concern each:
+`events`; time comes in as ``now`` and randomness (the secret behind ISNs and ephemeral
+ports) from the ``random_bytes`` it is given. Modules, one concern each:
 
     segment      wire layout of TCP header and options; checksum; parse / build
     states       connection states
@@ -17,6 +17,7 @@
     reassembly   the receiver's out-of-order queue and SACK blocks
     rtt          the retransmission timeout (RFC 6298)
     stack        demultiplexing, listening ports, timers heap, the public API
+    ports        local ports for connections we open (RFC 6056), ISNs (RFC 6528)
     events       what `TcpStack.events` returns
 """
 
@@ -30,7 +31,8 @@ from .events import (
            Reset,
            Writable,
 )
+from .ports import NoFreePort
 from .stack import TcpStack
 
-__all__ = ["Closed", "Connected", "ConnectionRequest", "Event", "PeerFinished", "Readable", "Reset", "TcpStack",
-           "Writable"]
+__all__ = ["Closed", "Connected", "ConnectionRequest", "Event", "NoFreePort", "PeerFinished", "Readable", "Reset",
+           "TcpStack", "Writable"]

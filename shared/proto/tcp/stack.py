@@ -30,7 +30,8 @@ Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out`
 ``bad_options``); ``rst_sent``, ``rst_ignored``; ``retransmit``, ``fast_retransmit`` (a
 recovery episode), ``rto``, ``tail_loss_probe``, ``window_probe``, ``dsack``, ``undo``;
 ``out_of_order``, ``unacceptable``, ``zero_window_drop``; ``reset_<reason>``,
-``request_timeout``. The last refused packet's reason and detail are in ``last_drop`` for
+``request_timeout``; ``no_free_port`` (a `connect` found no usable local port, see
+`ports`). The last refused packet's reason and detail are in ``last_drop`` for
 a rate-limited log. Packets are ``bytes`` (a trailing pad after the IP length is fine).
 
 Ownership: one stack per proxy process, used from its loop thread only.
@@ -48,6 +49,7 @@ from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
 from ..ip.wordsums import word_sum, word_sums
 from .connection import Config, Connection
 from .events import ConnectionRequest, Event, Readable
+from .ports import NoFreePort, PortChooser
 from .segment import (
     ACK,
     FIN,
@@ -65,7 +67,6 @@ __all__ = ["TcpStack"]
 
 _SEQ = struct.Struct("!IIBBH")
 """seq, ack, data offset << 4, flags, window: TCP header bytes 4..16."""
-EPHEMERAL_FIRST, EPHEMERAL_COUNT = 49152, 16384
 
 
 class TcpStack:
@@ -76,6 +77,9 @@ class TcpStack:
         time_wait, request_timeout, keepalive_idle/interval/count, ttl)."""
         self.cfg = Config(mss4=mss4, mss6=mss6, recv_buffer=recv_buffer, send_buffer=send_buffer, **options)
         self._random = random_bytes
+        self.ports = PortChooser(random_bytes(32))
+        self._now = 0.0
+        """The latest ``now`` a caller gave: when a connection closes, for `ports`."""
         self.max_requests = max_requests
         self.counters: Counter[str] = Counter()
         self.last_drop: tuple[str, str] = ("", "")
@@ -106,6 +110,7 @@ class TcpStack:
     # --- packets in ------------------------------------------------------------------
 
     def receive(self, packets: list[bytes], now: float) -> None:
+        self._now = now
         by_key = self._by_key
         unpack = _SEQ.unpack_from
         from_bytes = int.from_bytes
@@ -204,7 +209,7 @@ class TcpStack:
     # --- connections -----------------------------------------------------------------
 
     def _new(self, laddr: bytes, lport: int, raddr: bytes, rport: int, key: bytes, now: float) -> Connection:
-        iss = int.from_bytes(self._random(4), "big")
+        iss = self.ports.isn(key, now)
         conn = Connection(self, self.cfg, self._next_id, laddr, lport, raddr, rport, iss, now)
         assert conn.key == key
         self._next_id += 1
@@ -219,21 +224,23 @@ class TcpStack:
         return conn
 
     def connect(self, src_ip: str, dst: tuple[str, int], now: float) -> int:
+        """Open a connection from our ``src_ip`` to ``dst``; its local port never repeats a
+        4-tuple that is open or closed within `PortChooser.horizon` (see `ports`).
+        Raises ValueError for an address that is not ours or of the other family, and
+        `NoFreePort` when every port toward ``dst`` is taken."""
+        self._now = now
         laddr, raddr, rport = addr_bytes(src_ip), addr_bytes(dst[0]), dst[1]
         if len(laddr) != len(raddr):
             raise ValueError(f"connect from {src_ip} to {dst[0]}: address families differ")
         if laddr not in self._local:
             raise ValueError(f"{src_ip} is not one of our addresses")
-        start = int.from_bytes(self._random(2), "big")
         prefix = raddr + laddr + rport.to_bytes(2, "big")
-        for i in range(EPHEMERAL_COUNT):
-            lport = EPHEMERAL_FIRST + (start + i) % EPHEMERAL_COUNT
-            key = prefix + lport.to_bytes(2, "big")
-            if key not in self._by_key:
-                break
-        else:
-            raise RuntimeError(f"no free ephemeral port towards {dst}")
-        conn = self._new(laddr, lport, raddr, rport, key, now)
+        try:
+            lport = self.ports.choose(prefix, self._by_key, self._listen, now)
+        except NoFreePort:
+            self.counters["no_free_port"] += 1
+            raise
+        conn = self._new(laddr, lport, raddr, rport, prefix + lport.to_bytes(2, "big"), now)
         conn.open_active(now)
         return conn.id
 
@@ -267,6 +274,7 @@ class TcpStack:
             conn.shutdown(now)
 
     def abort(self, conn_id: int, now: float) -> None:
+        self._now = now
         conn = self._get(conn_id)
         if conn is not None:
             conn.abort(now)
@@ -309,6 +317,7 @@ class TcpStack:
     def handle_timer(self, now: float) -> None:
         """Run the timers due at ``now``; each connection once per call (a timer it re-arms
         for ``now`` or earlier runs at the next call)."""
+        self._now = now
         heap = self._heap
         due = []
         while heap and heap[0][0] <= now:
@@ -329,6 +338,7 @@ class TcpStack:
         """``conn`` entered CLOSED: stop demultiplexing to it and running its timers."""
         if self._by_key.get(conn.key) is conn:
             del self._by_key[conn.key]
+            self.ports.closed(conn.key, self._now)
         conn.heap_at = -1.0
 
     def _closed(self, conn: Connection) -> None:
