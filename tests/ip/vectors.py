@@ -6,7 +6,8 @@ available): ``*_req`` / ``*_ping`` are what ``tailscale ping --icmp`` / ``--tsmp
 (wgengine/userspace.go sendICMPEchoRequest / sendTSMPPing, here with a fixed
 identifier 0x1234, sequence 7 and data "hello!", TSMP data 01..08), and ``*_rep`` /
 ``*_pong`` are tailscaled's answers (ICMP4Header/ICMP6Header.ToResponse,
-tstun.Wrapper.injectOutboundPong). Peer 100.64.0.9 / fd7a:115c:a1e0::9 pings us at
+tstun.Wrapper.injectOutboundPong); ``*_reject`` is the TSMP reject its packet filter sends
+for a refused TCP SYN (TailscaleRejectedHeader, reason ACLs) of our flow us:12345 -> peer:443. Peer 100.64.0.9 / fd7a:115c:a1e0::9 pings us at
 100.64.0.5 / fd7a:115c:a1e0::5.
 """
 
@@ -28,6 +29,9 @@ UPSTREAM = {k: bytes.fromhex(v) for k, v in {
                   "700102030405060708",
     "tsmp6_pong": "600fffff000b6340fd7a115ca1e000000000000000000005fd7a115ca1e000000000000000000009"
                   "6f01020304050607080000",
+    "tsmp4_reject": "4500001b000000004063b1f26440000964400005210641303901bb",
+    "tsmp6_reject": "6000000000076340fd7a115ca1e000000000000000000009fd7a115ca1e000000000000000000005"
+                    "210641303901bb",
 }.items()}
 
 

@@ -5,19 +5,23 @@
 - `Reply(packet, kind)`: an answer to send back to the peer the packet came from: an
   ICMP/ICMPv6 echo reply to an echo request, or a TSMP pong to a TSMP ping;
 - `EchoReplied(src, ident, seq)`: an echo reply, for our own pinger to match;
+- `Unreachable(...)`: a TSMP reject or an ICMP/ICMPv6 destination unreachable naming a
+  flow of ours (`unreachable`), for the TCP stack to end a connect that waits on it;
 - None: nothing to do; the reason is counted, and a malformed packet's reason and detail
   are in ``last_drop`` for the shell's rate-limited log.
 
 Counters (``counters.incr(name)``; names ``ip.<reason>``):
 
-- answered / delivered: ``ip.echo_request``, ``ip.tsmp_ping``, ``ip.echo_reply``;
+- answered / delivered: ``ip.echo_request``, ``ip.tsmp_ping``, ``ip.echo_reply``,
+  ``ip.tsmp_rejected``, ``ip.icmp_unreachable``;
 - ignored, not a fault: ``ip.not_for_us`` (destination not one of our addresses),
   ``ip.unhandled_tcp``, ``ip.unhandled_udp`` (the TCP/UDP engine comes later),
   ``ip.unhandled_proto``, ``ip.icmp_other`` (ICMP types other than echo),
-  ``ip.tsmp_pong``, ``ip.tsmp_rejected``, ``ip.tsmp_disco_advert`` (tailscaled sends one
+  ``ip.tsmp_pong``, ``ip.tsmp_disco_advert`` (tailscaled sends one
   with every ``tailscale ping --tsmp``);
 - malformed (peer garbage, ``Drop.malformed``): ``ip.drop.<reason>`` with the reasons of
-  `headers.parse`, `icmp.parse_icmp` and `tsmp.parse_tsmp`.
+  `headers.parse`, `icmp.parse_icmp`, `tsmp.parse_tsmp` and
+  `unreachable.unreachable_from_icmp`.
 
 Ownership: one responder per proxy process, owned by its loop thread; ``addresses`` is
 replaced (`set_addresses`) whenever the netmap changes our node's addresses.
@@ -42,8 +46,9 @@ from .headers import (
 )
 from .icmp import echo_reply_to, parse_echo, parse_icmp
 from .tsmp import TsmpDiscoAdvert, TsmpPing, TsmpPong, TsmpRejected, parse_tsmp, pong_to
+from .unreachable import Unreachable, unreachable_from_icmp, unreachable_from_tsmp
 
-__all__ = ["Drop", "EchoReplied", "IpResponder", "Reply", "Tally"]
+__all__ = ["Drop", "EchoReplied", "IpResponder", "Reply", "Tally", "Unreachable"]
 
 AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -104,13 +109,13 @@ class IpResponder:
         """Replace our addresses (text like ``"100.64.0.5/32"``, ipaddress or packed)."""
         self.addresses = packed_set(addresses)
 
-    def handle(self, packet: bytes) -> Reply | EchoReplied | None:
+    def handle(self, packet: bytes) -> Reply | EchoReplied | Unreachable | None:
         try:
             return self._handle(packet)
         except Malformed as exc:
             return self._drop(Drop(exc.reason, exc.detail, malformed=True))
 
-    def _handle(self, packet: bytes) -> Reply | EchoReplied | None:
+    def _handle(self, packet: bytes) -> Reply | EchoReplied | Unreachable | None:
         pkt = parse(packet)
         if pkt.dst not in self.addresses:
             return self._drop(Drop("not_for_us", addr_text(pkt.dst)))
@@ -119,6 +124,10 @@ class IpResponder:
             msg = parse_icmp(pkt)
             echo = parse_echo(pkt, msg)
             if echo is None:
+                unreachable = unreachable_from_icmp(pkt, msg)
+                if unreachable is not None:
+                    self.counters.incr("ip.icmp_unreachable")
+                    return unreachable
                 return self._drop(Drop("icmp_other", f"type {msg.type} code {msg.code}"))
             if echo.request:
                 self.counters.incr("ip.echo_request")
@@ -133,7 +142,8 @@ class IpResponder:
             if isinstance(tsmp, TsmpPong):
                 return self._drop(Drop("tsmp_pong", tsmp.data.hex()))
             if isinstance(tsmp, TsmpRejected):
-                return self._drop(Drop("tsmp_rejected", f"proto {tsmp.proto} reason {chr(tsmp.reason)!r}"))
+                self.counters.incr("ip.tsmp_rejected")
+                return unreachable_from_tsmp(pkt, tsmp)
             assert isinstance(tsmp, TsmpDiscoAdvert)
             return self._drop(Drop("tsmp_disco_advert", tsmp.key.hex()))
         return self._drop(Drop(_UNHANDLED.get(proto, "unhandled_proto"), str(proto)))

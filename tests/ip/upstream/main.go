@@ -67,6 +67,12 @@ func vectors() {
 			pong.IPHeader = h
 		}
 		show(fam.name+"_pong", packet.Generate(pong, nil))
+		// as tstun.Wrapper's filter answers a TCP SYN its ACLs refuse: from the peer (src)
+		// to us (dst), naming our flow us:12345 -> peer:443
+		rej := packet.TailscaleRejectedHeader{IPSrc: fam.src, IPDst: fam.dst,
+			Src: netip.AddrPortFrom(fam.dst, 12345), Dst: netip.AddrPortFrom(fam.src, 443),
+			Proto: ipproto.TCP, Reason: packet.RejectedDueToACLs}
+		show(fam.name+"_reject", packet.Generate(rej, nil))
 	}
 }
 
