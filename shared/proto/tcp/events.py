@@ -58,7 +58,9 @@ class Reset:
     conn_id: int
     reason: str
     """``reset`` (peer's RST), ``refused`` (RST answering our SYN), ``timeout``
-    (retransmissions or the handshake gave up), ``keepalive`` (no answer to probes)."""
+    (retransmissions or the handshake gave up), ``keepalive`` (no answer to probes); for a
+    connect the far side turned away (`TcpStack.reject`): ``denied`` (its packet filter),
+    ``refused``, ``host_unreachable``, ``net_unreachable``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out`
 ``bad_options``); ``rst_sent``, ``rst_ignored``; ``retransmit``, ``fast_retransmit`` (a
 recovery episode), ``rto``, ``tail_loss_probe``, ``window_probe``, ``dsack``, ``undo``;
 ``out_of_order``, ``unacceptable``, ``zero_window_drop``; ``reset_<reason>``,
-``request_timeout``; ``no_free_port`` (a `connect` found no usable local port, see
+``request_timeout``; ``reject_ignored`` (see `reject`); ``no_free_port`` (a `connect` found no usable local port, see
 `ports`). The last refused packet's reason and detail are in ``last_drop`` for
 a rate-limited log. Packets are ``bytes`` (a trailing pad after the IP length is fine).
 
@@ -59,7 +59,7 @@ from .segment import (
     parse_options,
     parse_packet,
 )
-from .states import CLOSED, REQUESTED
+from .states import CLOSED, REQUESTED, SYN_SENT
 from .states import M32 as _M32
 from .states import STATE_NAMES as _NAMES
 
@@ -243,6 +243,21 @@ class TcpStack:
         conn = self._new(laddr, lport, raddr, rport, prefix + lport.to_bytes(2, "big"), now)
         conn.open_active(now)
         return conn.id
+
+    def reject(self, local: bytes, local_port: int, remote: bytes, remote_port: int, reason: str,
+               now: float) -> bool:
+        """The far side says our flow ``local:local_port -> remote:remote_port`` cannot go
+        through (a TSMP reject, an ICMP destination unreachable; addresses packed). A
+        connection still waiting for its SYN-ACK ends at once with `Reset` ``reason``
+        (True); an established one takes it as a soft error and carries on (RFC 1122
+        4.2.3.9), as does a flow we have no connection for (counted ``reject_ignored``)."""
+        self._now = now
+        conn = self._by_key.get(remote + local + remote_port.to_bytes(2, "big") + local_port.to_bytes(2, "big"))
+        if conn is None or conn.state != SYN_SENT:
+            self.counters["reject_ignored"] += 1
+            return False
+        conn._fail(reason)
+        return True
 
     def accept(self, conn_id: int) -> None:
         conn = self._get(conn_id)
