@@ -5,7 +5,8 @@ Sockets:
 - ``proxy-in`` PULL (bound here), `PROXY_IN_CODEC`: ``FromPeer(peer_key, packets)``
   from the WireGuard workers. Each packet goes through `IpResponder`: echo requests and
   TSMP pings addressed to us are answered to the same peer (via `WgOutbox`), echo
-  replies go to the `PingServer`, everything else is counted (``ip.*``); malformed
+  replies go to the `PingServer`, TSMP rejects and ICMP destination unreachables to the
+  TCP engine (``on_unreachable``), everything else is counted (``ip.*``); malformed
   packets also get a rate-limited ``ip_drop`` log line per peer and reason.
 - ``control-pub`` SUB (connected): the netmap, followed with `NetmapSubscription`. Our addresses come from ``self_node.addresses``, routes from the
   peers' ``allowed_ips``. On a seq gap the SUB re-subscribes, which makes the control
@@ -24,6 +25,7 @@ from sunbeam.shared.messages.dataplane import PROXY_IN_CODEC, FromPeer
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
 from sunbeam.shared.proto.ip import EchoReplied, IpResponder, Reply
+from sunbeam.shared.proto.ip.unreachable import Unreachable
 from sunbeam.shared.runtime import RateLimitedLog, decoding_handler, endpoint
 from sunbeam.shared.runtime.service import Service
 
@@ -57,6 +59,8 @@ class IpPlane:
         """Set by the ping server."""
         self.tcp_sink: Callable[[list[bytes]], None] | None = None
         """Set by the TCP engine: takes every TCP segment (IPv4/IPv6 protocol 6) from peers."""
+        self.on_unreachable: Callable[[Unreachable], None] = lambda _u: None
+        """Set by the TCP engine: a peer's TSMP reject or ICMP unreachable for a flow of ours."""
         self.on_addresses: Callable[[list[str]], None] = lambda _addrs: None
         """Set by the TCP engine: our tailnet addresses (without prefix length) changed."""
         self.on_netmap: list[Callable[[Netmap], None]] = []
@@ -99,6 +103,8 @@ class IpPlane:
                 self.outbox.add(msg.peer_key, result.packet)
             elif isinstance(result, EchoReplied):
                 self.on_echo_reply(result)
+            elif isinstance(result, Unreachable):
+                self.on_unreachable(result)
             else:
                 drop = self.responder.last_drop
                 if drop is not None and drop.malformed:

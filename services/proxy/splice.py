@@ -24,6 +24,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sunbeam.shared.runtime.loop import ServiceLoop
 
@@ -51,6 +52,16 @@ class Splice:
         self.closed = False
         self.tunnel_closed = False
         self.reading_local = False
+        self.bytes_up = 0
+        """Bytes the stack took from the local socket (after ``transform``)."""
+        self.bytes_down = 0
+        """Bytes written to the local socket."""
+        self.started: float | None = None
+        """When the front-end began the connection; set, a ``conn_closed`` line is logged."""
+        self.ended = "closed"
+        """How it ended: ``closed``, ``reset: <stack reason>`` or ``aborted: <why>``."""
+        self.log: Any = None
+        """The proxy's logger, for ``conn_closed``."""
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -93,6 +104,7 @@ class Splice:
         if self.conn_id is None or not self.up:
             return
         n = self.stack.send(self.conn_id, self.up, time.monotonic())
+        self.bytes_up += n
         self.up = self.up[n:]
         if self.up:
             self._read_local(False)  # wait for Writable
@@ -126,6 +138,7 @@ class Splice:
         except OSError:
             self._abort_both("local socket error")
             return False
+        self.bytes_down += n
         if n < len(data):
             self.down = data[n:]
             self.loop.on_writable(self.sock, self._local_writable)
@@ -161,6 +174,7 @@ class Splice:
         pass
 
     def on_reset(self, reason: str) -> None:
+        self.ended = f"reset: {reason}"
         self._close_local(reset=True)
 
     def on_closed(self) -> None:
@@ -170,6 +184,7 @@ class Splice:
             self._close_local()
 
     def _abort_both(self, reason: str) -> None:
+        self.ended = f"aborted: {reason}"
         if self.conn_id is not None:
             self.stack.abort(self.conn_id, time.monotonic())
         self._close_local(reset=True)
@@ -186,4 +201,7 @@ class Splice:
             except OSError:
                 pass
         self.sock.close()
+        if self.started is not None and self.log is not None:
+            self.log.debug("conn_closed", conn=self.conn_id, how=self.ended, up=self.bytes_up, down=self.bytes_down,
+                           s=round(time.monotonic() - self.started, 3))
         self.on_done(self)

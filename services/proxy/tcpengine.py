@@ -1,7 +1,7 @@
 """`TcpEngine`: the proxy's shell around our sans-IO `TcpStack`.
 
 Inputs: TCP segments from peers (`IpPlane` hands every IPv4/IPv6 packet with protocol 6 to
-`receive`), calls from the local side (`connect`, `send`, `read`, `shutdown`, `abort`),
+`receive`, and a peer's TSMP reject or ICMP unreachable to `unreachable`), calls from the local side (`connect`, `send`, `read`, `shutdown`, `abort`),
 and its timer. Outputs: the stack's IP packets, each routed by destination to the owning
 WireGuard worker (`IpPlane.send`), and stack events dispatched to the handler registered
 for the connection (`Splice`, or the inbound acceptor for `ConnectionRequest`).
@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sunbeam.shared.proto.ip.headers import PROTO_TCP
+from sunbeam.shared.proto.ip.unreachable import Unreachable
 from sunbeam.shared.proto.tcp import (
     Closed,
     ConnectionRequest,
@@ -69,6 +71,7 @@ class TcpEngine:
         svc.extra_counters = lambda: {**svc.counters.snapshot(),
                                       **{f"tcp_{k}": v for k, v in self.stack.counters.items()}}
         plane.tcp_sink = self.receive
+        plane.on_unreachable = self.unreachable
         plane.on_addresses = self.stack.set_local_addresses
         self.loop.on_iteration_end(self.pump)
 
@@ -76,6 +79,11 @@ class TcpEngine:
 
     def receive(self, packets: list[bytes]) -> None:
         self.stack.receive(packets, time.monotonic())
+
+    def unreachable(self, u: Unreachable) -> None:
+        """A TSMP reject / ICMP unreachable: a connect waiting on that flow fails at once."""
+        if u.proto == PROTO_TCP:
+            self.stack.reject(u.local, u.local_port, u.remote, u.remote_port, u.reason, time.monotonic())
 
     def connect(self, src_ip: str, dst: tuple[str, int], handler: ConnHandler) -> int:
         conn_id = self.stack.connect(src_ip, dst, time.monotonic())
