@@ -11,19 +11,26 @@ WireGuard finds "no UDP or DERP addr" for us and retries only after 5 s); a serv
 never shows it gets ``ANNOUNCE_TIMEOUT``. The home region is remembered across restarts
 (`lastderp`) so a restart does not open that gap again.
 
-Any failure closes the connection and retries after an exponential backoff with jitter;
-the last netmap stays published meanwhile. Failures the user must fix (rejected auth key,
-interactive login demanded, capability version refused) park the service in Error with
-the reason, and it does not retry on its own.
+Any failure closes the connection and retries after a `ReconnectBackoff`: within
+``UNREACHABLE_CAP`` while nothing answers (refused, no route, connect timed out, closed
+before a byte came back: cheap to retry, and the user waits for the first attempt after the
+server is back), exponentially up to ``RETRY_CAP`` when the server answered and failed. A
+map arriving resets both. The last netmap stays published meanwhile. Failures the user must
+fix (rejected auth key, interactive login demanded, capability version refused) park the
+service in Error with the reason, and it does not retry on its own.
 
-The socket stays in blocking mode with a timeout: it is read only after the poller says it
-is readable, and what we write is small (requests), so neither call blocks for long.
+The TCP connect is non-blocking (``CONNECT_TIMEOUT``): a server host that drops our SYNs
+does not stall the loop. After it the socket is in blocking mode with a timeout: it is read
+only after the poller says it is readable, and what we write is small (requests), so
+neither call blocks for long. Still blocking (issue 19): resolving the host name, the first
+``/key`` fetch (later reconnects reuse the key) and the TLS handshake.
 
 Owned by the control service's loop thread (everything here).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -46,7 +53,7 @@ from sunbeam.shared.proto.ts2021 import (
     ResponseStarted,
     StreamReset,
 )
-from sunbeam.shared.runtime.backoff import Backoff
+from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.service import Service
 
@@ -56,6 +63,9 @@ from .serverkey import ServerKeyError, fetch_server_key
 from .state import State
 
 IO_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0  # the kernel resends a SYN after 1 s and 3 s; then a new attempt
+UNREACHABLE_CAP = 2.0  # retry delay (1-2 s with jitter) while the server does not answer at all
+RETRY_CAP = 60.0  # retry delay cap after the server answered and failed
 HANDSHAKE_TIMEOUT = 20.0
 STREAM_IDLE_TIMEOUT = 150.0  # Headscale sends a keepalive every ~50-60 s
 ANNOUNCE_TIMEOUT = 5.0  # Headscale batches changes for ~1 s before telling nodes
@@ -123,8 +133,10 @@ class ControlClient:
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.server_key: bytes | None = None
-        self.backoff = Backoff(base=1.0, cap=60.0)
+        self.backoff = ReconnectBackoff(base=1.0, cap=RETRY_CAP, unreachable_cap=UNREACHABLE_CAP)
+        self.answered = False  # the server sent something on this attempt
         self.sock: socket.socket | None = None
+        self._addresses: list[tuple[Any, ...]] = []  # getaddrinfo results not tried yet
         self.conn: ControlConnection | None = None
         self.streams: dict[int, Any] = {}
         self.builder = NetmapBuilder()
@@ -142,17 +154,76 @@ class ControlClient:
         if self.loop.shutdown.is_set:
             return
         self.counters.incr("connect_attempts")
+        self.answered = False
         try:
             if self.server_key is None:
                 self.server_key = fetch_server_key(self.ctx.control_url, self.me.capability_version, IO_TIMEOUT)
-            sock = self._open_socket()
+                self._server_answered()
+            self._addresses = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except ServerKeyError as exc:
+            self._server_answered()
             if exc.permanent:
                 return self.fail_permanently(str(exc))
             return self.retry_later(str(exc))
         except OSError as exc:
-            return self.retry_later(f"control server {self.host}:{self.port} unreachable: {exc.strerror or exc}")
-        self.sock = sock
+            return self.retry_later(self._unreachable(exc.strerror or str(exc)))
+        self._connect_next(None)
+
+    def _unreachable(self, why: str) -> str:
+        return f"control server {self.host}:{self.port} unreachable: {why}"
+
+    def _connect_next(self, error: str | None) -> None:
+        """Start a non-blocking connect to the next address; ``error``: the last one's."""
+        while self._addresses:
+            family, kind, proto, _name, addr = self._addresses.pop(0)
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            code = sock.connect_ex(addr)
+            if code in (0, errno.EINPROGRESS):
+                self.sock = sock
+                self.loop.on_writable(sock, self._on_connect_done)
+                self._idle_timer = self.loop.call_later(CONNECT_TIMEOUT, self._connect_timed_out)
+                return
+            sock.close()
+            error = os.strerror(code)
+        self.retry_later(self._unreachable(error or "no address"))
+
+    def _connect_failed(self, error: str) -> None:
+        """This address did not take the connection: close it, try the next one."""
+        sock, self.sock = self.sock, None
+        self._cancel_idle()
+        if sock is not None:
+            self.loop.remove_writer(sock)
+            sock.close()
+        self._connect_next(error)
+
+    def _connect_timed_out(self) -> None:
+        self._idle_timer = None
+        self.counters.incr("connect_timeout")
+        self._connect_failed("connect timed out")
+
+    def _on_connect_done(self, sock: socket.socket) -> None:
+        self.loop.remove_writer(sock)
+        if sock is not self.sock:
+            return
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            return self._connect_failed(os.strerror(code))
+        self._cancel_idle()
+        self._addresses = []
+        try:
+            sock.setblocking(True)
+            if self.url.scheme == "https":
+                sock.settimeout(IO_TIMEOUT)
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+                self.sock = sock
+                self._server_answered()
+            sock.settimeout(IO_TIMEOUT)
+        except OSError as exc:  # ssl.SSLError included
+            if not isinstance(exc, (ssl.SSLEOFError, ConnectionError, TimeoutError)):
+                self._server_answered()  # a TLS alert or a bad certificate; not closed, reset or silent
+            return self.drop_connection(f"TLS with {self.host}:{self.port} failed: {exc}")
+        assert self.server_key is not None
         initiator = Initiator(machine_private=self.me.keys.machine.private_bytes(), server_public=self.server_key,
                               version=self.me.capability_version, ephemeral_private=os.urandom(32))
         self.conn = ControlConnection(host=self.url.netloc, initiator=initiator)
@@ -161,26 +232,29 @@ class ControlClient:
         self._arm_idle(HANDSHAKE_TIMEOUT, "no answer to the TS2021 handshake")
         self._flush()
 
-    def _open_socket(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=IO_TIMEOUT)
-        if self.url.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
-        sock.settimeout(IO_TIMEOUT)
-        return sock
+    def _server_answered(self) -> None:
+        if not self.answered:
+            self.answered = True
+            self.backoff.answered()
 
     def close_connection(self) -> None:
         if self.sock is not None:
             self.loop.remove_reader(self.sock)
+            self.loop.remove_writer(self.sock)
             try:
                 self.sock.close()
             except OSError:
                 pass
         self.sock, self.conn = None, None
+        self._addresses = []
         self.streams.clear()
+        self._cancel_idle()
+        self._cancel_announce()
+
+    def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        self._cancel_announce()
 
     def drop_connection(self, reason: str, *, counter: str = "connection_dropped") -> None:
         self.counters.incr(counter)
@@ -188,8 +262,9 @@ class ControlClient:
         self.retry_later(reason)
 
     def retry_later(self, reason: str) -> None:
-        delay = self.backoff.next_delay()
-        self.noisy.warning("reconnect", "control_reconnect", reason=reason, retry_in=round(delay, 2))
+        delay = self.backoff.next_delay(answered=self.answered)
+        self.noisy.warning("reconnect", "control_reconnect", reason=reason, answered=self.answered,
+                           retry_in=round(delay, 2))
         self.pub.set_state(State.RECONNECTING, reason)
         self.loop.call_later(delay, self.connect)
 
@@ -227,6 +302,8 @@ class ControlClient:
             return
         except OSError as exc:
             return self.drop_connection(f"connection error: {exc}")
+        if data:
+            self._server_answered()
         try:
             events = conn.receive_data(data)
         except ControlProtocolError as exc:
@@ -318,6 +395,7 @@ class ControlClient:
             self.noisy.warning("malformed", "map_response_malformed", error=str(exc)[:200])
             return
         self.counters.incr("map_responses")
+        self.backoff.reset()  # the server works for us again
         change = self.builder.apply(resp)
         if change is not None:
             self.pub.publish_change(change, self.builder)
@@ -349,7 +427,6 @@ class ControlClient:
 
     def _running(self) -> None:
         self._cancel_announce()
-        self.backoff.reset()
         self.pub.set_state(State.RUNNING)
 
     def _cancel_announce(self) -> None:

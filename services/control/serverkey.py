@@ -38,7 +38,7 @@ def parse_key_response(body: bytes) -> bytes:
 
 
 def fetch_server_key(control_url: str, capability_version: int, timeout: float) -> bytes:
-    """Raises ServerKeyError (HTTP answers) or OSError (network)."""
+    """Raises ServerKeyError (the server answered, but not with a key) or OSError (no answer)."""
     url = urlsplit(control_url)
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     kwargs = {"context": ssl.create_default_context()} if url.scheme == "https" else {}
@@ -47,6 +47,8 @@ def fetch_server_key(control_url: str, capability_version: int, timeout: float) 
         conn.request("GET", f"{url.path.rstrip('/')}/key?v={capability_version}")
         resp = conn.getresponse()
         body = resp.read(MAX_BODY)
+    except http.client.RemoteDisconnected:  # closed without a word: nobody answered (an OSError)
+        raise
     except http.client.HTTPException as exc:
         raise ServerKeyError(f"control server sent a malformed HTTP answer to /key: {exc!r}", permanent=False) from None
     finally:
