@@ -59,7 +59,11 @@ class LocalSide:
 
     def _on_netmap(self, netmap: Netmap) -> None:
         self.names = NameTable.from_netmap(netmap)
-        self.filter = PacketFilter(netmap.packet_filter)
+        if netmap.packet_filter != self.filter.source:  # a changed filter: count its bad entries once
+            self.filter = PacketFilter(netmap.packet_filter)
+            if bad := self.filter.bad_entries:
+                self.counters.incr("filter_bad_entries", len(bad))
+                self.log.warning("filter_bad_entries", count=len(bad), entry=bad[0].entry, reason=bad[0].reason)
         me = netmap.self_node
         self.addresses = [a.split("/")[0] for a in me.addresses] if me else []
 
