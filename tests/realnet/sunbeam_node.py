@@ -99,7 +99,10 @@ class SunbeamNode:
         control: dict = {}
         while time.monotonic() < deadline:
             control = self.control()
-            if control.get("state") == state:
+            # by hand, services start in parallel: Running also needs the proxy's listeners open
+            # (it answers status only once they are), as `sunbeam-ctl connect` waits for every service
+            if control.get("state") == state and (state != "Running" or "proxy" not in self.procs
+                                                   or self.counters("proxy")):
                 return control
             time.sleep(0.1)
         raise AssertionError(f"control state {state} not reached in {timeout}s; last {control}\n{self.log()[-3000:]}")
