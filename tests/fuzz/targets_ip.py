@@ -19,7 +19,7 @@ import pickle
 import struct
 
 from sunbeam.shared.proto.ip import IpResponder, Malformed, parse, parse_echo_reply
-from sunbeam.shared.proto.ip.responder import Drop, EchoReplied, Reply
+from sunbeam.shared.proto.ip.responder import Drop, EchoReplied, Reply, Unreachable
 from sunbeam.shared.proto.tcp import (
     Closed,
     Connected,
@@ -111,6 +111,10 @@ def _ip_responder():
             if res.kind == "echo_reply":
                 assert parse_echo_reply(res.packet) is not None
             assert answer.src == parse(pkt).dst
+        elif isinstance(res, Unreachable):
+            assert res.reason in ("denied", "refused", "host_unreachable", "net_unreachable")
+            assert len(res.local) == len(res.remote) in (4, 16) and 0 <= res.proto <= 255
+            assert 0 <= res.local_port <= 65535 and 0 <= res.remote_port <= 65535
         else:
             assert isinstance(res, EchoReplied)
         return None
