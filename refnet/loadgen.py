@@ -18,6 +18,13 @@ sha256 is checked against blobs.py and the ``X-Blob-Sha256`` header), and the se
 closed the connection (EOF reached us through the proxy). Everything must happen within
 ``timeout`` seconds, so a hang is a failure (``timeout:<phase>``), never a stalled run.
 
+Who closes first decides which end keeps the connection in TIME_WAIT. By default the
+server does (``Connection: close``), so the TIME_WAIT is held by the peer that serves, and
+the connecting side, which does not see it, may pick the same 4-tuple again for a later
+connection: the case that needs a TCP whose port choice avoids recently closed tuples.
+``client_closes=True`` asks for keep-alive and closes as soon as the body arrived, so the
+TIME_WAIT stays on the connecting side, which knows to avoid it.
+
 Failure kinds (`Outcome.kind`), ``<phase>`` one of ``connect`` (TCP to the proxy or
 service), ``handshake`` (waiting for the proxy's answer), ``response`` (head and body),
 ``eof`` (waiting for the close after a complete response)::
@@ -40,7 +47,7 @@ as far as the client can see (SOCKS5 success reply, CONNECT 200; for ``direct``,
 connection is not visible to the client), ``total_s`` until the whole body arrived.
 
 `run` makes ``count`` requests with ``concurrency`` worker threads (1: sequential) and
-returns a `Summary`; ``netns`` puts the worker threads in a network namespace (the
+returns a `Summary` (``client_closes`` as for `fetch`); ``netns`` puts the worker threads in a network namespace (the
 reference network's), ``stop_after`` ends a run early after that many failures.
 """
 
@@ -233,9 +240,10 @@ def _os_fail(exc: OSError, phase: str) -> _Fail:
 
 
 def fetch(via: Via, host: str, port: int, path: str = DEFAULT_PATH, *, timeout: float = 10.0,
-          expect: tuple[int, str] | None = None) -> Outcome:
+          expect: tuple[int, str] | None = None, client_closes: bool = False) -> Outcome:
     """One ``GET path`` with ``Connection: close`` to ``host``:``port`` through ``via``.
-    ``expect``: the blob's (size, sha256), default from ``path`` (`expected_blob`)."""
+    ``expect``: the blob's (size, sha256), default from ``path`` (`expected_blob`).
+    ``client_closes``: ``Connection: keep-alive`` instead, and we close after the body."""
     expect = expect or expected_blob(path)
     t0 = time.monotonic()
     sock = socket.socket(socket.AF_INET6 if ":" in (via.addr or (host,))[0] else socket.AF_INET)
@@ -254,7 +262,8 @@ def fetch(via: Via, host: str, port: int, path: str = DEFAULT_PATH, *, timeout: 
         c.phase = "response"
         auth = _authority(host, port)
         target = f"http://{auth}{path}" if via.kind == "http" else path
-        c.send(f"GET {target} HTTP/1.1\r\nHost: {auth}\r\nConnection: close\r\n"
+        connection = "keep-alive" if client_closes else "close"
+        c.send(f"GET {target} HTTP/1.1\r\nHost: {auth}\r\nConnection: {connection}\r\n"
                f"User-Agent: sunbeam-loadgen\r\n\r\n".encode())
         status, headers = _parse_head(c.head())
         if status != 200:
@@ -270,7 +279,7 @@ def fetch(via: Via, host: str, port: int, path: str = DEFAULT_PATH, *, timeout: 
             if headers.get("x-blob-sha256", digest) != digest:
                 raise _Fail("bad_body", f"X-Blob-Sha256 {headers['x-blob-sha256'][:16]}")
         c.phase = "eof"
-        while c.fill():
+        while not client_closes and c.fill():
             pass
         if c.buf:
             raise _Fail("bad_response", f"{len(c.buf)} bytes after the body")
@@ -350,7 +359,7 @@ def enter_netns(name: str) -> None:
 
 def run(via: Via, host: str, port: int, *, count: int, concurrency: int = 1, path: str = DEFAULT_PATH,
         timeout: float = 10.0, netns: str | None = None, stop_after: int | None = None,
-        max_examples: int = 10) -> Summary:
+        max_examples: int = 10, client_closes: bool = False) -> Summary:
     """``count`` requests (`fetch`) by ``concurrency`` worker threads, each taking the next
     request as it finishes one. ``stop_after``: no new request once that many failed."""
     if count < 1 or concurrency < 1:
@@ -374,7 +383,7 @@ def run(via: Via, host: str, port: int, *, count: int, concurrency: int = 1, pat
                     if i is None:
                         return
                     summary.attempted += 1
-                o = fetch(via, host, port, path, timeout=timeout, expect=expect)
+                o = fetch(via, host, port, path, timeout=timeout, expect=expect, client_closes=client_closes)
                 with lock:
                     if o.ok:
                         summary.ok += 1

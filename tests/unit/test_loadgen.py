@@ -250,6 +250,29 @@ def test_no_close_after_the_response_is_a_timeout(scripted):
     assert o.kind == "timeout:eof" and o.total_s is not None  # the body itself arrived
 
 
+def test_client_closes_asks_for_keep_alive_and_waits_for_no_close(scripted):
+    body = b"".join(iter_blob(1024, "k"))
+
+    def script(conn, srv):
+        srv.seen.append(_recv_head(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + body)
+        srv.seen.append(conn.recv(10))  # b"": the client closed first
+        time.sleep(5)
+
+    srv = scripted(script)
+    o = fetch(Via("forward", srv.addr), "peer-2", 80, "/blob/1K?seed=k", timeout=2, client_closes=True)
+    assert o.ok and o.elapsed_s < 1, o
+    wait = time.monotonic() + 2
+    while len(srv.seen) < 2 and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert b"\r\nConnection: keep-alive\r\n" in srv.seen[0] and srv.seen[1] == b""
+
+
+def test_client_closes_against_the_service(service):
+    s = run(Via("direct"), *service, count=20, concurrency=4, client_closes=True)
+    assert (s.ok, s.failed) == (20, 0)
+
+
 @pytest.mark.parametrize("reply, kind", [
     (b"", "closed:response"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + bytes(1024), "bad_body"),
