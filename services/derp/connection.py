@@ -8,9 +8,12 @@ Lifecycle of an attempt (``gen`` numbers attempts; callbacks of an older one are
     handshake    GET /derp upgrade, ServerKey, ClientInfo, ServerInfo; at most
                  HANDSHAKE_TIMEOUT; packets queued meanwhile wait in the core
     connected    NotePreferred(true) went out right after ClientInfo if this is home
-    backoff      after any failure: reconnect after `Backoff` (1 s doubling to 30 s,
-                 jittered), reset once a login succeeds; a server's Restarting frame
-                 schedules the retry after its ``reconnect_in`` instead
+    backoff      after any failure: reconnect after `ReconnectBackoff`: within 1-2 s
+                 while the server sends nothing (refused, unreachable, timed out: it is
+                 down, and the DERP server embedded in Headscale comes back with it), 1 s
+                 doubling to 30 s (jittered) once it answered and then failed; reset once
+                 a login succeeds; a server's Restarting frame schedules the retry after
+                 its ``reconnect_in`` instead
 
 Keepalive: a Ping every PING_INTERVAL while connected (the server also sends KeepAlive
 every ~60 s); nothing read for READ_TIMEOUT -> reconnect.
@@ -45,7 +48,7 @@ from sunbeam.shared.proto.derp import (
     Received,
     Restarting,
 )
-from sunbeam.shared.runtime.backoff import Backoff
+from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.counters import Counters
 from sunbeam.shared.runtime.log import RateLimitedLog, StructLogger
 from sunbeam.shared.runtime.loop import ServiceLoop
@@ -75,7 +78,9 @@ class RegionConnection:
         self.preferred = preferred
         self.state = "idle"
         self.last_error: str | None = None
-        self.backoff = Backoff(base=1.0, cap=30.0)
+        self.backoff = ReconnectBackoff(base=1.0, cap=30.0)
+        self.answered = False
+        """The server sent a byte on the current attempt."""
         self.core: DerpClientCore | None = None
         self.sock: socket.socket | None = None
         self.out = bytearray()
@@ -149,6 +154,7 @@ class RegionConnection:
     def _connect(self) -> None:
         self.gen += 1
         self.state = "connecting"
+        self.answered = False
         self.counters.incr("derp_connect_attempts")
         d = self.dial
         try:
@@ -232,6 +238,9 @@ class RegionConnection:
             except OSError as exc:
                 return self._fail(f"connection error: {exc}")
             self.last_read = self.loop.now()
+            if data and not self.answered:
+                self.answered = True
+                self.backoff.answered()
             for ev in self.core.receive_data(data):
                 if gen != self.gen:
                     return
@@ -299,7 +308,7 @@ class RegionConnection:
         self.state = "backoff"
         self.last_error = reason
         self.counters.incr("derp_connection_failed")
-        delay = self.backoff.next_delay()
+        delay = self.backoff.next_delay(answered=self.answered)
         self.noisy.warning(f"fail:{self.region}", "derp_reconnect", region=self.region, was=was, reason=reason,
                            retry_in=round(delay, 2))
         self._arm("retry", delay, self._connect, self.gen)

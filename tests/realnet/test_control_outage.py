@@ -49,16 +49,21 @@ def _path_to(node: SunbeamNode, name: str) -> str | None:
     return rows.get(name, {}).get("path")
 
 
-def _states_since(node: SunbeamNode, since: float) -> list[tuple[float, str]]:
-    """(wall-clock time, state) of every control state change logged after ``since``."""
+def _events_since(node: SunbeamNode, service: str, name: str, since: float) -> list[tuple[float, dict]]:
+    """(wall-clock time, fields) of every ``name`` event ``service`` logged after ``since``."""
     out = []
-    for line in node.log().splitlines():
+    for line in node.log(service).splitlines():
         event = json.loads(line) if line.startswith("{") else {}
-        if event.get("event") == "control_state":
+        if event.get("event") == name:
             at = datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
             if at >= since:
-                out.append((at, event["state"]))
+                out.append((at, event))
     return out
+
+
+def _states_since(node: SunbeamNode, since: float) -> list[tuple[float, str]]:
+    """(wall-clock time, state) of every control state change logged after ``since``."""
+    return [(at, event["state"]) for at, event in _events_since(node, "control", "control_state", since)]
 
 
 def test_running_soon_after_headscale_returns_and_direct_traffic_flows_meanwhile(refnet, node):
@@ -101,6 +106,9 @@ def test_running_soon_after_headscale_returns_and_direct_traffic_flows_meanwhile
     assert not [at for at in running if at < back - 1], states
     # it kept knocking while nothing answered: every 1-2 s, not a backoff grown to 16-32 s
     assert node.counters()["connect_attempts"] - attempts >= DOWN_FOR / 2.0 - 2
+    # the DERP server embedded in Headscale: our home connection is back as soon
+    derp_up = [at for at, _ in _events_since(node, "derp", "derp_connected", killed)]
+    assert derp_up and derp_up[0] - back < RUNNING_WITHIN, (derp_up, back)
     # data kept flowing on the direct path the whole time
     during = [p for p in pings if killed + 1 < p[0] < back]
     assert len(during) >= DOWN_FOR / 3, pings
