@@ -96,14 +96,20 @@ class Sunbeam:
     name = "sunbeam"
 
     def __init__(self, info: dict, *, workers: int = 2, hostname: str = "sunbeam-bench",
-                 socks_port: int = SUNBEAM_SOCKS) -> None:
+                 socks_port: int = SUNBEAM_SOCKS, listeners: list[dict] | None = None) -> None:
+        """``listeners``: more listeners besides the SOCKS5 one, as config tables
+        (``{"kind": "forward", "listen": "127.0.0.1:1081", "target": "peer-2:18002"}``)."""
         self.info = info
         self.base = Path(tempfile.mkdtemp(prefix="sb-bench-"))
         os.chmod(self.base, 0o700)
         self.rundir = self.base / "run"
         config = self.base / "config.toml"
+        extra = "".join("[[contexts.bench.listeners]]\n" + "".join(
+            f"{k} = {v}\n" if isinstance(v, int) else f'{k} = "{v}"\n' for k, v in lst.items())
+            for lst in listeners or [])
         config.write_text(f'[contexts.bench]\ncontrol_url = "{info["control_url"]}"\n'
-                          f'[[contexts.bench.listeners]]\nkind = "socks5"\nlisten = "127.0.0.1:{socks_port}"\n')
+                          f'[[contexts.bench.listeners]]\nkind = "socks5"\nlisten = "127.0.0.1:{socks_port}"\n'
+                          + extra)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
         self.env.update(SUNBEAM_CONFIG=str(config), SUNBEAM_CONTEXT="bench", SUNBEAM_RUNTIME_DIR=str(self.rundir),
                         SUNBEAM_STATE_DIR=str(self.base / "state"), SUNBEAM_AUTH_KEY=info["auth_keys"]["reusable"],
