@@ -3,8 +3,12 @@
 After tailscaled's magicsock endpoint (ts:wgengine/magicsock/endpoint.go): data goes to a
 peer over a direct UDP address only while a pong to one of OUR pings from that address
 is fresh (TRUST = 6.5 s); otherwise over DERP. While the peer is in use (`want` within
-ACTIVE = 45 s) the trusted address is re-pinged every HEARTBEAT (3 s), so trust never
-lapses while the path works and lapses within 6.5 s when it stops working. Without a
+ACTIVE = 45 s) the trusted address is re-pinged every HEARTBEAT (3 s), and a heartbeat
+still unanswered after HEARTBEAT_RETRY (1 s) is sent again, so a lost or late pong or two
+(a loaded box, a busy socket) do not cost a working path, and trust still lapses within
+6.5 s of the path ceasing to answer (``path_lapsed``). When the peer is no longer in use,
+heartbeats stop and trust runs out on its own (``path_idle``: no update; the worker's
+``until`` has passed), and the next `want` probes afresh. Without a
 trusted path every candidate address is pinged (at most once per PING_INTERVAL each) and
 a CallMeMaybe listing our own endpoints goes over DERP so the peer pings us too (that is
 how two NATed nodes punch through). Candidates: the peer's netmap endpoints, the
@@ -41,6 +45,7 @@ from .disco import CallMeMaybe, Message, Ping, Pong
 
 TRUST = 6.5  # trustUDPAddrDuration
 HEARTBEAT = 3.0  # heartbeatInterval
+HEARTBEAT_RETRY = 1.0  # an unanswered heartbeat goes again this soon (tailscaled has no such retry)
 ACTIVE = 45.0  # sessionActiveTimeout
 PING_INTERVAL = 5.0  # discoPingInterval: per candidate address, without a trusted path
 PING_TIMEOUT = 5.0  # pingTimeoutDuration
@@ -92,6 +97,7 @@ class _Peer:
     trust_until: float = 0.0
     active_until: float = 0.0
     last_heartbeat: float = 0.0
+    last_pong: float = 0.0  # the last pong that renewed trust
     last_call_me_maybe: float = 0.0
 
     def candidates(self) -> list[str]:
@@ -101,6 +107,16 @@ class _Peer:
 
     def trusted(self, now: float) -> bool:
         return bool(self.best) and now < self.trust_until
+
+    def heartbeat_due(self) -> float:
+        unanswered = self.last_heartbeat > self.last_pong
+        return self.last_heartbeat + (HEARTBEAT_RETRY if unanswered else HEARTBEAT)
+
+    def probe_due(self) -> float:
+        """When `_probe` next has something to send (while the peer is in use)."""
+        if self.best:
+            return self.heartbeat_due()
+        return min((self.last_ping.get(a, 0.0) for a in self.candidates()), default=0.0) + PING_INTERVAL
 
 
 class DiscoPaths:
@@ -144,6 +160,18 @@ class DiscoPaths:
         peer = self._peers.get(node_key)
         return peer.best if peer is not None and peer.trusted(now) else ""
 
+    def describe(self, node_key: bytes, now: float) -> dict[str, object]:
+        """One peer's path state, ages in seconds before ``now`` (for logs)."""
+        peer = self._peers.get(node_key)
+        if peer is None:
+            return {}
+        return {
+            "best": peer.best, "rtt_ms": round(peer.best_rtt * 1000, 1), "trust_left": round(peer.trust_until - now, 3),
+            "since_pong": round(now - peer.last_pong, 3), "since_heartbeat": round(now - peer.last_heartbeat, 3),
+            "active_left": round(max(0.0, peer.active_until - now), 3),
+            "pings": sorted((addr, round(now - at, 3)) for addr, at in peer.pings.values()),
+        }
+
     # -- events ------------------------------------------------------------------------
 
     def want(self, node_key: bytes, now: float) -> Output:
@@ -182,7 +210,7 @@ class DiscoPaths:
         out = Output()
         if addr == peer.best or not peer.trusted(now) or rtt < peer.best_rtt * BETTER_BY:
             changed = addr != peer.best or not peer.trusted(now)
-            peer.best, peer.best_rtt, peer.trust_until = addr, rtt, now + TRUST
+            peer.best, peer.best_rtt, peer.trust_until, peer.last_pong = addr, rtt, now + TRUST, now
             if changed:
                 peer.last_heartbeat = now  # the next heartbeat is due HEARTBEAT from here
                 self._count("path_direct")
@@ -204,15 +232,22 @@ class DiscoPaths:
     def tick(self, now: float) -> Output:
         out = Output()
         for peer in self._peers.values():
-            for txid in [t for t, (_, at) in peer.pings.items() if now - at >= PING_TIMEOUT]:
+            # deadlines compared as next_timer computes them (at + T), so that a tick at
+            # exactly that time acts instead of finding the float difference a hair short
+            for txid in [t for t, (_, at) in peer.pings.items() if now >= at + PING_TIMEOUT]:
                 del peer.pings[txid]
                 self._count("ping_timeout")
             if peer.best and now >= peer.trust_until:
                 peer.best, peer.best_rtt = "", 0.0
-                self._count("path_lapsed")
-                out.paths.append(PathUpdate(peer.info.node_key, "", 0.0))
+                if now < peer.active_until or peer.last_heartbeat > peer.last_pong:
+                    self._count("path_lapsed")  # in use, or pinged: it stopped answering
+                    out.paths.append(PathUpdate(peer.info.node_key, "", 0.0))
+                else:
+                    self._count("path_idle")  # nobody asked it to stay: no heartbeats
             if now < peer.active_until:
                 out.extend(self._probe(peer, now))
+            else:
+                peer.active_until = 0.0  # the session is over: next_timer keeps none of its deadlines
         return out
 
     def next_timer(self) -> float | None:
@@ -222,12 +257,10 @@ class DiscoPaths:
                 times.append(peer.trust_until)
             if peer.pings:
                 times.append(min(at for _, at in peer.pings.values()) + PING_TIMEOUT)
-            if peer.active_until:
-                if peer.best:
-                    times.append(min(peer.last_heartbeat + HEARTBEAT, peer.active_until))
-                elif peer.candidates():
-                    last = min((peer.last_ping.get(a, 0.0) for a in peer.candidates()), default=0.0)
-                    times.append(min(last + PING_INTERVAL, peer.active_until))
+            if peer.best or peer.candidates():
+                due = peer.probe_due()
+                if due < peer.active_until:  # else the session is over by then: nothing to probe
+                    times.append(due)
         return min(times) if times else None
 
     # -- internals ---------------------------------------------------------------------
@@ -249,13 +282,13 @@ class DiscoPaths:
     def _probe(self, peer: _Peer, now: float) -> Output:
         out = Output()
         if peer.trusted(now):
-            if now - peer.last_heartbeat >= HEARTBEAT:
+            if now >= peer.heartbeat_due():
                 peer.last_heartbeat = now
                 self._ping(peer, peer.best, now, out)
             return out
         pinged = False
         for addr in peer.candidates():
-            if now - peer.last_ping.get(addr, -PING_INTERVAL) >= PING_INTERVAL:
+            if now >= peer.last_ping.get(addr, -PING_INTERVAL) + PING_INTERVAL:
                 self._ping(peer, addr, now, out)
                 pinged = True
         if pinged and self._our_endpoints and now - peer.last_call_me_maybe >= PING_INTERVAL:

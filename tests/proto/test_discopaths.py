@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,3 +232,84 @@ def test_an_idle_peer_is_not_pinged():
     sent_before = net.cores["a"].counters["ping_sent"]
     net.run(200.0, 300.0, step=1.0, want=False)  # nothing to send for far longer than ACTIVE
     assert net.cores["a"].counters["ping_sent"] == sent_before
+
+
+# -- steady traffic on a busy box (issue 15: the direct path flapped) -------------------
+
+
+def _steady(core: DiscoPaths, start: float, end: float, *, rtt: float, slow: dict[int, float] | None = None,
+            lose: set[int] = frozenset(), lag: float = 0.0,
+            want_until: float | None = None) -> list[tuple[float, str]]:
+    """Drive ``core`` as the udp shell would, on a fake clock: data wants the path every
+    second (until ``want_until``), the core's timer fires ``lag`` late (a busy loop), and
+    peer B answers the n-th ping to EP1 (counted from 0) after ``slow[n]`` or ``rtt`` s,
+    or never for n in ``lose``. EP2 never answers. Returns (time, path) after every event."""
+    want_until = end if want_until is None else want_until
+    pongs: list[tuple[float, bytes]] = []
+    nth = itertools.count()
+    next_want, now, seen = start, start, []
+
+    def send(out) -> None:
+        for s in out.send:
+            if isinstance(s.message, Ping) and s.udp == EP1 and (n := next(nth)) not in lose:
+                pongs.append((now + (slow or {}).get(n, rtt), s.message.txid))
+
+    for _ in range(100_000):
+        if now >= end:
+            return seen
+        timer = core.next_timer()
+        fire = None if timer is None else max(now, timer + lag)
+        wanted = next_want if next_want <= want_until else None
+        now = min([t for t in (fire, wanted) if t is not None] + [t for t, _ in pongs] + [end])
+        for t, txid in sorted(p for p in pongs if p[0] <= now):
+            pongs.remove((t, txid))
+            send(core.on_pong(B_DISCO, Pong(txid, "10.0.0.1:5555"), EP1, now))
+        if wanted is not None and wanted <= now:
+            send(core.want(B_KEY, now))
+            next_want += 1.0
+        if fire is not None and fire <= now:
+            send(core.tick(now))
+        seen.append((now, core.path(B_KEY, now)))
+    raise AssertionError(f"stuck at {now}: the core's timer keeps firing without time passing")
+
+
+@pytest.mark.parametrize("lose, slow", [
+    ({2, 3}, {}),  # two heartbeats in a row unanswered (seen with 20 % disco loss: 3 lapses in 5 min)
+    ({2}, {3: 0.6}),  # one lost, and the next answered 0.6 s late (a loaded 2-core box)
+])
+def test_a_lost_or_late_heartbeat_pong_under_steady_traffic_does_not_lapse_the_path(lose, slow):
+    """Traffic every second; a heartbeat every 3 s and trust for 6.5 s after each pong left
+    0.5 s of slack: two heartbeat pongs lost in a row, or one lost and the next answered a
+    little late, dropped a working path to DERP. An unanswered heartbeat is now sent again
+    after HEARTBEAT_RETRY, so the path holds (and no extra pings while pongs come back)."""
+    core = _core()
+    seen = _steady(core, 100.0, 160.0, rtt=0.005, slow=slow, lose=lose, lag=0.01)
+    direct_from = next(t for t, p in seen if p == EP1)
+    assert direct_from < 100.1
+    assert all(p == EP1 for t, p in seen if t >= direct_from), [x for x in seen if x[1] != EP1][:3]
+    assert core.counters.get("path_lapsed", 0) == 0, core.counters
+    assert core.counters["ping_sent"] <= 2 + 60 / HEARTBEAT + 3  # the first probe, heartbeats, a few retries
+
+
+def test_a_path_that_stops_answering_still_lapses_within_trust_despite_retries():
+    core = _core()
+    seen = _steady(core, 100.0, 130.0, rtt=0.01, lose=set(range(6, 1000)))  # from the 6th heartbeat on
+    last_pong = 100.0 + 5 * HEARTBEAT + 0.01
+    assert max(t for t, p in seen if p == EP1) < last_pong + TRUST and seen[-1][1] == ""
+    assert core.counters["path_lapsed"] == 1 and "path_idle" not in core.counters
+
+
+def test_an_idle_path_runs_out_quietly_and_leaves_no_timer_behind():
+    """Once data stops wanting the path (ACTIVE), heartbeats stop and trust runs out: that
+    is the peer going idle, not the path failing (``path_idle``, no update: the worker's
+    ``until`` already passed). And no deadline of the ended session is left in the past,
+    which kept the udp service's timer firing in a busy loop."""
+    core = _core()
+    seen = _steady(core, 100.0, 200.0, rtt=0.01, want_until=110.0)
+    assert seen[-1][1] == ""
+    assert core.counters["path_direct"] == 1 and "path_lapsed" not in core.counters
+    assert core.counters["path_idle"] == 1
+    for now in (200.0, 300.0):
+        assert core.tick(now).paths == []
+        nxt = core.next_timer()
+        assert nxt is None or nxt > now, (now, nxt)
