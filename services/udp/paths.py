@@ -5,6 +5,8 @@ workers, and disco pings/pongs/CallMeMaybe received over UDP or DERP; sends what
 returns -- pings sealed to the peer's disco key to a UDP address, CallMeMaybe via DERP to
 the peer's home region -- and publishes each `PathUpdate` as ``PeerPath`` to the worker
 that owns the peer (``wg-<k>-in``). Keeps one timer at `DiscoPaths.next_timer` (a `CoreTimer`).
+Each change of a peer's path (not a renewal) is logged as ``path``, with the core's view
+of that peer (`DiscoPaths.describe`: round trip, trust left, outstanding pings).
 
 Our endpoints (local interface addresses with our UDP port, plus STUN-mapped ones when
 known) go into our CallMeMaybe and, as `UdpStatus`, on ``udp-pub`` for the control
@@ -27,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from sunbeam.shared.keys import from_text
+from sunbeam.shared.keys import from_text, to_text
 from sunbeam.shared.messages.dataplane import DERP_IN_CODEC, UDP_PUB_CODEC, WG_IN_CODEC, DerpSend, PeerPath, UdpStatus
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
@@ -57,6 +59,7 @@ class PathFinder:
         self.core = DiscoPaths(node_key, os.urandom)
         self.wg_out, self.derp_out = wg_out, derp_out
         self.home: dict[bytes, int] = {}
+        self.published: dict[bytes, tuple[str, float]] = {}  # node key -> the last PathUpdate's addr, until
         self.stun_endpoints: list[str] = []
         self.local_endpoints: list[str] = []
         self.stun_targets: list[str] = []
@@ -162,7 +165,15 @@ class PathFinder:
                 data = DERP_IN_CODEC.encode(DerpSend(peer_key=s.node_key, region=region, packets=[pkt]))
                 if send_bounded(self.derp_out, data, self.counters, counter="derp_in.dropped"):
                     self.counters.incr("disco.call_me_maybe_tx")
+        now = time.time()
         for update in out.paths:
+            was, until = self.published.pop(update.node_key, ("", 0.0))
+            was = was if now < until else ""  # a path that ran out (idle) has no update of its own
+            if update.addr:
+                self.published[update.node_key] = (update.addr, update.until)
+            if update.addr != was:  # a change of path, not a renewal: worth a line
+                self.svc.log.info("path", peer=to_text("nodekey:", update.node_key)[8:20], addr=update.addr or "derp",
+                                  was=was or "derp", **self.core.describe(update.node_key, now))
             worker = owner(update.node_key, len(self.wg_out))
             msg = PeerPath(peer_key=update.node_key, addr=update.addr, until=update.until)
             send_bounded(self.wg_out[worker], WG_IN_CODEC.encode(msg), self.counters, counter="wg_in.dropped")
