@@ -54,6 +54,7 @@ class LocalSide:
         self.listen_socks: list[socket.socket] = []
         engine.plane.on_netmap.append(self._on_netmap)
         engine.on_request = self._on_inbound_request
+        engine.gauges["local_open"] = lambda: len(self.live)
         for listener in svc.context.listeners:
             self._open(listener)
 

@@ -68,8 +68,13 @@ class TcpEngine:
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self.timer = CoreTimer(self.loop, self.stack.next_timer, time.monotonic, self._on_timer)
+        self.gauges: dict[str, Callable[[], int]] = {"tcp_open": lambda: len(self.stack.connections()),
+                                                     "tcp_handlers": lambda: len(self.handlers)}
+        """Values reported with the counters: connections the stack holds (TIME-WAIT
+        included) and those a local socket is attached to; others add theirs."""
         svc.extra_counters = lambda: {**svc.counters.snapshot(),
-                                      **{f"tcp_{k}": v for k, v in self.stack.counters.items()}}
+                                      **{f"tcp_{k}": v for k, v in self.stack.counters.items()},
+                                      **{name: gauge() for name, gauge in self.gauges.items()}}
         plane.tcp_sink = self.receive
         plane.on_unreachable = self.unreachable
         plane.on_addresses = self.stack.set_local_addresses

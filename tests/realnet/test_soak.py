@@ -241,3 +241,14 @@ def test_forward_to_a_denied_port_closes_at_once(refnet, node):
     for _ in range(3):
         o = _refusal(refnet, Via("forward", ("127.0.0.1", FORWARD_DENIED)), "peer-2", DENIED_PORT)
         assert o.kind in ("closed:response", "reset:response") and o.elapsed_s < 1.0, o
+
+
+def test_nothing_is_left_open_after_the_soak(node):
+    """After thousands of connections (run after the soak above), the proxy holds none: no
+    stack connection beyond its short TIME-WAIT, no handler, no local socket."""
+    def drained():
+        c = node.counters("proxy")
+        return c if (c.get("tcp_open"), c.get("tcp_handlers"), c.get("local_open")) == (0, 0, 0) else None
+
+    counters = wait_for(drained, 15, "the proxy to hold no connection")
+    assert counters["accepted_forward"] >= 2 * COUNT and counters["accepted_socks5"] >= 2 * COUNT
