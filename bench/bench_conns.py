@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sides import Sunbeam, Tailscaled, cpu_seconds, version_line  # noqa: E402
+from sides import Sunbeam, Tailscaled, cpu_seconds, save_results, version_line  # noqa: E402
 
 from sunbeam.refnet import netns, network  # noqa: E402
 from sunbeam.refnet.loadgen import Via, fetch, run  # noqa: E402
@@ -225,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--close takes server, client or server,client")
     results = run_bench(args)
     print(table(results))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"JSON: {out}")
+    save_results(results, args.json)
     return 0
 
 

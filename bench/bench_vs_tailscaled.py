@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sides import Sunbeam, Tailscaled, cpu_seconds, pss_bytes, rss_bytes, version_line  # noqa: E402
+from sides import Sunbeam, Tailscaled, cpu_seconds, pss_bytes, rss_bytes, save_results, version_line  # noqa: E402
 
 from sunbeam.refnet import netns, network  # noqa: E402
 
@@ -276,10 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     results = run(args)
     print(table(results))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"JSON: {out}")
+    save_results(results, args.json)
     return 0
 
 

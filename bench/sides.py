@@ -196,3 +196,11 @@ def version_line() -> str:
     except OSError:
         pass
     return f"{out}; {os.cpu_count()} CPUs ({cpu})"
+
+
+def save_results(results: dict, path: str) -> None:
+    """Write a bench's results as JSON (bench/results/ is not tracked) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"JSON: {out}")
