@@ -204,7 +204,7 @@ def test_proxy_counts_and_logs_bad_entries_once_per_filter(caplog):
     stand-ins holding only what LocalSide reads when it has no listeners."""
     svc = SimpleNamespace(loop=None, log=StructLogger(logging.getLogger("test.proxy")), counters=Counters(),
                           context=SimpleNamespace(listeners=[]))
-    engine = SimpleNamespace(plane=SimpleNamespace(on_netmap=[]), on_request=None)
+    engine = SimpleNamespace(plane=SimpleNamespace(on_netmap=[]), on_request=None, gauges={})
     side = LocalSide(svc, engine)  # type: ignore[arg-type]
     on_netmap = engine.plane.on_netmap[0]
     bad_filter = (rule(["100.64.0.1-fd7a:115c:a1e0::1", "100.64.0.7", "tag:x"], ALL),)
