@@ -13,8 +13,9 @@ never shows it gets ``ANNOUNCE_TIMEOUT``. The home region is remembered across r
 
 Any failure closes the connection and retries after a `ReconnectBackoff`: within
 ``UNREACHABLE_CAP`` while nothing answers (refused, no route, connect timed out, closed
-before a byte came back: cheap to retry, and the user waits for the first attempt after the
-server is back), exponentially up to ``RETRY_CAP`` when the server answered and failed. A
+before a byte came back, or a reverse proxy's 502/503/504 to the upgrade: cheap to retry,
+and the user waits for the first attempt after the server is back), exponentially up to
+``RETRY_CAP`` when the server answered and failed. A
 map arriving resets both. The last netmap stays published meanwhile. Failures the user must
 fix (rejected auth key, interactive login demanded, capability version refused) park the
 service in Error with the reason, and it does not retry on its own.
@@ -66,6 +67,9 @@ IO_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0  # the kernel resends a SYN after 1 s and 3 s; then a new attempt
 UNREACHABLE_CAP = 2.0  # retry delay (1-2 s with jitter) while the server does not answer at all
 RETRY_CAP = 60.0  # retry delay cap after the server answered and failed
+GATEWAY_DOWN = (502, 503, 504)
+"""Upgrade statuses from a reverse proxy whose control server is not there: retried like
+a server that does not answer."""
 HANDSHAKE_TIMEOUT = 20.0
 STREAM_IDLE_TIMEOUT = 150.0  # Headscale sends a keepalive every ~50-60 s
 ANNOUNCE_TIMEOUT = 5.0  # Headscale batches changes for ~1 s before telling nodes
@@ -307,6 +311,8 @@ class ControlClient:
         try:
             events = conn.receive_data(data)
         except ControlProtocolError as exc:
+            if exc.status in GATEWAY_DOWN:
+                self.answered = False  # a reverse proxy whose server is down: retry soon, as for no answer
             return self.drop_connection(str(exc), counter="protocol_error")
         for ev in events:
             if self.conn is not conn:

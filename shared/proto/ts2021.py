@@ -53,7 +53,13 @@ STREAM_WINDOW = 8 << 20
 
 
 class ControlProtocolError(Exception):
-    """The server (or something between) broke the protocol; reconnect."""
+    """The server (or something between) broke the protocol; reconnect. ``status``: the
+    HTTP status that refused the upgrade, if that is what happened (a reverse proxy in
+    front of a server that is down answers 502, 503 or 504)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ class ControlConnection:
             return []
         if isinstance(answer, Refused):
             self.phase = Phase.CLOSED
-            raise ControlProtocolError(answer.describe("TS2021 upgrade"))
+            raise ControlProtocolError(answer.describe("TS2021 upgrade"), answer.status)
         self.phase = Phase.HANDSHAKE
         return self._receive_handshake(answer.leftover) if answer.leftover else []
 

@@ -123,6 +123,8 @@ class Relay:
     the real Headscale, byte for byte; ``tls``: terminate TLS first (a reverse proxy)."""
 
     def __init__(self, refnet: dict, tls: ssl.SSLContext | None = None) -> None:
+        self.gateway_down = False
+        """Answer every new connection's request with 502, as a reverse proxy whose server is down."""
         self.ns = refnet["netns"]
         url = urlsplit(refnet["control_url"])
         self.upstream = (url.hostname, url.port)
@@ -147,6 +149,15 @@ class Relay:
         try:
             if self.tls is not None:
                 down = self.tls.wrap_socket(down, server_side=True)
+            if self.gateway_down:
+                down.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := down.recv(4096)):
+                    head += chunk
+                down.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n"
+                             b"Connection: close\r\n\r\nBad Gateway")
+                down.close()
+                return
             with netns.entered(self.ns):
                 up = socket.create_connection(self.upstream, timeout=5)
             up.settimeout(None)
@@ -254,6 +265,33 @@ def test_over_tls_running_and_back_soon_after_the_connection_ends(refnet, tmp_pa
         node.wait_state("Running", timeout=30)
         running = [at for at, state in _states_since(node, cut) if state == "Running"]
         assert running and running[0] - cut < RUNNING_WITHIN, running
+    finally:
+        node.close()
+        relay.close()
+
+
+GATEWAY_DOWN_FOR = 20.0
+
+
+def test_a_reverse_proxy_answering_502_is_retried_soon(refnet):
+    """Behind a reverse proxy, a control server that is down shows as 502 to the upgrade;
+    that is no load on the server, so it is retried as soon as silence would be, and we are
+    Running within a few seconds of the server being reachable through the proxy again."""
+    relay = Relay(refnet)
+    node = _relayed_node(refnet, relay, "sunbeam-gateway")
+    try:
+        relay.gateway_down = True
+        relay.cut()
+        node.wait_state("Reconnecting", timeout=10)
+        time.sleep(GATEWAY_DOWN_FOR)
+        reason = node.control().get("reason") or ""
+        assert "HTTP 502" in reason, reason
+        relay.gateway_down = False
+        back = time.time()
+        node.wait_state("Running", timeout=60)
+        running = [at for at, state in _states_since(node, back) if state == "Running"]
+        print(f"Running {running[0] - back:.2f} s after the proxy's 502s ended")
+        assert running[0] - back < RUNNING_WITHIN, running
     finally:
         node.close()
         relay.close()
