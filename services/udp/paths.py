@@ -59,7 +59,6 @@ class PathFinder:
         self.core = DiscoPaths(node_key, os.urandom)
         self.wg_out, self.derp_out = wg_out, derp_out
         self.home: dict[bytes, int] = {}
-        self.published: dict[bytes, tuple[str, float]] = {}  # node key -> the last PathUpdate's addr, until
         self.stun_endpoints: list[str] = []
         self.local_endpoints: list[str] = []
         self.stun_targets: list[str] = []
@@ -167,13 +166,9 @@ class PathFinder:
                     self.counters.incr("disco.call_me_maybe_tx")
         now = time.time()
         for update in out.paths:
-            was, until = self.published.pop(update.node_key, ("", 0.0))
-            was = was if now < until else ""  # a path that ran out (idle) has no update of its own
-            if update.addr:
-                self.published[update.node_key] = (update.addr, update.until)
-            if update.addr != was:  # a change of path, not a renewal: worth a line
+            if update.addr != update.was:  # a change of path, not a renewal: worth a line
                 self.svc.log.info("path", peer=to_text("nodekey:", update.node_key)[8:20], addr=update.addr or "derp",
-                                  was=was or "derp", **self.core.describe(update.node_key, now))
+                                  was=update.was or "derp", **self.core.describe(update.node_key, now))
             worker = owner(update.node_key, len(self.wg_out))
             msg = PeerPath(peer_key=update.node_key, addr=update.addr, until=update.until)
             send_bounded(self.wg_out[worker], WG_IN_CODEC.encode(msg), self.counters, counter="wg_in.dropped")

@@ -28,8 +28,9 @@ a clear margin (BETTER_BY), as tailscaled's betterAddr does, so paths do not fla
 
 `Output.send`: disco messages the shell seals to ``disco_key`` and sends to ``udp`` (an
 ``ip:port``) or, with ``udp=None``, over DERP to the peer's home region.
-`Output.paths`: `PathUpdate(node_key, addr, until)` -- the trusted direct address and its
-deadline, or ``addr=""`` for "DERP only"; published to the worker that owns the peer.
+`Output.paths`: `PathUpdate(node_key, addr, until, was)` -- the trusted direct address and
+its deadline, or ``addr=""`` for "DERP only", and the trusted address before it (``was ==
+addr`` for a renewal); published to the worker that owns the peer.
 Each pong that renews trust yields an update with the new deadline, so a worker that
 misses the lapse (say, the udp service was killed) still falls back at ``until``.
 
@@ -74,6 +75,8 @@ class PathUpdate(NamedTuple):
     """The trusted direct ``ip:port``; "" when only DERP is left."""
     until: float
     """Trust deadline (0 with ``addr=""``)."""
+    was: str = ""
+    """The address trusted until now ("" for none): equal to ``addr`` when trust was renewed."""
 
 
 @dataclass
@@ -139,7 +142,7 @@ class DiscoPaths:
         for key in [k for k in self._peers if k not in wanted]:
             gone = self._peers.pop(key)
             if gone.best:
-                out.paths.append(PathUpdate(key, "", 0.0))
+                out.paths.append(PathUpdate(key, "", 0.0, gone.best))
         for key, info in wanted.items():
             peer = self._peers.get(key)
             if peer is None:
@@ -147,7 +150,7 @@ class DiscoPaths:
             elif peer.info.disco_key != info.disco_key:  # a new disco key: a restarted peer
                 self._peers[key] = _Peer(info, active_until=peer.active_until)
                 if peer.best:
-                    out.paths.append(PathUpdate(key, "", 0.0))
+                    out.paths.append(PathUpdate(key, "", 0.0, peer.best))
             else:
                 peer.info = info
         self._by_disco = {p.info.disco_key: k for k, p in self._peers.items()}
@@ -209,12 +212,13 @@ class DiscoPaths:
         self._count("pong_matched")
         out = Output()
         if addr == peer.best or not peer.trusted(now) or rtt < peer.best_rtt * BETTER_BY:
-            changed = addr != peer.best or not peer.trusted(now)
+            was = peer.best if peer.trusted(now) else ""
+            changed = addr != was
             peer.best, peer.best_rtt, peer.trust_until, peer.last_pong = addr, rtt, now + TRUST, now
             if changed:
                 peer.last_heartbeat = now  # the next heartbeat is due HEARTBEAT from here
                 self._count("path_direct")
-            out.paths.append(PathUpdate(peer.info.node_key, addr, peer.trust_until))
+            out.paths.append(PathUpdate(peer.info.node_key, addr, peer.trust_until, was))
         return out
 
     def on_call_me_maybe(self, disco_key: bytes, cmm: CallMeMaybe, now: float) -> Output:
@@ -238,10 +242,10 @@ class DiscoPaths:
                 del peer.pings[txid]
                 self._count("ping_timeout")
             if peer.best and now >= peer.trust_until:
-                peer.best, peer.best_rtt = "", 0.0
+                was, peer.best, peer.best_rtt = peer.best, "", 0.0
                 if now < peer.active_until or peer.last_heartbeat > peer.last_pong:
                     self._count("path_lapsed")  # in use, or pinged: it stopped answering
-                    out.paths.append(PathUpdate(peer.info.node_key, "", 0.0))
+                    out.paths.append(PathUpdate(peer.info.node_key, "", 0.0, was))
                 else:
                     self._count("path_idle")  # nobody asked it to stay: no heartbeats
             if now < peer.active_until:

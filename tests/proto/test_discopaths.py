@@ -67,7 +67,7 @@ def test_pong_from_the_pinged_address_makes_it_trusted_and_heartbeats_keep_it():
     beat = core.tick(100.02 + HEARTBEAT).send
     assert [s.udp for s in beat] == [EP1]
     renewed = core.on_pong(B_DISCO, _pong_for(beat[0]), EP1, 103.05)
-    assert renewed.paths == [PathUpdate(B_KEY, EP1, 103.05 + TRUST)]  # a new deadline each time
+    assert renewed.paths == [PathUpdate(B_KEY, EP1, 103.05 + TRUST, EP1)]  # a renewal: a new deadline each time
 
 
 def test_without_pongs_trust_lapses_to_derp():
@@ -77,7 +77,7 @@ def test_without_pongs_trust_lapses_to_derp():
     core.tick(103.0)  # a heartbeat goes out; its pong never comes
     assert core.next_timer() <= 100.0 + TRUST
     out = core.tick(100.0 + TRUST)
-    assert PathUpdate(B_KEY, "", 0.0) in out.paths
+    assert PathUpdate(B_KEY, "", 0.0, EP1) in out.paths
     assert core.path(B_KEY, 100.0 + TRUST) == ""
     assert core.counters["path_lapsed"] == 1
 
@@ -128,7 +128,7 @@ def test_a_new_disco_key_forgets_the_path():
     ping = next(s for s in core.want(B_KEY, 100.0).send if s.udp == EP1)
     core.on_pong(B_DISCO, _pong_for(ping), EP1, 100.0)
     out = core.set_peers([PeerInfo(B_KEY, b"\xbe" * 32, (EP1,))], 101.0)
-    assert out.paths == [PathUpdate(B_KEY, "", 0.0)] and core.path(B_KEY, 101.0) == ""
+    assert out.paths == [PathUpdate(B_KEY, "", 0.0, EP1)] and core.path(B_KEY, 101.0) == ""
     assert core.set_peers([], 102.0).paths == []  # nothing trusted left to end
 
 
