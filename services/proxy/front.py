@@ -85,7 +85,7 @@ class Front:
         self.kind = listener.kind
         self.parser: Any = socks5.Socks5Server() if self.kind == "socks5" else (
             httpproxy.HttpProxyServer() if self.kind == "http" else None)
-        self.splice = Splice(side.loop, side.engine, sock, on_done=self._done)
+        self.splice = Splice(side.loop, side.engine, sock, on_done=self._done, log=side.log)
         self.timer: Any = None
         self.early = b""
         self.forward_request = False
@@ -180,7 +180,7 @@ class Front:
                 self.early += self.parser.body_data()
                 self.splice.transform = self._forward_body
         self.side.engine.handlers[self.conn_id] = self.splice
-        self.splice.started, self.splice.log = self.started, self.side.log
+        self.splice.started = self.started
         self.splice.attach(self.conn_id, self.early)
 
     def _forward_body(self, data: bytes) -> bytes:

@@ -128,7 +128,7 @@ class LocalSide:
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             return self._refuse_inbound(req, "inbound_target_refused")
-        splice = Splice(self.loop, self.engine, sock, on_done=self.live.discard)
+        splice = Splice(self.loop, self.engine, sock, on_done=self.live.discard, log=self.log)
         self.live.add(splice)
 
         def connected(_s: socket.socket) -> None:
@@ -140,7 +140,7 @@ class LocalSide:
             self.counters.incr("inbound_accepted")
             self.log.debug("inbound_up", conn=req.conn_id, src=f"{req.src[0]}:{req.src[1]}", dst=f"{dst_ip}:{dst_port}",
                            target=f"{target[0]}:{target[1]}")
-            splice.started, splice.log = time.monotonic(), self.log
+            splice.started = time.monotonic()
             self.engine.adopt(req.conn_id, splice)
             splice.conn_id = req.conn_id
 

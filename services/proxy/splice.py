@@ -36,7 +36,7 @@ MAX_READ = 1 << 18
 
 class Splice:
     def __init__(self, loop: ServiceLoop, engine: TcpEngine, sock: socket.socket, *,
-                 on_done: Callable[[Splice], None] = lambda s: None) -> None:
+                 on_done: Callable[[Splice], None] = lambda s: None, log: Any = None) -> None:
         self.transform: Callable[[bytes], bytes] | None = None
         """Applied to local bytes before they go up (an HTTP proxy re-encodes a request body)."""
         self.loop = loop
@@ -57,11 +57,10 @@ class Splice:
         self.bytes_down = 0
         """Bytes written to the local socket."""
         self.started: float | None = None
-        """When the front-end began the connection; set, a ``conn_closed`` line is logged."""
+        """When the connection began; once set, closing logs ``conn_closed`` to ``log``."""
         self.ended = "closed"
         """How it ended: ``closed``, ``reset: <stack reason>`` or ``aborted: <why>``."""
-        self.log: Any = None
-        """The proxy's logger, for ``conn_closed``."""
+        self.log = log
 
     # -- wiring ----------------------------------------------------------------------------
 

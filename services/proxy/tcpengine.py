@@ -1,8 +1,8 @@
 """`TcpEngine`: the proxy's shell around our sans-IO `TcpStack`.
 
 Inputs: TCP segments from peers (`IpPlane` hands every IPv4/IPv6 packet with protocol 6 to
-`receive`, and a peer's TSMP reject or ICMP unreachable to `unreachable`), calls from the local side (`connect`, `send`, `read`, `shutdown`, `abort`),
-and its timer. Outputs: the stack's IP packets, each routed by destination to the owning
+`receive`, and a peer's TSMP reject or ICMP unreachable to `unreachable`), calls from the
+local side (`connect`, `send`, `read`, `shutdown`, `abort`), and its timer. Outputs: the stack's IP packets, each routed by destination to the owning
 WireGuard worker (`IpPlane.send`), and stack events dispatched to the handler registered
 for the connection (`Splice`, or the inbound acceptor for `ConnectionRequest`).
 

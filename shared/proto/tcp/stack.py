@@ -30,9 +30,9 @@ Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out`
 ``bad_options``); ``rst_sent``, ``rst_ignored``; ``retransmit``, ``fast_retransmit`` (a
 recovery episode), ``rto``, ``tail_loss_probe``, ``window_probe``, ``dsack``, ``undo``;
 ``out_of_order``, ``unacceptable``, ``zero_window_drop``; ``reset_<reason>``,
-``request_timeout``; ``reject_ignored`` (see `reject`); ``no_free_port`` (a `connect` found no usable local port, see
-`ports`). The last refused packet's reason and detail are in ``last_drop`` for
-a rate-limited log. Packets are ``bytes`` (a trailing pad after the IP length is fine).
+``request_timeout``; ``reject_ignored`` (see `reject`); ``no_free_port`` (a `connect`
+found no usable local port, see `ports`). The last refused packet's reason and detail are
+in ``last_drop`` for a rate-limited log. Packets are ``bytes`` (a trailing pad after the IP length is fine).
 
 Ownership: one stack per proxy process, used from its loop thread only.
 """
@@ -76,7 +76,6 @@ class TcpStack:
         """``options`` go to `Config` (sack, min_rto, max_rto, syn_retries, max_retries,
         time_wait, request_timeout, keepalive_idle/interval/count, ttl)."""
         self.cfg = Config(mss4=mss4, mss6=mss6, recv_buffer=recv_buffer, send_buffer=send_buffer, **options)
-        self._random = random_bytes
         self.ports = PortChooser(random_bytes(32))
         self._now = 0.0
         """The latest ``now`` a caller gave: when a connection closes, for `ports`."""
