@@ -90,3 +90,7 @@ def follow_peers(svc: Service, client: ControlClient) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_service("control", setup, argv=argv)
+
+
+if __name__ == "__main__":  # supervisord.conf runs `python -m sunbeam.services.control.main`
+    raise SystemExit(main())

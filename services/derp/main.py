@@ -31,3 +31,7 @@ def setup(svc: Service) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_service("derp", setup, argv=argv)
+
+
+if __name__ == "__main__":  # supervisord.conf runs `python -m sunbeam.services.derp.main`
+    raise SystemExit(main())

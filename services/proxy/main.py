@@ -34,3 +34,7 @@ def setup(svc: Service) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_service("proxy", setup, argv=argv)
+
+
+if __name__ == "__main__":  # supervisord.conf runs `python -m sunbeam.services.proxy.main`
+    raise SystemExit(main())

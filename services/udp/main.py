@@ -260,3 +260,7 @@ def setup(svc: Service) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_service("udp", setup, argv=argv)
+
+
+if __name__ == "__main__":  # supervisord.conf runs `python -m sunbeam.services.udp.main`
+    raise SystemExit(main())

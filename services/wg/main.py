@@ -33,3 +33,7 @@ def setup(svc: Service) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_service("wg", setup, argv=argv, sharded=True)
+
+
+if __name__ == "__main__":  # supervisord.conf runs `python -m sunbeam.services.wg.main`
+    raise SystemExit(main())
