@@ -6,12 +6,12 @@ defaults and returns a frozen :class:`Context`; any invalid input raises a one-l
 ``listeners.py``; ``EXAMPLE_TOML`` is a complete example.
 """
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigNotFound
 from .example import EXAMPLE_TOML
 from .load import ENV_VARS, default_config_path, load_config, read_config
 from .model import Address, Config, Context, Listener, Secret
 
 __all__ = [
-    "ENV_VARS", "EXAMPLE_TOML", "Address", "Config", "ConfigError", "Context", "Listener",
+    "ENV_VARS", "EXAMPLE_TOML", "Address", "Config", "ConfigError", "ConfigNotFound", "Context", "Listener",
     "Secret", "default_config_path", "load_config", "read_config",
 ]

@@ -29,6 +29,10 @@ class ConfigError(Exception):
         super().__init__(message.replace("\r", " ").replace("\n", " "))
 
 
+class ConfigNotFound(ConfigError):
+    """No configuration file where one was looked for (the message names the path)."""
+
+
 def fail(where: str, problem: str) -> NoReturn:
     """Raise ``ConfigError("<where>: <problem>")``."""
     raise ConfigError(f"{where}: {problem}")

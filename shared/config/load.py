@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, check_keys, describe, fail, key_repr, type_name
+from .errors import ConfigError, ConfigNotFound, check_keys, describe, fail, key_repr, type_name
 from .fields import CONTEXT_KEYS, home_dir, parse_field
 from .keyfile import read_key_file
 from .listeners import parse_listeners
@@ -84,6 +84,14 @@ def default_config_path(env: Mapping[str, str] = os.environ) -> Path:
     return _xdg(env, "XDG_CONFIG_HOME", ".config") / "sunbeam" / "config.toml"
 
 
+def default_runtime_dir(context: str, env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_RUNTIME_DIR/sunbeam/<context>`` when XDG_RUNTIME_DIR is an absolute path,
+    else ``/tmp/sunbeam-<uid>/<context>``."""
+    base = _env(env, "XDG_RUNTIME_DIR")
+    root = Path(base) / "sunbeam" if base and os.path.isabs(base) else Path(f"/tmp/sunbeam-{os.getuid()}")
+    return root / context
+
+
 def default_hostname() -> str:
     """This machine's host name made into a DNS label ("sunbeam" if nothing is left)."""
     first = socket.gethostname().split(".")[0].lower()
@@ -97,11 +105,18 @@ def _locate(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path
         where, chosen = "SUNBEAM_CONFIG", Path(os.path.abspath(os.path.expanduser(value)))
     else:
         default = default_config_path(env)
-        return default if default.exists() else None
-    if not chosen.exists():
+        try:
+            return default if default.exists() else None
+        except OSError as exc:  # e.g. a home directory we may not enter
+            fail(str(default), f"cannot look for the config file: {exc.strerror or exc}")
+    try:
+        exists = chosen.exists()
+    except OSError as exc:
+        fail(str(chosen), f"cannot look for the config file: {exc.strerror or exc}")
+    if not exists:
         if where == "config file":
-            fail(str(chosen), "config file not found")
-        fail(where, f"config file {chosen} not found")
+            raise ConfigNotFound(f"{chosen}: config file not found")
+        raise ConfigNotFound(f"{where}: config file {chosen} not found")
     return chosen
 
 
@@ -216,15 +231,12 @@ def _build(name: str, values: Values, where: str, path: Path | None,
         auth_key, key_file = Secret(""), None
     else:
         fail(where, "needs auth_key or auth_key_file (or set SUNBEAM_AUTH_KEY or SUNBEAM_AUTH_KEY_FILE)")
-    runtime_base = _env(env, "XDG_RUNTIME_DIR")
-    runtime_default = (Path(runtime_base) / "sunbeam" if runtime_base and os.path.isabs(runtime_base)
-                       else Path(f"/tmp/sunbeam-{os.getuid()}"))
     given = {key: value for key, (value, _) in values.items()}
     given.pop("auth_key", None)
     given.pop("auth_key_file", None)
     given.setdefault("hostname", default_hostname())
     given.setdefault("state_dir", _xdg(env, "XDG_STATE_HOME", ".local/state") / "sunbeam" / name)
-    given.setdefault("runtime_dir", runtime_default / name)
+    given.setdefault("runtime_dir", default_runtime_dir(name, env))
     return Context(name=name, auth_key=auth_key, auth_key_file=key_file,
                    config_path=path, **given)
 
@@ -234,7 +246,7 @@ def read_config(path: str | os.PathLike[str] | None = None, *,
     """Check a whole configuration file and outline it (key files are not read)."""
     found = _locate(path, env)
     if found is None:
-        fail(str(default_config_path(env)), "config file not found")
+        raise ConfigNotFound(f"{default_config_path(env)}: config file not found")
     return _parse_file(found, env)[0]
 
 
@@ -247,9 +259,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, context: str | No
     found = _locate(path, env)
     if found is None:
         if _env(env, "SUNBEAM_CONTROL_URL") is None:
-            fail(str(default_config_path(env)),
-                 "config file not found (create it, name one with SUNBEAM_CONFIG, "
-                 "or configure with SUNBEAM_CONTROL_URL and SUNBEAM_AUTH_KEY)")
+            raise ConfigNotFound(f"{default_config_path(env)}: config file not found (create it, name one with "
+                                 "SUNBEAM_CONFIG, or configure with SUNBEAM_CONTROL_URL and SUNBEAM_AUTH_KEY)")
         if context is not None:
             name = _check_name(context, "context")
         elif (value := _env(env, "SUNBEAM_CONTEXT")) is not None:
@@ -266,4 +277,4 @@ def load_config(path: str | os.PathLike[str] | None = None, *, context: str | No
     return _build(name, values, f"{found}: contexts.{name}", found, env, need_auth)
 
 
-__all__ = ["ENV_VARS", "ConfigError", "default_config_path", "load_config", "read_config"]
+__all__ = ["ENV_VARS", "ConfigError", "ConfigNotFound", "default_config_path", "default_runtime_dir", "load_config", "read_config"]

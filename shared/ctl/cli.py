@@ -8,8 +8,15 @@
     sunbeam-ctl ... netmap [--json]               the netmap the control service publishes
     sunbeam-ctl ... ping PEER [-c N]              ICMP echo to a peer (name or IP), with the path
     sunbeam-ctl ... stop | disconnect             stop every service and supervisord
+    sunbeam-ctl supervisord-conf                  the path of the packaged supervisord.conf
+    sunbeam-ctl --version
 
-``--config`` / ``--context`` may also follow the subcommand.
+``--config`` / ``--context`` may also follow the subcommand. Without a config file the
+commands that only look (status, peers, netmap, ping, stop) look in the default context's
+runtime directory, so they say "not running" rather than fail. Every ``--json`` prints
+JSON, whatever the outcome. Output to a closed pipe is dropped without changing what the
+command does (output.py).
+
 Exit codes: 0 ok; 1 nothing running, refused or failed, or a service did not answer;
 2 usage or config error.
 """
@@ -17,58 +24,109 @@ Exit codes: 0 ok; 1 nothing running, refused or failed, or a service did not ans
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
+from pathlib import Path
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, ConfigNotFound, Context, load_config
+from ..config.load import default_runtime_dir
 from ..runtime.rundir import RundirError
-from . import daemon
+from . import daemon, output
 from .peers import peers_command, ping_command
 from .status import netmap_command, status_command
 
 
-def main(argv: list[str] | None = None) -> int:
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sunbeam")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, help="config file")
-    common.add_argument("--context", default=argparse.SUPPRESS, help="context name")
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                        help="config file (default: $SUNBEAM_CONFIG, else ~/.config/sunbeam/config.toml)")
+    common.add_argument("--context", default=argparse.SUPPRESS, metavar="NAME",
+                        help="context in the config file (default: $SUNBEAM_CONTEXT, else default_context)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON (always JSON, also when not running)")
     ap = argparse.ArgumentParser(prog="sunbeam-ctl", description=__doc__.splitlines()[0], parents=[common])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument("--version", action="version", version=f"sunbeam {_version()}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                           help="what to do (`sunbeam-ctl COMMAND --help` for its options)")
     p_connect = sub.add_parser("connect", parents=[common], help="start sunbeam and wait until connected")
     p_connect.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops sunbeam")
-    p_connect.add_argument("--timeout", type=float, default=daemon.CONNECT_TIMEOUT, help="seconds to wait")
-    p_status = sub.add_parser("status", parents=[common], help="show the VPN state and each service's health")
-    p_status.add_argument("--json", action="store_true")
-    p_netmap = sub.add_parser("netmap", parents=[common], help="show the netmap the control service publishes")
-    p_netmap.add_argument("--json", action="store_true")
-    p_peers = sub.add_parser("peers", parents=[common], help="peers: addresses, online, path, handshake, bytes")
-    p_peers.add_argument("--json", action="store_true")
+    p_connect.add_argument("--timeout", type=float, default=daemon.CONNECT_TIMEOUT, metavar="SECONDS",
+                           help=f"give up (and stop what was started) after SECONDS (default {daemon.CONNECT_TIMEOUT:g})")
+    sub.add_parser("status", parents=[common, as_json], help="show the VPN state and each service's health")
+    sub.add_parser("netmap", parents=[common, as_json], help="show the netmap the control service publishes")
+    sub.add_parser("peers", parents=[common, as_json], help="peers: addresses, online, path, handshake, bytes")
     p_ping = sub.add_parser("ping", parents=[common], help="ICMP echo to a peer through the tunnel")
-    p_ping.add_argument("peer")
-    p_ping.add_argument("-c", "--count", type=int, default=3)
+    p_ping.add_argument("peer", metavar="PEER", help="a peer's hostname, MagicDNS name or tailnet IP")
+    p_ping.add_argument("-c", "--count", type=int, default=3, metavar="N", help="echoes to send (1-100, default 3)")
     for name in ("stop", "disconnect"):
         sub.add_parser(name, parents=[common], help="stop sunbeam")
-    args = ap.parse_args(argv)
+    sub.add_parser("supervisord-conf", help="print the path of the supervisord.conf this installation runs")
+    return ap
+
+
+def _context(args: argparse.Namespace) -> Context | Path | int:
+    """The context; for commands that only look, without a config file, the default
+    context's runtime directory; or an exit code after a config error."""
     config, context = getattr(args, "config", None), getattr(args, "context", None)
     try:
         # the daemon's services need the auth key; asking them things needs only the runtime dir
-        ctx = load_config(config, context=context, need_auth=args.cmd == "connect")
+        return load_config(config, context=context, need_auth=args.cmd == "connect")
+    except ConfigNotFound as exc:
+        if args.cmd == "connect":
+            print(f"sunbeam-ctl: config error: {exc}", file=sys.stderr)
+            return 2
+        explicit = os.environ.get("SUNBEAM_RUNTIME_DIR", "").strip()
+        name = context or os.environ.get("SUNBEAM_CONTEXT", "").strip() or "default"
+        return Path(explicit) if explicit else default_runtime_dir(name)
     except ConfigError as exc:
         print(f"sunbeam-ctl: config error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    output.install()
+    args = _parser().parse_args(argv)
+    if args.cmd == "supervisord-conf":
+        print(daemon.supervisord_conf())
+        return 0
+    found = _context(args)
+    if isinstance(found, int):
+        return found
+    ctx = found if isinstance(found, Context) else None
+    rundir = found.runtime_dir if isinstance(found, Context) else found
     try:
         if args.cmd == "connect":
-            return daemon.connect(ctx, config=config, foreground=args.foreground, timeout=args.timeout)
+            assert ctx is not None
+            return daemon.connect(ctx, config=getattr(args, "config", None), foreground=args.foreground,
+                                  timeout=args.timeout)
         if args.cmd == "status":
-            return status_command(ctx.runtime_dir, args.json)
+            return status_command(rundir, args.json)
         if args.cmd == "netmap":
-            return netmap_command(ctx.runtime_dir, args.json)
+            return netmap_command(rundir, args.json)
         if args.cmd == "peers":
-            return peers_command(ctx.runtime_dir, args.json)
+            return peers_command(rundir, args.json)
         if args.cmd == "ping":
-            return ping_command(ctx.runtime_dir, args.peer, max(1, min(args.count, 100)))
-        return daemon.stop(ctx.runtime_dir)
+            return ping_command(rundir, args.peer, max(1, min(args.count, 100)))
+        return daemon.stop(rundir)
     except RundirError as exc:
         print(f"sunbeam-ctl: {exc}", file=sys.stderr)
         return 1
+    except PermissionError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"sunbeam-ctl: permission denied{where}: the runtime directory {rundir} belongs to another user "
+              "or is not readable; set runtime_dir in the context or XDG_RUNTIME_DIR to a directory of yours",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

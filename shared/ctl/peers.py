@@ -31,6 +31,7 @@ answered); 1 not running, no netmap, a worker or the proxy did not answer, no re
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -46,7 +47,7 @@ from ..runtime.rundir import endpoint
 from .client import ask_each, discover
 from .watch import NetmapWatch
 
-__all__ = ["collect_stats", "find_peer", "format_ago", "format_bytes", "format_path", "format_table", "peer_rows",
+__all__ = ["close_matches", "collect_stats", "find_peer", "format_ago", "format_bytes", "format_path", "format_table", "peer_rows",
            "peers_command", "ping_command", "via"]
 
 NETMAP_TIMEOUT = 5.0
@@ -131,14 +132,38 @@ def format_table(rows: list[dict[str, Any]], now: float) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def _names(peer: Peer) -> set[str]:
+    """What a peer answers to: hostname, MagicDNS FQDN and its first label (lower case)."""
+    fqdn = peer.name.lower().rstrip(".")
+    return {n for n in ((peer.hostname or "").lower(), fqdn, fqdn.split(".")[0]) if n}
+
+
+def close_matches(netmap: Netmap, target: str, limit: int = 3) -> list[str]:
+    """Peer names and addresses that look like ``target`` (a typo, a prefix, another case)."""
+    want = target.lower().rstrip(".")
+    shown: dict[str, str] = {}  # candidate -> how to show it
+    for p in netmap.peers:
+        for name in _names(p):
+            shown.setdefault(name, p.hostname or name)
+        for a in p.addresses:
+            ip = a.split("/")[0]
+            shown.setdefault(ip, ip)
+    prefixed = sorted(c for c in shown if len(want) >= 2 and c.startswith(want))
+    fuzzy = difflib.get_close_matches(want, list(shown), n=limit, cutoff=0.75)
+    out: list[str] = []
+    for c in [*prefixed, *fuzzy]:
+        if shown[c] not in out:
+            out.append(shown[c])
+    return out[:limit]
+
+
 def find_peer(netmap: Netmap, target: str) -> tuple[Peer, str] | None:
     """The peer called ``target`` (hostname, MagicDNS name or one of its IPs) and the IP to
     ping: ``target`` itself when it is an IP, else the peer's first address."""
     want = target.lower().rstrip(".")
     for p in netmap.peers:
         ips = [a.split("/")[0] for a in p.addresses]
-        names = {(p.hostname or "").lower(), p.name.lower().rstrip("."), p.name.lower().split(".")[0]}
-        if ips and (want in names or target in ips):
+        if ips and (want in _names(p) or target in ips):
             return p, (target if target in ips else ips[0])
     return None
 
@@ -168,15 +193,24 @@ def collect_stats(rundir: Path) -> tuple[list[PeerStats], list[str]]:
     return stats, failed
 
 
+def _not_running(why: str, as_json: bool) -> int:
+    """Say why there is nothing to show (``--json``: an empty list, the reason on stderr)."""
+    if as_json:
+        print("[]")
+        print(f"sunbeam-ctl: {why}", file=sys.stderr)
+    else:
+        print(why)
+    return 1
+
+
 def peers_command(rundir: Path, as_json: bool) -> int:
     """``sunbeam-ctl peers [--json]``; returns the exit code."""
     if not any(f.live for f in discover(Path(rundir))):
-        print("VPN: not running")
-        return 1
+        return _not_running("VPN: not running", as_json)
     netmap = _read_netmap(rundir)
     if netmap is None:
-        print("VPN: not running (no netmap: the control service is not running or not registered yet)")
-        return 1
+        return _not_running("VPN: not running (no netmap: the control service is not running or not registered yet)",
+                            as_json)
     stats, failed = collect_stats(rundir)
     now = time.time()
     rows = peer_rows(netmap, stats, now)
@@ -205,10 +239,20 @@ def ping_command(rundir: Path, target: str, count: int) -> int:
     # the proxy owns the IP layer: it sends the echoes and matches the replies
     from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PING_SOCKET, PingPeer
 
+    if not any(f.live for f in discover(Path(rundir))):
+        print("sunbeam-ctl: VPN: not running")
+        return 1
     netmap = _read_netmap(rundir)
-    found = find_peer(netmap, target) if netmap is not None else None
+    if netmap is None:
+        print("sunbeam-ctl: no netmap yet (the control service is not running or not registered yet)")
+        return 1
+    found = find_peer(netmap, target)
     if found is None:
-        print(f"sunbeam-ctl: no peer called {target!r} in the netmap (or the VPN is not running)")
+        similar = close_matches(netmap, target)
+        hint = f"; did you mean {' or '.join(similar)}?" if similar else (
+            f"; peers: {', '.join(sorted(p.hostname or p.name for p in netmap.peers)[:8])}" if netmap.peers
+            else "; the netmap has no peers")
+        print(f"sunbeam-ctl: no peer called {target!r}{hint}")
         return 1
     peer, ip = found
     name = peer.hostname or peer.name

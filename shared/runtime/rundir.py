@@ -50,6 +50,8 @@ RUNDIR_MODE = 0o700
 # Linux: sizeof(sockaddr_un.sun_path) == 108, one byte of which is the NUL terminator.
 MAX_SOCKET_PATH_BYTES = 107
 IPC_PREFIX = "ipc://"
+_WHAT_TO_DO = ("Set runtime_dir in the context (or XDG_RUNTIME_DIR, e.g. /run/user/<uid>) to a directory of "
+               "yours, or have the owner or root remove the squatted one")
 _SOCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
@@ -90,7 +92,7 @@ def ensure_rundir(path: str | os.PathLike[str]) -> Path:
         if st.st_uid != our_uid:
             raise RundirError(
                 f"runtime directory {rundir} is owned by uid {st.st_uid}, not by us (uid "
-                f"{our_uid}); refusing to bind sockets in a directory another user controls"
+                f"{our_uid}); refusing to bind sockets in a directory another user controls. {_WHAT_TO_DO}"
             )
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
@@ -110,7 +112,7 @@ def _check_parent(parent: Path) -> None:
     if st.st_uid not in (os.geteuid(), 0):
         raise RundirError(
             f"the runtime directory's parent {parent} belongs to uid {st.st_uid}, who could replace our "
-            f"directory with theirs; configure a runtime directory under one of ours"
+            f"directory with theirs. {_WHAT_TO_DO}"
         )
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022 and not mode & stat.S_ISVTX:
