@@ -32,6 +32,7 @@ Exit codes: 0 done; 1 refused / failed / did not stop in time; 2 config error (c
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -50,7 +51,7 @@ from ..runtime.rundir import ensure_rundir
 from ..runtime.stale import SocketState, probe
 from .client import CtlTimeout, discover, request
 
-CONNECT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 20.0  # a healthy connect takes 1-3 s; past this the cause line says what is wrong
 STOP_TIMEOUT = 30.0
 POLL = 0.05  # one look costs ~1 ms of CPU here (supervisord XML-RPC, sockets, control status)
 FIRST_POLL, FIRST_POLL_FOR = 0.01, 3.0  # until supervisord first answers
@@ -138,7 +139,10 @@ def clean_leftovers(rundir: Path) -> list[str]:
 
 def _environment(ctx: Context, rundir: Path, config: str | None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(SUNBEAM_RUNTIME_DIR=str(rundir), SUNBEAM_WG_WORKERS=str(ctx.wg_workers), SUNBEAM_CONTEXT=ctx.name)
+    # SUNBEAM_PYTHON: supervisord.conf starts each service with this interpreter, so the
+    # services are those of this installation whatever PATH holds
+    env.update(SUNBEAM_RUNTIME_DIR=str(rundir), SUNBEAM_WG_WORKERS=str(ctx.wg_workers), SUNBEAM_CONTEXT=ctx.name,
+               SUNBEAM_PYTHON=sys.executable)
     if config:
         env["SUNBEAM_CONFIG"] = str(Path(config).absolute())
     scripts = sysconfig.get_path("scripts")  # the sunbeam-* entry points next to this Python
@@ -190,16 +194,22 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
     if not conf.is_file():
         say(f"sunbeam-ctl: {conf} not found (set SUNBEAM_SUPERVISORD_CONF)")
         return 1
+    for warning in exposed_listeners(ctx):
+        say(warning)
     marks = _LogMarks(rundir)
     cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
     env = _environment(ctx, rundir, config)
-    say(f"Starting sunbeam ({ctx.wg_workers} WireGuard workers; logs in {rundir})...")
-    if foreground:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, umask=PRIVATE_UMASK)
-    else:
-        with open(rundir / "supervisord.out", "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
+    workers = f"{ctx.wg_workers} WireGuard worker{'s' if ctx.wg_workers != 1 else ''}"
+    say(f"Starting sunbeam ({workers}; logs in {rundir})...")
+    # supervisord's own lines (its CRIT warnings about root and the unix socket among
+    # them) go to supervisord.out in the foreground too: the terminal shows sunbeam's lines
+    out_fd = os.open(rundir / "supervisord.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(out_fd, 0o600)  # an older file keeps its mode through O_CREAT
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=subprocess.STDOUT,
+                                start_new_session=not foreground, close_fds=True, umask=PRIVATE_UMASK)
+    finally:
+        os.close(out_fd)
     try:
         outcome = _wait_up(rundir, proc, expected_services(ctx.wg_workers), timeout, say)
     except KeyboardInterrupt:
@@ -222,6 +232,22 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
             say(f"    {line}")
     _terminate(proc.pid, rundir)
     return 1
+
+
+def exposed_listeners(ctx: Context) -> list[str]:
+    """A warning per listener bound to an address other machines can reach."""
+    warnings = []
+    for listener in ctx.listeners:
+        if listener.listen is None:
+            continue
+        try:
+            ip = ipaddress.ip_address(listener.listen.host)
+        except ValueError:
+            continue  # a name: resolved by the proxy; "localhost" is the usual one
+        if not ip.is_loopback:
+            warnings.append(f"warning: the {listener.kind} listener on {listener.listen} accepts connections from "
+                            "other machines; anyone who can reach it can use your tailnet")
+    return warnings
 
 
 def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], timeout: float,
@@ -253,7 +279,10 @@ def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], tim
         # until supervisord answers, look often: it spawns the services only when its first
         # poll returns, which is at its 1 s tick unless a connection (ours) wakes it sooner
         time.sleep(FIRST_POLL if not table and time.monotonic() < fast_until else POLL)
-    return f"not connected within {timeout:.0f}s (control: {shown[1] if shown else 'starting'})"
+    waited = f"not connected within {timeout:g}s"
+    if shown and shown[2]:  # the control service's own account of what it waits for
+        return f"{shown[2]} ({waited}; control: {shown[1]})"
+    return f"{waited} (control: {shown[1] if shown else 'starting'}; services up {shown[0] if shown else 0}/{len(services)})"
 
 
 def _suspects(rundir: Path, outcome: str, workers: int) -> list[str]:
