@@ -15,6 +15,10 @@ target, opens a tailnet TCP connection from our address of the same family, answ
 client once it is connected (or at once with the reason it cannot be), and hands both ends
 to a `Splice`. Inbound connections log ``inbound_refused`` / ``inbound_up`` at debug level
 with their 4-tuple, and ``conn_closed`` when they end.
+
+A local listener that cannot listen (port in use, a port below 1024 without the right,
+an address not on this machine) is a config error: each one is logged and printed as one
+line (`portcheck.problem`) and the proxy exits 2, which supervisord does not retry forever.
 Owned by the proxy's loop thread.
 """
 
@@ -23,12 +27,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import sys
 import time
 from typing import Any
 
 from sunbeam.shared.config import Listener
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.proto.tcp import ConnectionRequest
+from sunbeam.shared.runtime.portcheck import open_listener, problem
 from sunbeam.shared.runtime.service import Service
 
 from .filter import PacketFilter
@@ -37,6 +43,9 @@ from .names import NameTable
 from .splice import Splice
 from .tcpengine import TcpEngine
 
+
+class ListenerUnavailable(SystemExit):
+    """A configured listener cannot listen: exit 2, the services' code for a config error."""
 
 
 class LocalSide:
@@ -55,8 +64,23 @@ class LocalSide:
         engine.plane.on_netmap.append(self._on_netmap)
         engine.on_request = self._on_inbound_request
         engine.gauges["local_open"] = lambda: len(self.live)
+        problems: list[tuple[Listener, str]] = []
         for listener in svc.context.listeners:
-            self._open(listener)
+            try:
+                self._open(listener)
+            except OSError as exc:
+                problems.append((listener, problem(listener, exc)))
+        if problems:
+            self._give_up(problems)
+
+    def _give_up(self, problems: list[tuple[Listener, str]]) -> None:
+        for listener, line in problems:
+            self.log.error("listener_unavailable", kind=listener.kind, addr=str(listener.listen), reason=line)
+            print(f"sunbeam-proxy: {line}", file=sys.stderr, flush=True)
+        for sock in self.listen_socks:
+            self.loop.remove_reader(sock)
+            sock.close()
+        raise ListenerUnavailable(2)
 
     def _on_netmap(self, netmap: Netmap) -> None:
         self.names = NameTable.from_netmap(netmap)
@@ -78,12 +102,7 @@ class LocalSide:
             self.log.info("listening", kind="inbound", port=listener.port, target=str(listener.target))
             return
         assert listener.listen is not None
-        family = socket.AF_INET6 if ":" in listener.listen.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((listener.listen.host, listener.listen.port))
-        sock.listen(256)
-        sock.setblocking(False)
+        sock = open_listener(listener.listen)
         self.listen_socks.append(sock)
         self.loop.on_readable(sock, lambda s, lst=listener: self._accept(s, lst))
         self.log.info("listening", kind=listener.kind, addr=f"{listener.listen}",

@@ -1,0 +1,77 @@
+"""Opening the proxy's local listener sockets, and checking beforehand that they can open.
+
+`open_listener` is the one place a local listener socket is made (TCP; IPv6 for a host
+with a colon, else IPv4; ``SO_REUSEADDR``, so a port whose old connections linger in
+TIME_WAIT is not refused; ``listen(256)``): the proxy serves on what it returns, and
+`check_listeners` binds each address the same way and closes it at once, so a check that
+passes means the proxy's own bind would have (barring a race with another program).
+
+No listener kind listens on UDP (SOCKS5 UDP ASSOCIATE is refused), and ``inbound``
+listeners listen on the tailnet, inside our TCP stack: neither is checked here.
+
+`problem` turns a failed bind into the one line the user sees::
+
+    listener socks5 cannot listen on 127.0.0.1:1080: address already in use
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterable
+
+from ..config import Address, Listener
+
+__all__ = ["BACKLOG", "check_listeners", "open_listener", "problem"]
+
+BACKLOG = 256
+
+
+def open_listener(listen: Address) -> socket.socket:
+    """A non-blocking TCP socket listening on ``listen``; raises OSError (closed on failure)."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listen.host, listen.port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _why(listen: Address, exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {listen.host}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES and 0 < listen.port < 1024:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"address not available ({listen.host} is not an address of this machine)"
+    if exc.errno == errno.EAFNOSUPPORT:
+        return "address family not supported (IPv6 disabled?)"
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def problem(listener: Listener, exc: OSError) -> str:
+    """The one line for ``listener`` failing to listen with ``exc``."""
+    assert listener.listen is not None
+    return f"listener {listener.kind} cannot listen on {listener.listen}: {_why(listener.listen, exc)}"
+
+
+def check_listeners(listeners: Iterable[Listener]) -> list[str]:
+    """Bind and listen on each local listener's address as the proxy would, close it at
+    once; one `problem` line per listener that cannot (none: all can). Port 0 always can."""
+    problems: list[str] = []
+    for listener in listeners:
+        if listener.listen is None:  # inbound: on the tailnet, nothing to bind here
+            continue
+        try:
+            open_listener(listener.listen).close()
+        except OSError as exc:
+            problems.append(problem(listener, exc))
+    return problems

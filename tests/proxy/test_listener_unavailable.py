@@ -1,0 +1,114 @@
+"""A local listener that cannot listen: `check_listeners` names it, and the real
+sunbeam-proxy exits 2 with that one line (no traceback), so supervisord gives up on it
+instead of restarting it for ever."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+from sunbeam.shared.config import Address, Listener
+from sunbeam.shared.runtime.portcheck import check_listeners, open_listener
+
+
+def _socks(host: str, port: int) -> Listener:
+    return Listener(kind="socks5", listen=Address(host=host, port=port))
+
+
+@pytest.fixture()
+def taken():
+    """A port on 127.0.0.1 that another program listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_port_in_use_is_named(taken):
+    assert check_listeners([_socks("127.0.0.1", taken)]) == [
+        f"listener socks5 cannot listen on 127.0.0.1:{taken}: address already in use"]
+
+
+def test_free_port_passes_and_stays_free():
+    port = _free_port()
+    listeners = [_socks("127.0.0.1", port), Listener(kind="http", listen=Address(host="127.0.0.1", port=0)),
+                 Listener(kind="inbound", port=22, target=Address(host="127.0.0.1", port=22))]
+    assert check_listeners(listeners) == []
+    open_listener(Address(host="127.0.0.1", port=port)).close()  # the check closed its socket
+
+
+def test_one_line_per_failing_listener(taken):
+    listeners = [_socks("127.0.0.1", taken), Listener(kind="http", listen=Address(host="127.0.0.1", port=0)),
+                 Listener(kind="forward", listen=Address(host="127.0.0.1", port=taken),
+                          target=Address(host="peer", port=80))]
+    assert check_listeners(listeners) == [
+        f"listener socks5 cannot listen on 127.0.0.1:{taken}: address already in use",
+        f"listener forward cannot listen on 127.0.0.1:{taken}: address already in use"]
+
+
+def test_address_not_on_this_machine():
+    # 192.0.2.0/24 is TEST-NET-1: never assigned to a host
+    assert check_listeners([_socks("192.0.2.1", 1080)]) == [
+        ("listener socks5 cannot listen on 192.0.2.1:1080: address not available "
+         "(192.0.2.1 is not an address of this machine)")]
+
+
+def test_ipv6_address_in_use():
+    try:
+        held = open_listener(Address(host="::1", port=0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with held:
+        port = held.getsockname()[1]
+        assert check_listeners([_socks("::1", port)]) == [
+            f"listener socks5 cannot listen on [::1]:{port}: address already in use"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind ports below 1024")
+def test_privileged_port():
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        if int(f.read()) <= 1:
+            pytest.skip("this kernel lets anyone bind any port")
+    assert check_listeners([_socks("127.0.0.1", 1)]) == [
+        ("listener socks5 cannot listen on 127.0.0.1:1: permission denied "
+         "(ports below 1024 need root or CAP_NET_BIND_SERVICE)")]
+
+
+def test_proxy_exits_2_naming_the_listener(tmp_path, taken):
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    free = _free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[contexts.t]
+control_url = "http://127.0.0.1:9"
+auth_key = "tskey-unit-test"
+runtime_dir = "{rundir}"
+state_dir = "{tmp_path / 'state'}"
+wg_workers = 1
+[[contexts.t.listeners]]
+kind = "http"
+listen = "127.0.0.1:{free}"
+[[contexts.t.listeners]]
+kind = "socks5"
+listen = "127.0.0.1:{taken}"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")} | {"SUNBEAM_CONFIG": str(cfg)}
+    started = time.monotonic()
+    res = subprocess.run(["sunbeam-proxy"], check=False, env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert time.monotonic() - started < 10
+    line = f"listener socks5 cannot listen on 127.0.0.1:{taken}: address already in use"
+    assert f"sunbeam-proxy: {line}\n" in res.stderr
+    assert '"event":"listener_unavailable"' in res.stderr and "Traceback" not in res.stderr
+    assert not list(rundir.glob("*.sock"))  # its ctl and ipc sockets went with it
+    open_listener(Address(host="127.0.0.1", port=free)).close()  # and the listener that did open
