@@ -57,5 +57,6 @@ class Publication:
         return ControlStatus(
             state=self.state.value, reason=self.reason, node_id=node.id if node else None,
             addresses=node.addresses if node else (), peers=len(self.netmap.peers) if self.netmap else 0,
-            home_derp=self.home_derp, since=self.since,
+            home_derp=self.home_derp, since=self.since, hostname=(node.hostname or "") if node else "",
+            name=node.name if node else "", domain=(self.netmap.domain or "") if self.netmap else "",
         )

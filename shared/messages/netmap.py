@@ -73,6 +73,12 @@ class ControlStatus(_ControlEvent, frozen=True):
     home_derp: int = 0
     since: float = 0.0
     """Unix time the state was entered."""
+    hostname: str = ""
+    """Our node's ``Hostinfo.Hostname`` as control echoes it ("" = no netmap yet)."""
+    name: str = ""
+    """Our node's MagicDNS FQDN from the netmap, trailing dot (``"laptop.example.com."``)."""
+    domain: str = ""
+    """The netmap's ``Domain`` (the tailnet's name as control gives it; "" = not sent)."""
 
 
 ControlEvent = NetmapSnapshot | NetmapDelta | ControlStatus
