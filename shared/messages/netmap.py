@@ -107,7 +107,7 @@ class NetmapFollower:
             self.netmap, self.seq, self.needs_snapshot = event.netmap, event.seq, False
             return self.netmap
         if isinstance(event, NetmapDelta):
-            if self.needs_snapshot or self.netmap is None or event.seq != self.seq + 1:
+            if self.needs_snapshot or self.netmap is None or self.seq is None or event.seq != self.seq + 1:
                 if not self.needs_snapshot:
                     self.gaps += 1
                 self.needs_snapshot = True  # .netmap stays readable, but stale
