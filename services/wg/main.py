@@ -3,7 +3,8 @@
 Owns the handshakes, sessions, replay windows and timers of the peers whose node key hashes
 to this worker (`sunbeam.shared.sharding.owner`), and encrypts/decrypts for them; see
 `worker.py` for its sockets. Its ctl socket also answers `PeersRequest` with the per-peer
-stats of the peers it owns (`Worker.peer_stats`). The node key IS the WireGuard static key.
+stats of the peers it owns (`Worker.peer_stats`), which outlive a restart of the worker
+(`statsfile.py`). The node key IS the WireGuard static key.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def setup(svc: Service) -> None:
     worker = Worker(svc, keys.node.private_bytes())
     svc.extra_counters = worker.health_counters
     svc.peers_provider = worker.peer_stats
+    svc.on_stop.append(worker.stats_saver.flush)  # the totals a restarted worker continues
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,10 @@ address the peer last reached us from when that is fresh (UDP_FRESH), else over 
 Per-peer stats (``sunbeam-ctl peers``): the service's ctl socket answers `PeersRequest`
 with `Worker.peer_stats`, one `PeerStats` per owned peer. Its path is "direct" while a
 trusted direct address (or a fresh authenticated UDP receipt) exists, else "derp" once
-anything authenticated arrived over DERP (the region it came through), else "".
+anything authenticated arrived over DERP (the region it came through), else "". The byte
+counts and last handshake survive a restart of this worker: they continue the totals saved
+in ``<rundir>/wg-<k>.stats`` (`statsfile.py`: written every second when changed and at a
+clean stop, so a kill -9 loses at most the last second's counts).
 
 Everything here is owned by the worker's loop thread.
 """
@@ -77,6 +80,15 @@ from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import owner
+
+from .statsfile import (
+    PeerTotals,
+    StatsFile,
+    StatsSaver,
+    Totals,
+    load_totals,
+    stats_path,
+)
 
 HWM = 4096
 MAX_BATCH = 256
@@ -167,6 +179,10 @@ class Worker:
         self.out = Outbox()
         rundir = ctx.runtime_dir
         z = self.loop
+        stats_file = StatsFile(stats_path(rundir, self.index), self.index, self.workers)
+        self.totals = PeerTotals(load_totals(stats_file, self.counters, svc.log))
+        self.stats_saver = StatsSaver(z, stats_file, self._totals_snapshot, self.counters, self.noisy)
+        self.stats_saver.start()
 
         self.inbox = z.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.RCVHWM, HWM)
@@ -202,6 +218,7 @@ class Worker:
                 wanted[key] = peer
         for key in list(self.routes):
             if key not in wanted:
+                self.totals.fold(key, self._live(key))
                 self.device.remove_peer(key)
                 del self.routes[key]
         for key, peer in wanted.items():
@@ -393,12 +410,22 @@ class Worker:
         now = time.time()
         out = []
         for key, route in self.routes.items():
-            stats = self.device.peer_stats(key)
+            total = self.totals.total(key, self._live(key))
             path, udp, region = route.path(now)
             out.append(PeerStats(key=to_text("nodekey:", key), worker=self.index, path=path, endpoint=udp,
-                                 derp_region=region, last_handshake=stats["last_handshake"] or 0.0,
-                                 rx_bytes=stats["rx_bytes"], tx_bytes=stats["tx_bytes"]))
+                                 derp_region=region, last_handshake=total.last_handshake,
+                                 rx_bytes=total.rx_bytes, tx_bytes=total.tx_bytes))
         return out
+
+    # -- per-peer totals across restarts (statsfile.py) ---------------------------------
+
+    def _live(self, key: bytes) -> Totals:
+        """The device's counters for a peer: what this process counted."""
+        stats = self.device.peer_stats(key)
+        return Totals(stats["rx_bytes"], stats["tx_bytes"], stats["last_handshake"] or 0.0)
+
+    def _totals_snapshot(self) -> dict[bytes, Totals]:
+        return self.totals.snapshot({key: self._live(key) for key in self.routes})
 
     def health_counters(self) -> dict[str, int]:
         merged = dict(self.counters.snapshot())
