@@ -18,7 +18,9 @@ and the user waits for the first attempt after the server is back), exponentiall
 ``RETRY_CAP`` when the server answered and failed. A
 map arriving resets both. The last netmap stays published meanwhile. Failures the user must
 fix (rejected auth key, interactive login demanded, capability version refused) park the
-service in Error with the reason, and it does not retry on its own.
+service in Error with the reason, and it does not retry on its own. A reason is one line of
+at most ``MAX_REASON`` printable characters (`httpanswer.printable`), whatever the server
+put in the text it quotes: ``sunbeam-ctl`` prints it to a terminal.
 
 The TCP connect is non-blocking (``CONNECT_TIMEOUT``): a server host that drops our SYNs
 does not stall the loop. After it the socket is in blocking mode with a timeout: it is read
@@ -42,6 +44,7 @@ from urllib.parse import urlsplit
 
 from sunbeam.shared.netmap import NetmapBuilder
 from sunbeam.shared.proto.controlbase import Initiator
+from sunbeam.shared.proto.httpanswer import describe_answer, printable
 from sunbeam.shared.proto.mapframes import FrameError, MapFrameDecoder
 from sunbeam.shared.proto.tailcfg import BadControlMessage, decode_map_response
 from sunbeam.shared.proto.ts2021 import (
@@ -74,6 +77,12 @@ HANDSHAKE_TIMEOUT = 20.0
 STREAM_IDLE_TIMEOUT = 150.0  # Headscale sends a keepalive every ~50-60 s
 ANNOUNCE_TIMEOUT = 5.0  # Headscale batches changes for ~1 s before telling nodes
 RECV_SIZE = 1 << 18
+MAX_REASON = 300  # characters of a Reconnecting/Error reason
+
+
+def _one_line(reason: str) -> str:
+    text = printable(reason)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 class _Call:
@@ -266,6 +275,7 @@ class ControlClient:
         self.retry_later(reason)
 
     def retry_later(self, reason: str) -> None:
+        reason = _one_line(reason)
         delay = self.backoff.next_delay(answered=self.answered)
         self.noisy.warning("reconnect", "control_reconnect", reason=reason, answered=self.answered,
                            retry_in=round(delay, 2))
@@ -273,6 +283,7 @@ class ControlClient:
         self.loop.call_later(delay, self.connect)
 
     def fail_permanently(self, reason: str) -> None:
+        reason = _one_line(reason)
         self.close_connection()
         self.log.error("control_error", reason=reason)
         self.pub.set_state(State.ERROR, reason)
@@ -388,9 +399,9 @@ class ControlClient:
 
     def on_map_refused(self, status: int, text: str) -> None:
         if status == 400 and "version" in text.lower():
-            return self.fail_permanently(f"the control server refused capability version "
-                                         f"{self.me.capability_version}: {text}")
-        self.drop_connection(f"map request refused (HTTP {status}: {text or 'no reason'})")
+            hint = f"the server refuses capability version {self.me.capability_version}"
+            return self.fail_permanently(f"map request: {describe_answer(status, body=text, hint=hint)}")
+        self.drop_connection(f"map request refused: {describe_answer(status, body=text)}")
 
     def on_map_body(self, body: bytes) -> None:
         self._arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")

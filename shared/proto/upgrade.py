@@ -7,10 +7,14 @@ on h11: used by the TS2021 control connection (``POST /ts2021``) and the DERP cl
     up.receive(data) -> None       still reading the answer
                      -> Switched(leftover)        101: the new protocol starts with
                                                    ``leftover`` (bytes already read)
-                     -> Refused(status, body)     any other final answer, or the server
+                     -> Refused(status, body, reason)
+                                                   any other final answer, or the server
                                                    closed (status None); body: its first
                                                    MAX_REFUSAL_BODY bytes, for the message
     h11.RemoteProtocolError propagates: a malformed answer is the caller's to report.
+
+``Refused.describe(what)`` is one line (`httpanswer.describe_answer`), whatever the body:
+``server refused the DERP upgrade: HTTP 426 Upgrade Required (body: 'DERP requires ...')``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import h11
+
+from .httpanswer import describe_answer
 
 MAX_REFUSAL_BODY = 4096
 
@@ -30,11 +36,13 @@ class Refused(NamedTuple):
     status: int | None
     """The refusing response's status; None if the server closed without one."""
     body: str
+    reason: str = ""
+    """The status line's reason phrase, as the server sent it."""
 
     def describe(self, what: str) -> str:
         if self.status is None:
             return f"server closed the connection during the {what}"
-        return f"server refused the {what}: HTTP {self.status}" + (f": {self.body}" if self.body else "")
+        return f"server refused the {what}: {describe_answer(self.status, self.reason, self.body)}"
 
 
 class Upgrade:
@@ -42,6 +50,7 @@ class Upgrade:
         self._conn = h11.Connection(h11.CLIENT)
         self._out = self._conn.send(request) + self._conn.send(h11.EndOfMessage())
         self._status: int | None = None
+        self._reason = b""
         self._body = bytearray()
 
     def bytes_to_send(self) -> bytes:
@@ -58,9 +67,10 @@ class Upgrade:
                 leftover, _closed = self._conn.trailing_data
                 return Switched(bytes(leftover))
             if isinstance(ev, h11.Response):
-                self._status = ev.status_code
+                self._status, self._reason = ev.status_code, bytes(ev.reason)
             elif isinstance(ev, h11.Data):
                 self._body += ev.data[: MAX_REFUSAL_BODY - len(self._body)]
             elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)) or ev is h11.PAUSED:
-                return Refused(self._status, self._body.decode(errors="replace").strip())
+                return Refused(self._status, self._body.decode(errors="replace").strip(),
+                               self._reason.decode("latin-1"))
             # another 1xx: keep reading

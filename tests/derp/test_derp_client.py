@@ -109,7 +109,8 @@ def test_upgrade_refused():
     body = b"DERP requires connection upgrade"
     events = c.receive_data(b"HTTP/1.1 426 Upgrade Required\r\nContent-Type: text/plain\r\nContent-Length: "
                             + str(len(body)).encode() + b"\r\n\r\n" + body)
-    assert events == [Closed("server refused the DERP upgrade: HTTP 426: DERP requires connection upgrade")]
+    assert events == [Closed("server refused the DERP upgrade: HTTP 426 Upgrade Required "
+                              "(body: 'DERP requires connection upgrade')")]
     assert c.closed and c.receive_data(b"more") == []
 
 
