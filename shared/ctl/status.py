@@ -11,7 +11,8 @@ Where each fact comes from, joined by service name (``control``, ``wg-1``...):
 - each ctl socket (`StatusRequest` -> `StatusReply`): the service's own state, pid, start
   time and counters, and from the control service the `ControlStatus` (VPN state, our
   addresses, hostname, MagicDNS name, domain);
-- without supervisord (services started by hand): the ctl socket files alone (`discover`):
+- without supervisord (services started by hand, or a supervisord that does not answer
+  within 2 s): the ctl socket files alone (`discover`):
   one that answers, one that does not within the timeout, a stale file a crash left. A
   service started by hand that exited cleanly removed its socket and is not listed: nobody
   expects it any more;
@@ -65,6 +66,7 @@ import importlib.metadata
 import itertools
 import json
 import re
+import socket
 import time
 import xmlrpc.client
 from collections.abc import Iterable, Iterator, Mapping
@@ -86,6 +88,7 @@ __all__ = ["ProcInfo", "ServiceRow", "count_spawns", "format_duration", "format_
            "log_lines_newest_first", "netmap_command", "peer_summaries", "read_spawns", "service_names",
            "service_rows", "status_command", "status_document", "status_lines", "supervisor_table"]
 
+SUPERVISOR_TIMEOUT = 2.0
 NETMAP_TIMEOUT = 2.0  # the control service answers a new subscriber at once when it has a netmap
 PEERS_DETAIL = "sunbeam-ctl peers --json"
 SUPERVISOR_LOG = "supervisord.log"
@@ -138,8 +141,9 @@ class ServiceRow(msgspec.Struct, frozen=True, kw_only=True):
 
 # -- the sources ------------------------------------------------------------------------------
 
-def supervisor_table(rundir: Path) -> dict[str, ProcInfo] | None:
-    """supervisord's process table by process name; None when supervisord does not answer."""
+def supervisor_table(rundir: Path, timeout: float = SUPERVISOR_TIMEOUT) -> dict[str, ProcInfo] | None:
+    """supervisord's process table by process name; None when supervisord does not answer
+    (within ``timeout``: a stopped or stuck supervisord must not hang ``status``)."""
     from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
 
     sock = rundir / "supervisor.sock"
@@ -147,11 +151,15 @@ def supervisor_table(rundir: Path) -> dict[str, ProcInfo] | None:
         return None
     proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None,
                                                                                         f"unix://{sock}"))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # supervisor's unix-socket connection takes no timeout of its own
     try:
         records = proxy.supervisor.getAllProcessInfo()
         procs = msgspec.convert(records, list[ProcInfo])
     except (OSError, xmlrpc.client.Error, msgspec.ValidationError):
         return None
+    finally:
+        socket.setdefaulttimeout(previous)
     return {p.name: p for p in procs}
 
 

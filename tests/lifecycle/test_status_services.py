@@ -152,6 +152,21 @@ def test_every_service_listed_with_state_restarts_and_uptime(env, supervised):
     assert again["derp"]["restarts"] == 1 and again["wg-1"]["restarts"] == 1 and again["control"]["restarts"] == 0
 
 
+def test_a_stuck_supervisord_does_not_hang_status(env, supervised):
+    wait_rows(env, all_running, "every service running")
+    supervised.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        rc, doc = status(env)
+        took = time.monotonic() - t0
+    finally:
+        supervised.send_signal(signal.SIGCONT)
+    assert took < 10 and rc == 1
+    # the services themselves still answer: listed from their sockets, no restart count
+    assert list(rows(doc)) == ALL
+    assert all(r["state"] == "running" and r["restarts"] is None for r in rows(doc).values())
+
+
 def test_started_by_hand_sockets_are_the_list(env):
     """Without supervisord: the services that have a ctl socket; a killed one shows as a
     stale socket, and nobody counts restarts."""
