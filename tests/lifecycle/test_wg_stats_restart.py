@@ -24,6 +24,7 @@ from sunbeam.shared.messages.ctl import (
     PeersReply,
     PeersRequest,
     PeerStats,
+    ServiceHealth,
 )
 from sunbeam.shared.messages.dataplane import (
     DERP_IN_CODEC,
@@ -108,7 +109,9 @@ class Harness:
         return code
 
     def counters(self) -> dict[str, int]:
-        return request(self.rundir / "wg-0-ctl.sock", HealthRequest(), timeout=5.0, context=self.ctx).counters
+        reply = request(self.rundir / "wg-0-ctl.sock", HealthRequest(), timeout=5.0, context=self.ctx)
+        assert isinstance(reply, ServiceHealth)
+        return reply.counters
 
     def peers(self) -> dict[bytes, PeerStats]:
         reply = request(self.rundir / "wg-0-ctl.sock", PeersRequest(), timeout=5.0, context=self.ctx)
