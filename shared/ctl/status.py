@@ -43,7 +43,7 @@ running (a service that is dead, restarting, stopped or silent makes it 1)::
     services:
       control    pid 4100     running         up 3m12s     restarts 0    drops 0
       wg-0       pid 4123     not answering   up 3m12s     restarts 0    drops -
-      wg-1       pid -        backoff         -            restarts 3    drops -    (Exited too quickly ...)
+      wg-1       pid -        backoff         -            restarts 3    drops -  (Exited too quickly ...)
 
 With nothing running (no supervisord, no service answering): the single line
 ``VPN: not running``.
