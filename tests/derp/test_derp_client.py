@@ -8,7 +8,6 @@ import json
 import nacl.exceptions
 import pytest
 from nacl.public import Box, PrivateKey, PublicKey
-
 from sunbeam.shared.proto.derp import (
     MAX_EARLY_BYTES,
     MAX_FRAME_LEN,
