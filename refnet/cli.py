@@ -1,12 +1,14 @@
 """`sunbeam-refnet`: the real reference network (Headscale + tailscaled peers) in a private netns.
 
     sunbeam-refnet install                      build the pinned Go binaries into the cache
-    sunbeam-refnet up [--peers N] [--json] [--derp-only] [--name NAME]
+    sunbeam-refnet up [--peers N] [--json] [--derp-only] [--tls] [--name NAME]
     sunbeam-refnet show [--json] [--name NAME]  describe a running network
     sunbeam-refnet down [--name NAME]           remove every process, the namespace, temp files
     sunbeam-refnet demo [--keep]                up, join sunbeam to it, show traffic both ways, down
 
 DERP-only mode: ``--derp-only`` or ``TS_DEBUG_ALWAYS_USE_DERP=1`` in the environment.
+``--tls``: Headscale serves HTTPS (and DERP over TLS) with a certificate from a throwaway CA
+made at ``up``; the CA's path is printed (a sunbeam context's ``ca_file``).
 Needs root (network namespaces). Nothing started here talks outside loopback and the namespace.
 """
 
@@ -28,8 +30,10 @@ def _log(msg: str) -> None:
 
 def describe(info: dict) -> str:
     lines = [
-        f"reference network {info['name']!r}  (netns {info['netns']}{', DERP-only' if info.get('derp_only') else ''})",
+        f"reference network {info['name']!r}  (netns {info['netns']}{', DERP-only' if info.get('derp_only') else ''}"
+        f"{', TLS' if info.get('tls') else ''})",
         f"  control URL     {info['control_url']}",
+        *([f"  CA (trust it)   {info['ca_file']}"] if info.get("ca_file") else []),
         f"  run inside      {shlex.join(info['exec_prefix'])} <command>",
         f"  auth key        {info['auth_keys']['reusable']}",
         f"  ephemeral key   {info['auth_keys']['ephemeral']}",
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="start the reference network")
     p_up.add_argument("--peers", type=int, default=2)
     p_up.add_argument("--derp-only", action="store_true", default=None)
+    p_up.add_argument("--tls", action="store_true", help="HTTPS control and DERP over TLS, with a throwaway CA")
     p_up.add_argument("--json", action="store_true")
     p_show = sub.add_parser("show", help="describe the running reference network")
     p_show.add_argument("--json", action="store_true")
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {path}")
             return 0
         if args.cmd == "up":
-            info = network.up(args.peers, name=args.name, derp_only=args.derp_only, log=_log)
+            info = network.up(args.peers, name=args.name, derp_only=args.derp_only, tls=args.tls, log=_log)
             print(json.dumps(info, indent=2) if args.json else describe(info))
             return 0
         if args.cmd == "show":

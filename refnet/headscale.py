@@ -19,17 +19,26 @@ in the namespace and a second host namespace behind a veth can both reach.
 The policy (`POLICY`) allows every connection except to TCP/UDP port `DENIED_PORT`
 (7777), so tests can prove that a connection the packet filter forbids is refused.
 MagicDNS base domain ``tailnet.test``.
+
+TLS mode (``Headscale(..., tls=tlscerts.make(...))``, ``sunbeam-refnet up --tls``): the same
+port serves HTTPS with a certificate from the network's throwaway CA (``tls_cert_path`` /
+``tls_key_path``), ``server_url`` is ``https://127.0.0.1:8080``, and the embedded DERP
+server, on that port too, speaks TLS: the DERP node is HostName/IPv4 127.0.0.1, DERPPort
+8080, and a client verifies the certificate against 127.0.0.1 (the certificate's IP SAN).
+With TLS on, Headscale also serves its gRPC API on 127.0.0.1:50443 in the namespace.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from . import netns
+from .tlscerts import TlsFiles
 
 CONTROL_PORT = 8080
 STUN_PORT = 3478
@@ -40,12 +49,19 @@ POLICY = json.dumps({"acls": [{"action": "accept", "src": ["*"],
                                "dst": [f"*:1-{DENIED_PORT - 1}", f"*:{DENIED_PORT + 1}-65535"]}]}, indent=2)
 
 
-def config_yaml(workdir: Path, *, host: str = "127.0.0.1", listen: str = "127.0.0.1") -> str:
-    """The config; ``host``: server_url's (and the DERP node's) address, ``listen``: the bind address."""
+def control_url(host: str, tls: bool) -> str:
+    return f"{'https' if tls else 'http'}://{host}:{CONTROL_PORT}"
+
+
+def config_yaml(workdir: Path, *, host: str = "127.0.0.1", listen: str = "127.0.0.1",
+                tls: TlsFiles | None = None) -> str:
+    """The config; ``host``: server_url's (and the DERP node's) address, ``listen``: the bind
+    address; ``tls``: serve HTTPS (and DERP over TLS) with this certificate."""
+    tls_lines = f"tls_cert_path: {tls.cert}\ntls_key_path: {tls.key}\n" if tls else ""
     return f"""\
-server_url: http://{host}:{CONTROL_PORT}
+server_url: {control_url(host, tls is not None)}
 listen_addr: {listen}:{CONTROL_PORT}
-metrics_listen_addr: 127.0.0.1:9090
+{tls_lines}metrics_listen_addr: 127.0.0.1:9090
 grpc_listen_addr: 127.0.0.1:50443
 grpc_allow_insecure: false
 noise:
@@ -102,8 +118,9 @@ class Headscale:
     """Drives one Headscale instance: its config, its process and its CLI."""
 
     def __init__(self, binary: Path, workdir: Path, ns: str, *, host: str = "127.0.0.1",
-                 listen: str = "127.0.0.1") -> None:
+                 listen: str = "127.0.0.1", tls: TlsFiles | None = None) -> None:
         self.binary = binary
+        self.tls = tls
         self.workdir = workdir
         self.ns = ns
         self.host = host
@@ -112,7 +129,7 @@ class Headscale:
 
     @property
     def control_url(self) -> str:
-        return f"http://{self.host}:{CONTROL_PORT}"
+        return control_url(self.host, self.tls is not None)
 
     @property
     def cli(self) -> list[str]:
@@ -120,7 +137,7 @@ class Headscale:
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(config_yaml(self.workdir, host=self.host, listen=self.listen))
+        self.config.write_text(config_yaml(self.workdir, host=self.host, listen=self.listen, tls=self.tls))
         (self.workdir / "policy.hujson").write_text(POLICY + "\n")
 
     def start(self) -> subprocess.Popen:
@@ -134,12 +151,13 @@ class Headscale:
     def wait_healthy(self, proc: subprocess.Popen, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         last = ""
+        context = ssl.create_default_context(cafile=self.tls.ca) if self.tls else None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"headscale exited with {proc.returncode}:\n{self.log_tail()}")
             try:
                 with netns.entered(self.ns):
-                    with urllib.request.urlopen(f"{self.control_url}/health", timeout=2) as resp:
+                    with urllib.request.urlopen(f"{self.control_url}/health", timeout=2, context=context) as resp:
                         if resp.status == 200 and self.sock_ready():
                             return
             except OSError as exc:

@@ -11,6 +11,12 @@
                 "socket": ".../peer-1/ts.sock", "tailscale_cli": [...]}, ...],
      "pids": {"headscale": 123, "peer-1/tailscaled": 124, ...}}
 
+``up(..., tls=True)`` (``sunbeam-refnet up --tls``) makes a throwaway CA and a certificate
+for 127.0.0.1 in ``<workdir>/tls`` (tlscerts.py) and runs Headscale with HTTPS and DERP over
+TLS on the same port: ``control_url`` is https://127.0.0.1:8080, the description gains
+``"tls": true`` and ``"ca_file"`` (the CA's PEM, for clients to trust), and every tailscaled
+trusts that CA through SSL_CERT_FILE. Not combined with ``hosts=True``.
+
 ``up(..., hosts=True)`` prepares the network for a second host (topology.py): the namespace
 gets the veth end 10.77.0.1 + 10.77.0.11 before Headscale starts, Headscale listens on
 0.0.0.0 with server_url (and DERP/STUN host) 10.77.0.1, and the description gains
@@ -34,8 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import netns
-from .headscale import CONTROL_URL, Headscale
+from . import netns, tlscerts
+from .headscale import Headscale
 from .install import install
 from .tailscale import Peer
 
@@ -80,20 +86,34 @@ def _wait_mesh(peers: list[Peer], timeout: float) -> None:
     raise RuntimeError(f"peers did not mesh within {timeout}s: {missing}")
 
 
-def _headscale(binary: Path, workdir: Path, name: str, hosts: bool) -> Headscale:
+def _tls_files(info: dict) -> tlscerts.TlsFiles | None:
+    """The certificate files of a TLS network (made by ``up``), else None."""
+    if not info.get("tls"):
+        return None
+    tls = Path(info["workdir"]) / "tls"
+    return tlscerts.TlsFiles(tls / "ca.pem", tls / "server.pem", tls / "server.key")
+
+
+def _ca_file(info: dict) -> Path | None:
+    return Path(info["ca_file"]) if info.get("ca_file") else None
+
+
+def _headscale(binary: Path, workdir: Path, name: str, hosts: bool, tls: tlscerts.TlsFiles | None = None) -> Headscale:
     if not hosts:
-        return Headscale(binary, workdir, name)
+        return Headscale(binary, workdir, name, tls=tls)
     from . import topology
 
     return Headscale(binary, workdir, name, host=topology.A_ADDR, listen="0.0.0.0")
 
 
 def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = None, hosts: bool = False,
-       log=print) -> dict:
+       tls: bool = False, log=print) -> dict:
     if derp_only is None:
         derp_only = os.environ.get("TS_DEBUG_ALWAYS_USE_DERP", "") not in ("", "0", "false")
     if not 1 <= peers <= 50:
         raise ValueError(f"--peers must be 1..50, got {peers}")
+    if tls and hosts:
+        raise ValueError("a TLS network has no second host (the certificate names 127.0.0.1 only)")
     bins = install(log=lambda m: log(f"install: {m}"))
     if netns.exists(name) or load_state(name):
         log(f"removing a leftover reference network {name!r}")
@@ -101,13 +121,13 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
     netns.create(name)
     workdir = Path(tempfile.mkdtemp(prefix=f"sunbeam-refnet-{name}-"))
     os.chmod(workdir, 0o755)
-    info: dict = {"name": name, "netns": name, "exec_prefix": netns.exec_prefix(name), "control_url": CONTROL_URL,
+    info: dict = {"name": name, "netns": name, "exec_prefix": netns.exec_prefix(name), "control_url": "",
                   "derp_only": derp_only, "workdir": str(workdir), "pids": {}, "peers": []}
+    if tls:
+        info["tls"] = True
+        info["ca_file"] = str(workdir / "tls" / "ca.pem")
     if hosts:
-        from . import topology
-
         info["hosts"] = True
-        info["control_url"] = topology.A_CONTROL_URL
     state_dir().mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -116,8 +136,13 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
     save()
     try:
         if hosts:
+            from . import topology
+
             topology.prepare(name)
-        hs = _headscale(bins["headscale"], workdir / "headscale", name, hosts)
+        if tls:
+            tlscerts.make(workdir / "tls", ips=["127.0.0.1"], names=["localhost"])
+        hs = _headscale(bins["headscale"], workdir / "headscale", name, hosts, _tls_files(info))
+        info["control_url"] = hs.control_url
         proc = hs.start()
         info["pids"]["headscale"] = proc.pid
         save()
@@ -130,7 +155,8 @@ def up(peers: int = 2, *, name: str = DEFAULT_NAME, derp_only: bool | None = Non
             "ephemeral": hs.create_preauth_key(user, reusable=True, ephemeral=True),
         }
         save()
-        members = [Peer(i, workdir, bins["tailscaled"], bins["tailscale"], name, derp_only) for i in range(1, peers + 1)]
+        members = [Peer(i, workdir, bins["tailscaled"], bins["tailscale"], name, derp_only, _ca_file(info))
+                   for i in range(1, peers + 1)]
         daemons = []
         for p in members:
             d = p.start_daemon()
@@ -177,7 +203,8 @@ def add_peer(name: str = DEFAULT_NAME, *, ephemeral: bool = False, log=print) ->
     info = _running(name)
     bins = install(log=lambda m: log(f"install: {m}"))
     index = max(int(p["name"].split("-")[1]) for p in info["peers"]) + 1
-    peer = Peer(index, Path(info["workdir"]), bins["tailscaled"], bins["tailscale"], name, info["derp_only"])
+    peer = Peer(index, Path(info["workdir"]), bins["tailscaled"], bins["tailscale"], name, info["derp_only"],
+                _ca_file(info))
     daemon = peer.start_daemon()
     info["pids"][f"{peer.name}/tailscaled"] = daemon.pid
     info["pids"][f"{peer.name}/testservice"] = peer.start_service().pid
@@ -205,7 +232,8 @@ def restart_headscale(name: str = DEFAULT_NAME, *, down_for: float = 0.0) -> Non
         time.sleep(0.05)
     time.sleep(down_for)
     bins = install(log=lambda m: None)
-    hs = _headscale(bins["headscale"], Path(info["workdir"]) / "headscale", name, bool(info.get("hosts")))
+    hs = _headscale(bins["headscale"], Path(info["workdir"]) / "headscale", name, bool(info.get("hosts")),
+                    _tls_files(info))
     proc = hs.start()
     info["pids"]["headscale"] = proc.pid
     state_file(name).write_text(json.dumps(info, indent=2))

@@ -10,8 +10,10 @@ Each peer ``peer-i`` (i from 1) owns, inside the namespace::
                                  the tailnet at <peer tailnet IP>:{18000+i}
     127.0.0.1:{19000+i}          the peer's raw TCP echo service, same forwarding
 
-Environment, always: TS_NO_LOGS_NO_SUPPORT=true TS_DISABLE_PORTMAPPER=1 TS_DISABLE_UPNP=1
-TS_DEBUG_USE_DERP_HTTP=1; in DERP-only mode also TS_DEBUG_ALWAYS_USE_DERP=1.
+Environment, always: TS_NO_LOGS_NO_SUPPORT=true TS_DISABLE_PORTMAPPER=1 TS_DISABLE_UPNP=1;
+TS_DEBUG_USE_DERP_HTTP=1 (plain-HTTP DERP) unless the network serves TLS, where instead
+SSL_CERT_FILE names the network's CA (``ca_file``): Go's crypto/x509 then trusts that CA
+alone, for the control server and for DERP; in DERP-only mode also TS_DEBUG_ALWAYS_USE_DERP=1.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ SAFE_ENV = {
     "TS_NO_LOGS_NO_SUPPORT": "true",
     "TS_DISABLE_PORTMAPPER": "1",
     "TS_DISABLE_UPNP": "1",
-    "TS_DEBUG_USE_DERP_HTTP": "1",
 }
 
 
-def tailscaled_env(home: Path, derp_only: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
+def tailscaled_env(home: Path, derp_only: bool, ca_file: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TS_", "SSL_CERT_"))}
     env.update(SAFE_ENV)
     env["HOME"] = str(home)
+    if ca_file is None:
+        env["TS_DEBUG_USE_DERP_HTTP"] = "1"
+    else:
+        env["SSL_CERT_FILE"] = str(ca_file)
     if derp_only:
         env["TS_DEBUG_ALWAYS_USE_DERP"] = "1"
     return env
@@ -50,6 +55,7 @@ class Peer:
     tailscale: Path
     ns: str
     derp_only: bool = False
+    ca_file: Path | None = None  # the network's CA when it serves TLS
 
     @property
     def name(self) -> str:
@@ -95,7 +101,7 @@ class Peer:
             f"--outbound-http-proxy-listen=127.0.0.1:{self.http_proxy_port}",
         ]
         log = open(self.statedir / "tailscaled.log", "ab")
-        return subprocess.Popen(cmd, env=tailscaled_env(self.statedir, self.derp_only), stdout=log,
+        return subprocess.Popen(cmd, env=tailscaled_env(self.statedir, self.derp_only, self.ca_file), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def start_service(self) -> subprocess.Popen:
