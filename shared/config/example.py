@@ -17,6 +17,7 @@ ephemeral = false
 wg_workers = 2                                     # 1..64
 log_level = "info"                                 # debug | info | warning | error
 capability_version = 130                           # >= 113 (Headscale 0.29 minimum)
+# ca_file = "~/.config/sunbeam/home-ca.pem"      # a CA to trust besides the system's (https)
 
 [[contexts.home.listeners]]
 kind = "socks5"                # socks5 | http | forward | inbound

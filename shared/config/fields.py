@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
+import stat
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,10 +27,11 @@ _INT_TEXT = re.compile(r"\s*[+-]?[0-9]{1,18}\s*")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _ADDRESS_HELP = "host:port (IPv6 as [::1]:1080)"
+_MAX_CA_BYTES = 16 * 1024 * 1024
 
 CONTEXT_KEYS: tuple[str, ...] = (
     "control_url", "auth_key", "auth_key_file", "hostname", "state_dir", "runtime_dir",
-    "ephemeral", "wg_workers", "log_level", "capability_version", "listeners",
+    "ephemeral", "wg_workers", "log_level", "capability_version", "ca_file", "listeners",
 )
 
 
@@ -129,6 +132,25 @@ def parse_path(value: object, where: str, base: Path, env: Mapping[str, str]) ->
     return expand_path(text, base, env)
 
 
+def check_ca_file(path: Path, where: str) -> Path:
+    """``ca_file``: a readable file with at least one PEM certificate (the CA to trust
+    besides the system's). Checked for the chosen context only, like the key file."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read
+            fail(where, f"{path} is not a regular file")
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_CA_BYTES + 1)
+    except OSError as exc:
+        fail(where, f"cannot read {path}: {exc.strerror or exc}")
+    if len(data) > _MAX_CA_BYTES:
+        fail(where, f"{path} is too large for a CA file (over 16 MiB)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError):
+        fail(where, f"{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")
+    return path
+
+
 def _check_host(host: str, value: str, where: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         try:
@@ -168,7 +190,7 @@ def parse_field(key: str, value: object, where: str, *, from_env: bool,
         return parse_url(value, where)
     if key == "auth_key":
         return parse_secret(value, where)
-    if key in ("auth_key_file", "state_dir", "runtime_dir"):
+    if key in ("auth_key_file", "state_dir", "runtime_dir", "ca_file"):
         return parse_path(value, where, base, env)
     if key == "hostname":
         return parse_hostname(value, where)

@@ -15,6 +15,7 @@ The file (``tomllib``) holds named contexts; see ``example.EXAMPLE_TOML`` for a 
     wg_workers = 2                 # 1..64
     log_level = "info"             # debug | info | warning | error
     capability_version = 130       # >= 113 (Headscale 0.29 minimum)
+    ca_file = "~/.config/sunbeam/ca.pem"    # optional: a CA to trust besides the system store
 
     [[contexts.home.listeners]]    # see listeners.py
     kind = "socks5"
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ConfigNotFound, check_keys, describe, fail, key_repr, type_name
-from .fields import CONTEXT_KEYS, home_dir, parse_field
+from .fields import CONTEXT_KEYS, check_ca_file, home_dir, parse_field
 from .keyfile import read_key_file
 from .listeners import parse_listeners
 from .model import Config, Context, Secret
@@ -63,6 +64,7 @@ ENV_VARS: dict[str, str] = {
     "SUNBEAM_LOG_LEVEL": "log_level",
     "SUNBEAM_EPHEMERAL": "ephemeral",
     "SUNBEAM_CAPABILITY_VERSION": "capability_version",
+    "SUNBEAM_CA_FILE": "ca_file",
 }
 _CONTEXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", re.ASCII)
 _MAX_FILE_BYTES = 1024 * 1024
@@ -231,6 +233,8 @@ def _build(name: str, values: Values, where: str, path: Path | None,
         auth_key, key_file = Secret(""), None
     else:
         fail(where, "needs auth_key or auth_key_file (or set SUNBEAM_AUTH_KEY or SUNBEAM_AUTH_KEY_FILE)")
+    if "ca_file" in values:
+        check_ca_file(*values["ca_file"])
     given = {key: value for key, (value, _) in values.items()}
     given.pop("auth_key", None)
     given.pop("auth_key_file", None)

@@ -69,6 +69,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = DEFAULT_LOG_LEVEL
     capability_version: int = DEFAULT_CAPABILITY_VERSION
     listeners: tuple[Listener, ...] = ()
+    ca_file: Path | None = None  # a CA to trust besides the system store (https control URLs)
     auth_key_file: Path | None = None  # where auth_key was read from, if a file
     config_path: Path | None = None  # the file this came from; None if env-only
 
