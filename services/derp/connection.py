@@ -4,7 +4,9 @@ Lifecycle of an attempt (``gen`` numbers attempts; callbacks of an older one are
 
     connecting   non-blocking TCP connect, completion polled by a timer (the service loop
                  only watches readability), at most CONNECT_TIMEOUT
-    tls          (https control URL only) non-blocking TLS handshake, SNI = HostName
+    tls          (https control URL only) non-blocking TLS handshake, SNI = HostName,
+                 verified with the service's context (system store + ``ca_file``,
+                 `sunbeam.shared.runtime.tlsctx`) unless the node says InsecureForTests
     handshake    GET /derp upgrade, ServerKey, ClientInfo, ServerInfo; at most
                  HANDSHAKE_TIMEOUT; packets queued meanwhile wait in the core
     connected    NotePreferred(true) went out right after ClientInfo if this is home
@@ -52,6 +54,7 @@ from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.counters import Counters
 from sunbeam.shared.runtime.log import RateLimitedLog, StructLogger
 from sunbeam.shared.runtime.loop import ServiceLoop
+from sunbeam.shared.runtime.tlsctx import insecure_context, untrusted_reason
 
 from .regions import Dial
 
@@ -70,8 +73,10 @@ RECV_BUDGET = 16  # reads per readiness, so one busy region cannot starve the ot
 class RegionConnection:
     def __init__(self, loop: ServiceLoop, dial: Dial, node_private: bytes, *, counters: Counters,
                  log: StructLogger, noisy: RateLimitedLog, on_packet: Callable[[int, bytes, bytes], None],
-                 on_state: Callable[[RegionConnection], None], preferred: bool = False) -> None:
+                 on_state: Callable[[RegionConnection], None], tls: ssl.SSLContext,
+                 preferred: bool = False) -> None:
         self.loop, self.dial, self.region = loop, dial, dial.region
+        self.tls = tls
         self._private = node_private
         self.counters, self.log, self.noisy = counters, log, noisy
         self.on_packet, self.on_state = on_packet, on_state
@@ -191,9 +196,7 @@ class RegionConnection:
         if err:
             return self._fail(f"connect to {self.dial.host}:{self.dial.port} failed: {os.strerror(err)}")
         if self.dial.tls:
-            ctx = ssl.create_default_context()
-            if self.dial.insecure:
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            ctx = insecure_context() if self.dial.insecure else self.tls
             self.sock = ctx.wrap_socket(self.sock, server_hostname=self.dial.server_name,
                                         do_handshake_on_connect=False)
             self.state = "tls"
@@ -211,6 +214,10 @@ class RegionConnection:
         except ssl.SSLWantWriteError:
             self._arm("poll", CONNECT_POLL, lambda: self._tls_step(gen), gen)
             return
+        except ssl.SSLCertVerificationError as exc:
+            d = self.dial
+            where = f"{d.host}:{d.port}" if d.server_name == d.host else f"{d.server_name} ({d.host}:{d.port})"
+            return self._fail(untrusted_reason(where, exc))
         except (OSError, ssl.SSLError) as exc:
             return self._fail(f"TLS with {self.dial.server_name} failed: {exc}")
         self._start_derp(gen)
@@ -262,7 +269,7 @@ class RegionConnection:
             self.last_error = None
             self.backoff.reset()
             self.log.info("derp_connected", region=self.region, server_key=ev.server_key, host=self.dial.host,
-                          port=self.dial.port, preferred=self.preferred)
+                          port=self.dial.port, tls=self.dial.tls, preferred=self.preferred)
             self._arm("ping", PING_INTERVAL, lambda: self._keepalive(gen), gen)
             self.on_state(self)
         elif isinstance(ev, Closed):

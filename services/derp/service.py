@@ -51,6 +51,7 @@ from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.loop import decoding_handler
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
+from sunbeam.shared.runtime.tlsctx import client_context
 from sunbeam.shared.sharding import owner
 
 from .connection import RegionConnection
@@ -66,6 +67,7 @@ PULL_HWM = 1000
 class DerpService:
     def __init__(self, svc: Service) -> None:
         self.svc, self.loop, self.ctx = svc, svc.loop, svc.context
+        self.tls = client_context(self.ctx.ca_file)  # for every TLS region (https control URLs)
         self.log, self.counters = svc.log, svc.counters
         self.noisy = RateLimitedLog(svc.log, max_lines=5, interval=60)
         self.node_private: bytes | None = None
@@ -160,7 +162,7 @@ class DerpService:
             return None
         conn = RegionConnection(self.loop, dial, self.node_private, counters=self.counters, log=self.log,
                                 noisy=self.noisy, on_packet=self.on_packet, on_state=self._on_conn_state,
-                                preferred=region == self.home)
+                                tls=self.tls, preferred=region == self.home)
         self.conns[region] = conn
         conn.start()
         return conn
