@@ -17,7 +17,8 @@ before a byte came back, or a reverse proxy's 502/503/504 to the upgrade: cheap 
 and the user waits for the first attempt after the server is back), exponentially up to
 ``RETRY_CAP`` when the server answered and failed. A
 map arriving resets both. The last netmap stays published meanwhile. Failures the user must
-fix (rejected auth key, interactive login demanded, capability version refused) park the
+fix (rejected auth key, interactive login demanded, capability version refused, a server
+certificate that does not verify against the system store plus ``ca_file``) park the
 service in Error with the reason, and it does not retry on its own. A reason is one line of
 at most ``MAX_REASON`` printable characters (`httpanswer.printable`), whatever the server
 put in the text it quotes: ``sunbeam-ctl`` prints it to a terminal.
@@ -60,6 +61,7 @@ from sunbeam.shared.proto.ts2021 import (
 from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.service import Service
+from sunbeam.shared.runtime.tlsctx import client_context, untrusted_reason
 
 from . import calls, lastderp
 from .publication import Publication
@@ -139,6 +141,7 @@ class ControlClient:
         self.noisy = RateLimitedLog(svc.log, max_lines=5, interval=60)
         self.counters = svc.counters
         self.ctx = svc.context
+        self.tls = client_context(self.ctx.ca_file)  # https: the system store plus ca_file
         self.me = me
         self.pub = publication
         url = urlsplit(self.ctx.control_url)
@@ -170,7 +173,8 @@ class ControlClient:
         self.answered = False
         try:
             if self.server_key is None:
-                self.server_key = fetch_server_key(self.ctx.control_url, self.me.capability_version, IO_TIMEOUT)
+                self.server_key = fetch_server_key(self.ctx.control_url, self.me.capability_version, IO_TIMEOUT,
+                                                   self.tls)
                 self._server_answered()
             self._addresses = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except ServerKeyError as exc:
@@ -178,6 +182,9 @@ class ControlClient:
             if exc.permanent:
                 return self.fail_permanently(str(exc))
             return self.retry_later(str(exc))
+        except ssl.SSLCertVerificationError as exc:  # the user must trust the CA (ca_file) or fix the URL
+            self._server_answered()
+            return self.fail_permanently(untrusted_reason(f"{self.host}:{self.port}", exc))
         except OSError as exc:
             return self.retry_later(self._unreachable(exc.strerror or str(exc)))
         self._connect_next(None)
@@ -228,10 +235,12 @@ class ControlClient:
             sock.setblocking(True)
             if self.url.scheme == "https":
                 sock.settimeout(IO_TIMEOUT)
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
                 self.sock = sock
                 self._server_answered()
             sock.settimeout(IO_TIMEOUT)
+        except ssl.SSLCertVerificationError as exc:
+            return self.fail_permanently(untrusted_reason(f"{self.host}:{self.port}", exc))
         except OSError as exc:  # ssl.SSLError included
             if not isinstance(exc, (ssl.SSLEOFError, ConnectionError, TimeoutError)):
                 self._server_answered()  # a TLS alert or a bad certificate; not closed, reset or silent

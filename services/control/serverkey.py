@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.proto.httpanswer import NOT_CONTROL_SERVER, describe_answer, excerpt
+from sunbeam.shared.runtime.tlsctx import client_context
 
 MAX_BODY = 64 * 1024
 
@@ -48,12 +49,13 @@ def parse_key_response(body: bytes) -> bytes:
         raise ServerKeyError(f"the server's public key is invalid: {excerpt(str(exc))}", permanent=False) from None
 
 
-def fetch_server_key(control_url: str, capability_version: int, timeout: float) -> bytes:
+def fetch_server_key(control_url: str, capability_version: int, timeout: float,
+                     tls: ssl.SSLContext | None = None) -> bytes:
     """Raises ServerKeyError (the server answered, but not with a key) or OSError (no answer)."""
     url = urlsplit(control_url)
     where = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path.rstrip('/')}/key"  # no user:password
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    kwargs = {"context": ssl.create_default_context()} if url.scheme == "https" else {}
+    kwargs = {"context": tls or client_context(None)} if url.scheme == "https" else {}
     conn = cls(url.hostname, url.port, timeout=timeout, **kwargs)
     try:
         conn.request("GET", f"{url.path.rstrip('/')}/key?v={capability_version}")
