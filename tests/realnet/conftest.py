@@ -18,10 +18,10 @@ def _require_root() -> None:
         pytest.fail("real-network tests need root (network namespaces); run them as root", pytrace=False)
 
 
-def _network(prefix: str, derp_only: bool):
+def _network(prefix: str, derp_only: bool, tls: bool = False):
     _require_root()
     name = f"{prefix}-{os.getpid()}"
-    info = network.up(2, name=name, derp_only=derp_only, log=lambda m: print(f"[refnet] {m}"))
+    info = network.up(2, name=name, derp_only=derp_only, tls=tls, log=lambda m: print(f"[refnet] {m}"))
     yield info
     network.down(name)
 
@@ -36,6 +36,13 @@ def refnet():
 def refnet_derp():
     """Two tailscaled peers that may only talk through the embedded DERP server."""
     yield from _network("sbderp", derp_only=True)
+
+
+@pytest.fixture(scope="session")
+def refnet_tls():
+    """Headscale over HTTPS with a throwaway CA (``info["ca_file"]``), DERP over TLS on the
+    same port; two tailscaled peers that trust the CA and may only talk through DERP."""
+    yield from _network("sbtls", derp_only=True, tls=True)
 
 
 @pytest.fixture(scope="session")
