@@ -65,3 +65,22 @@ def test_the_wheel_carries_supervisord_conf(tmp_path):
     wheel = next(tmp_path.glob("sunbeam-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         assert z.read("sunbeam/shared/supervisord.conf") == (ROOT / "supervisord.conf").read_bytes()
+
+
+def test_supervisord_conf_runs_services_with_its_own_python():
+    """Each program runs `<python> -m sunbeam.services.<name>.main` through an absolute
+    /bin/sh (nothing looked up on PATH), and each such module runs main() as __main__."""
+    import configparser
+    import shlex
+
+    conf = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"))  # as supervisor reads it
+    conf.read(ROOT / "supervisord.conf")
+    programs = [s.removeprefix("program:") for s in conf.sections() if s.startswith("program:")]
+    assert set(programs) == {"control", "derp", "udp", "wg", "proxy"}
+    for name in programs:
+        argv = shlex.split(conf.get(f"program:{name}", "command"))
+        assert argv[:2] == ["/bin/sh", "-c"], argv
+        assert argv[2].startswith('exec "${SUNBEAM_PYTHON:-') and "/proc/$PPID/cmdline" in argv[2], argv
+        assert f" -m sunbeam.services.{name}.main" in argv[2], argv
+        source = (ROOT / "services" / name / "main.py").read_text()
+        assert 'if __name__ == "__main__":' in source, f"services/{name}/main.py has no __main__ guard"
