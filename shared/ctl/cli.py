@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             return daemon.connect(ctx, config=getattr(args, "config", None), foreground=args.foreground,
                                   timeout=args.timeout)
         if args.cmd == "status":
-            return status_command(rundir, args.json)
+            return status_command(rundir, args.json, ctx=ctx)
         if args.cmd == "netmap":
             return netmap_command(rundir, args.json)
         if args.cmd == "peers":

@@ -35,6 +35,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -47,6 +48,7 @@ from typing import Any
 from ..config import Context
 from ..messages.ctl import StatusReply, StatusRequest, StopRequest
 from ..messages.netmap import ControlStatus
+from ..runtime.portcheck import check_listeners
 from ..runtime.rundir import ensure_rundir
 from ..runtime.stale import SocketState, probe
 from .client import CtlTimeout, discover, request
@@ -95,19 +97,30 @@ def supervisord_pid(rundir: Path) -> int | None:
     return pid if b"supervisord" in cmdline and process_alive(pid) else None
 
 
-def process_table(rundir: Path) -> dict[str, str]:
-    """supervisord's view: process name (``wg-0``, ``control``...) -> state name."""
+def supervisor_records(rundir: Path, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """supervisord's ``getAllProcessInfo`` records; None when it does not answer within
+    ``timeout`` (a stopped or stuck supervisord must not hang us)."""
     from supervisor.xmlrpc import SupervisorTransport
 
     sock = rundir / "supervisor.sock"
     if probe(sock) is not SocketState.LIVE:
-        return {}
+        return None
     proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None,
                                                                                         f"unix://{sock}"))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # supervisor's unix-socket connection takes no timeout of its own
     try:
-        return {p["name"]: p["statename"] for p in proxy.supervisor.getAllProcessInfo()}
+        records = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error):
-        return {}
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return records if isinstance(records, list) else None
+
+
+def process_table(rundir: Path) -> dict[str, str]:
+    """supervisord's view: process name (``wg-0``, ``control``...) -> state name."""
+    return {p["name"]: p["statename"] for p in supervisor_records(rundir) or []}
 
 
 def running(rundir: Path) -> str | None:
@@ -135,6 +148,18 @@ def clean_leftovers(rundir: Path) -> list[str]:
 
 
 # -- connect -------------------------------------------------------------------------------
+
+# What a run counts, kept in the runtime dir so that a service's restart does not reset it,
+# and cleared by the next connect: the wg workers' per-peer totals
+# (services/wg/statsfile.py STATS_GLOB).
+PER_RUN_FILES = ("wg-*.stats*",)
+
+
+def forget_last_run(rundir: Path) -> None:
+    """Remove the counts of the previous run (`PER_RUN_FILES`)."""
+    for pattern in PER_RUN_FILES:
+        for path in rundir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _environment(ctx: Context, rundir: Path, config: str | None) -> dict[str, str]:
@@ -190,9 +215,17 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
     removed = clean_leftovers(rundir)
     if removed:
         say(f"removed leftovers of an earlier run: {', '.join(removed)}")
+    forget_last_run(rundir)
     conf = supervisord_conf()
     if not conf.is_file():
         say(f"sunbeam-ctl: {conf} not found (set SUNBEAM_SUPERVISORD_CONF)")
+        return 1
+    # a listener that cannot listen would make the proxy fail after the node registered:
+    # say which, before anything starts
+    problems = check_listeners(ctx.listeners)
+    if problems:
+        for line in problems:
+            say(f"sunbeam-ctl: {line}")
         return 1
     for warning in exposed_listeners(ctx):
         say(warning)

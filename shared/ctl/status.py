@@ -66,7 +66,7 @@ import importlib.metadata
 import itertools
 import json
 import re
-import socket
+import sys
 import time
 import xmlrpc.client
 from collections.abc import Iterable, Iterator, Mapping
@@ -81,7 +81,7 @@ from ..messages.netmap import ControlStatus
 from ..netmap import Netmap
 from ..runtime.stale import SocketState, probe
 from .client import ask_each, discover
-from .daemon import SERVICES, supervisord_pid
+from .daemon import SERVICES, supervisor_records, supervisord_pid
 from .watch import NetmapWatch
 
 __all__ = ["ProcInfo", "ServiceRow", "count_spawns", "format_duration", "format_service", "identity", "is_healthy",
@@ -144,22 +144,13 @@ class ServiceRow(msgspec.Struct, frozen=True, kw_only=True):
 def supervisor_table(rundir: Path, timeout: float = SUPERVISOR_TIMEOUT) -> dict[str, ProcInfo] | None:
     """supervisord's process table by process name; None when supervisord does not answer
     (within ``timeout``: a stopped or stuck supervisord must not hang ``status``)."""
-    from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
-
-    sock = rundir / "supervisor.sock"
-    if probe(sock) is not SocketState.LIVE:
+    records = supervisor_records(rundir, timeout)
+    if records is None:
         return None
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None,
-                                                                                        f"unix://{sock}"))
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # supervisor's unix-socket connection takes no timeout of its own
     try:
-        records = proxy.supervisor.getAllProcessInfo()
         procs = msgspec.convert(records, list[ProcInfo])
-    except (OSError, xmlrpc.client.Error, msgspec.ValidationError):
+    except msgspec.ValidationError:
         return None
-    finally:
-        socket.setdefaulttimeout(previous)
     return {p.name: p for p in procs}
 
 
@@ -392,9 +383,16 @@ def status_command(rundir: Path, as_json: bool, *, ctx: Context | None = None) -
 
 
 def netmap_command(rundir: Path, as_json: bool, timeout: float = 5.0) -> int:
-    netmap = _read_netmap(rundir, timeout)
+    running = any(f.live for f in discover(rundir))
+    netmap = _read_netmap(rundir, timeout) if running else None
     if netmap is None:
-        print("VPN: no netmap (control service not running or not registered yet)")
+        why = ("VPN: no netmap (control service not running or not registered yet)" if running
+               else "VPN: not running")
+        if as_json:  # JSON whatever the outcome; the reason goes to stderr
+            print("null")
+            print(f"sunbeam-ctl: {why}", file=sys.stderr)
+        else:
+            print(why)
         return 1
     if as_json:
         print(json.dumps(msgspec.to_builtins(netmap), indent=2))

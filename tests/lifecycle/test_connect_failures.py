@@ -4,6 +4,7 @@ timeout, nothing left running; only sunbeam's own lines in the foreground."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -61,4 +62,21 @@ def test_foreground_shows_only_sunbeams_lines(env, tmp_path):
     # supervisord still said its piece: into the private file, not the terminal
     said = (Path(env["SUNBEAM_RUNTIME_DIR"]) / "supervisord.out").read_text()
     assert "CRIT" in said or "INFO" in said
+    _nothing_runs(env)
+
+
+def test_a_listener_port_in_use_is_named_before_anything_starts(env, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = tmp_path / "config.toml"
+        cfg.write_text('[contexts.t]\ncontrol_url = "http://127.0.0.1:9"\n'
+                       f'[[contexts.t.listeners]]\nkind = "socks5"\nlisten = "127.0.0.1:{port}"\n')
+        res, took = _connect(env | {"SUNBEAM_CONFIG": str(cfg)})
+    assert res.returncode == 1, res
+    assert took < 3, took  # the check is a bind; the 1 s goal is for an idle machine, the test allows slack
+    assert res.stdout.splitlines() == [
+        f"sunbeam-ctl: listener socks5 cannot listen on 127.0.0.1:{port}: address already in use"], res.stdout
+    assert not (Path(env["SUNBEAM_RUNTIME_DIR"]) / "supervisord.log").exists()  # supervisord never started
     _nothing_runs(env)

@@ -96,7 +96,8 @@ def supervised(env):
 
 
 def all_running(r: dict[str, dict[str, Any]]) -> bool:
-    return list(r) == ALL and all(row["state"] == "running" for row in r.values())
+    # supervisord says RUNNING only startsecs (1 s) after the spawn; the service answers sooner
+    return list(r) == ALL and all(row["state"] == "running" and row["supervisor"] == "RUNNING" for row in r.values())
 
 
 def listed_in_order(r: dict[str, dict[str, Any]]) -> None:

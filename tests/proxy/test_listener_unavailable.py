@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -73,14 +74,21 @@ def test_ipv6_address_in_use():
             f"listener socks5 cannot listen on [::1]:{port}: address already in use"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind ports below 1024")
 def test_privileged_port():
+    """As an unprivileged user (root may bind any port; this test needs root to drop to nobody)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test drops to uid nobody and needs root", pytrace=False)
     with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
-        if int(f.read()) <= 1:
-            pytest.skip("this kernel lets anyone bind any port")
-    assert check_listeners([_socks("127.0.0.1", 1)]) == [
-        ("listener socks5 cannot listen on 127.0.0.1:1: permission denied "
-         "(ports below 1024 need root or CAP_NET_BIND_SERVICE)")]
+        first_free = int(f.read())
+    assert first_free > 1, "this kernel lets anyone bind any port: the case cannot arise here"
+    code = ("import os, sys; from sunbeam.shared.runtime.portcheck import check_listeners; "
+            "from sunbeam.shared.config.model import Address, Listener; os.setgid(65534); os.setuid(65534); "
+            "print(check_listeners([Listener(kind='socks5', listen=Address(host='127.0.0.1', port=1))]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == repr([
+        "listener socks5 cannot listen on 127.0.0.1:1: permission denied "
+        "(ports below 1024 need root or CAP_NET_BIND_SERVICE)"])
 
 
 def test_proxy_exits_2_naming_the_listener(tmp_path, taken):

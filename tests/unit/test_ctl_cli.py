@@ -94,8 +94,8 @@ def test_permission_denied_is_one_line():
         (private / "run").mkdir(mode=0o700, parents=True)
         os.chmod(private, 0o700)
         # import first: root's Python installation may not be readable by nobody
-        code = ("import os, sys; from sunbeam.shared.ctl.cli import main; os.setgid(65534); os.setuid(65534); "
-                "sys.exit(main(['status']))")
+        code = ("import os, sys, supervisor.xmlrpc; from sunbeam.shared.ctl.cli import main; "
+                "os.setgid(65534); os.setuid(65534); sys.exit(main(['status']))")
         env = _env_of(base / "home") | {"SUNBEAM_RUNTIME_DIR": str(private / "run"), "SUNBEAM_CONTROL_URL": "http://x"}
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     finally:
@@ -199,3 +199,16 @@ NETMAP = Netmap(peers=(_peer(1, "laptop"), _peer(2, "build-server"), _peer(3, "b
 def test_close_matches(typed, suggested):
     assert find_peer(NETMAP, typed) is None
     assert sorted(close_matches(NETMAP, typed)) == sorted(suggested)
+
+
+def test_connect_forgets_exactly_the_last_runs_counts(tmp_path):
+    from sunbeam.services.wg.statsfile import STATS_GLOB
+    from sunbeam.shared.ctl.daemon import PER_RUN_FILES, forget_last_run
+
+    assert STATS_GLOB in PER_RUN_FILES
+    keep = ["wg-0-ctl.sock", "wg-0.log", "control.log", "supervisord.out"]
+    gone = ["wg-0.stats", "wg-1.stats", "wg-1.stats.tmp"]
+    for name in keep + gone:
+        (tmp_path / name).write_text("x")
+    forget_last_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
