@@ -68,7 +68,6 @@ import json
 import re
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,10 +78,9 @@ from ..config import Context
 from ..messages.ctl import ServiceHealth, StatusReply, StatusRequest
 from ..messages.netmap import ControlStatus
 from ..netmap import Netmap
-from ..runtime.stale import SocketState, probe
 from .client import ask_each, discover
 from .daemon import SERVICES, supervisor_records, supervisord_pid
-from .watch import NetmapWatch
+from .watch import read_netmap
 
 __all__ = ["ProcInfo", "ServiceRow", "count_spawns", "format_duration", "format_service", "identity", "is_healthy",
            "log_lines_newest_first", "netmap_command", "peer_summaries", "read_spawns", "service_names",
@@ -341,13 +339,7 @@ def status_lines(control: ControlStatus | None, rows: list[ServiceRow]) -> list[
 # -- the commands -------------------------------------------------------------------------------
 
 def _read_netmap(rundir: Path, timeout: float = NETMAP_TIMEOUT) -> Netmap | None:
-    watch = NetmapWatch(rundir)
-    try:
-        return watch.wait_for(lambda nm: True, timeout)
-    except TimeoutError:
-        return None
-    finally:
-        watch.close()
+    return read_netmap(rundir, timeout)
 
 
 def status_command(rundir: Path, as_json: bool, *, ctx: Context | None = None) -> int:

@@ -64,3 +64,14 @@ class NetmapWatch:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def read_netmap(rundir: Path, timeout: float) -> Netmap | None:
+    """The control service's current netmap, or None if none arrives within ``timeout``."""
+    watch = NetmapWatch(rundir)
+    try:
+        return watch.wait_for(lambda nm: True, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        watch.close()

@@ -3,7 +3,6 @@ timeout, nothing left running; only sunbeam's own lines in the foreground."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -13,14 +12,9 @@ import pytest
 
 
 @pytest.fixture()
-def env(tmp_path):
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
-    e.update(
-        SUNBEAM_RUNTIME_DIR=str(tmp_path / "run"), SUNBEAM_WG_WORKERS="1", SUNBEAM_CONTROL_URL="http://127.0.0.1:9",
-        SUNBEAM_AUTH_KEY="tskey-unit-test-secret", SUNBEAM_STATE_DIR=str(tmp_path / "state"),
-        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
-    )
-    return e
+def env(env):
+    """conftest's, with one worker (the start line must say "1 WireGuard worker")."""
+    return env | {"SUNBEAM_WG_WORKERS": "1"}
 
 
 def _connect(env, *args, timeout=60):

@@ -9,22 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture()
-def env(tmp_path):
-    rundir = tmp_path / "run"
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
-    e.update(
-        SUNBEAM_RUNTIME_DIR=str(rundir), SUNBEAM_WG_WORKERS="2", SUNBEAM_CONTROL_URL="http://127.0.0.1:9",
-        SUNBEAM_AUTH_KEY="tskey-unit-test-secret", SUNBEAM_STATE_DIR=str(tmp_path / "state"),
-        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
-    )
-    rundir.mkdir(mode=0o700)
-    return e
 
 
 def ctl(env, *args):
