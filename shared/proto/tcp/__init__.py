@@ -6,7 +6,8 @@ ports) from the ``random_bytes`` it is given. Modules, one concern each:
 
     segment      wire layout of TCP header and options; checksum; parse / build
     states       connection states
-    connection   the control block, user calls (send/read/shutdown/abort), timers
+    tcb          the control block: every variable of a connection, declared once
+    connection   user calls (send/read/shutdown/abort), timers
     input        segment arrival (RFC 9293 3.10.7): fast path and the RFC's checks
     sender       ACK processing, NewReno / SACK loss recovery, D-SACK undo, RTO
     probes       tail loss probe (RFC 8985), zero-window probe, keepalive

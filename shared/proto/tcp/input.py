@@ -1,4 +1,4 @@
-"""Segment arrival (RFC 9293 section 3.10.7): `_Input`, a mixin of `Connection`.
+"""Segment arrival (RFC 9293 section 3.10.7): `_Input`, a layer of `Connection` (see `tcb`).
 
 The fast path (header prediction, as in Van Jacobson's and every BSD-derived stack)
 takes a segment in ESTABLISHED or FIN-WAIT-2 (or a pure ACK in CLOSE-WAIT) with ACK (and
@@ -45,6 +45,7 @@ from .rack import Rack
 from .reassembly import Reassembly
 from .scoreboard import Scoreboard
 from .segment import ACK, FIN, NO_OPTIONS, RST, SYN, Options, parse_options
+from .sender import _Sender
 from .states import (
     CLOSE_WAIT,
     CLOSED,
@@ -65,10 +66,10 @@ __all__: list[str] = []
 MIN_MSS = 64
 
 
-class _Input:
+class _Input(_Sender):
     __slots__ = ()
 
-    def input(self, seqw: int, ackw: int, flags: int, wnd: int, pkt, opt: int, off: int, end: int,
+    def input(self, seqw: int, ackw: int, flags: int, wnd: int, pkt: bytes, opt: int, off: int, end: int,
               now: float) -> None:
         """One segment for this connection: options are ``pkt[opt:off]``, data ``pkt[off:end]``."""
         self.last_rx = now
@@ -93,7 +94,8 @@ class _Input:
                 return
         self._slow_input(seqw, ackw, flags, wnd, pkt, opt, off, end, now)
 
-    def _slow_input(self, seqw, ackw, flags, wnd, pkt, opt, off, end, now) -> None:
+    def _slow_input(self, seqw: int, ackw: int, flags: int, wnd: int, pkt: bytes, opt: int, off: int, end: int,
+                    now: float) -> None:
         try:
             opts = parse_options(pkt[opt:off]) if off > opt else NO_OPTIONS
         except Malformed as e:
@@ -276,7 +278,8 @@ class _Input:
             self._enter_time_wait(now)
         self._send_ack_now()
 
-    def _input_syn_sent(self, seqw, ackw, flags, wnd, opts: Options, pkt, off, end, now) -> None:
+    def _input_syn_sent(self, seqw: int, ackw: int, flags: int, wnd: int, opts: Options, pkt: bytes, off: int,
+                        end: int, now: float) -> None:
         ack = 0
         if flags & ACK:
             ack = self.unwrap(ackw, self.iss)

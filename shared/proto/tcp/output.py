@@ -1,4 +1,4 @@
-"""Everything a connection transmits: `_Output`, a mixin of `Connection`.
+"""Everything a connection transmits: `_Output`, a layer of `Connection` (see `tcb`).
 
 Each packet is built in one go, IP header + TCP header (+ options) + data, with both
 checksums computed arithmetically: the constant part of each (addresses, ports, protocol,
@@ -30,7 +30,9 @@ can move by min(buffer / 2, MSS); it never moves left.
 from __future__ import annotations
 
 import struct
+from typing import cast
 
+from ..ip.wordsums import word_sums
 from .segment import (
     ACK,
     FIN,
@@ -41,8 +43,8 @@ from .segment import (
     build_syn_options,
     data_sum,
 )
-from ..ip.wordsums import word_sums
 from .states import ESTABLISHED, M32, SYN_RCVD, SYN_SENT, TIME_WAIT
+from .tcb import _Tcb
 
 __all__: list[str] = []
 
@@ -52,12 +54,12 @@ H6 = struct.Struct("!IHBB16s16sHHIIBBHHH")
 """IPv6 header (40) + TCP header (20)."""
 
 
-class _Output:
+class _Output(_Tcb):
     __slots__ = ()
 
     # --- building ------------------------------------------------------------------
 
-    def _tx(self, out: list, seq: int, flags: int, payload=b"", opts: bytes = b"", wndf: int = -1,
+    def _tx(self, out: list[bytes], seq: int, flags: int, payload: bytes | bytearray = b"", opts: bytes = b"", wndf: int = -1,
             psum: int = -1) -> None:
         """Append one segment with our current ACK and window (``psum``: the payload's word
         sum, when the caller computed a batch of them)."""
@@ -134,7 +136,7 @@ class _Output:
         """Zero-window / keepalive probe: SEQ = SND.UNA - 1, no data; the peer answers with an ACK."""
         self._tx(self.stack._out, self.snd_una - 1, ACK)
 
-    def _syn_segment(self, out: list, now: float) -> None:
+    def _syn_segment(self, out: list[bytes], now: float) -> None:
         cfg = self.cfg
         ack = self.state == SYN_RCVD
         if ack:  # answer with what the peer offered
@@ -157,7 +159,7 @@ class _Output:
 
     # --- the output routine ----------------------------------------------------------
 
-    def output(self, now: float, out: list) -> None:
+    def output(self, now: float, out: list[bytes]) -> None:
         """Append whatever this connection may send now to ``out``."""
         self.dirty = False
         state = self.state
@@ -173,7 +175,7 @@ class _Output:
             self.ack_pending = False
             self._tx(out, self.snd_max, ACK, b"", self._ack_options())
 
-    def _output_data(self, now: float, out: list) -> int:
+    def _output_data(self, now: float, out: list[bytes]) -> int:
         """Retransmissions, new data and FIN; returns the number of segments sent."""
         mss = self.mss
         una = self.snd_una
@@ -207,6 +209,7 @@ class _Output:
         rack = self.rack
         if self.recovery and rack is not None:
             sb = self.sb
+            assert sb is not None  # made with rack
             lost = rack.boundary
             frm = max(self.high_rxt, una)
             pipe = (self.snd_max - una) - sb.sacked - sb.hole_bytes(frm, lost) - rack.lost_rtx_bytes(una)
@@ -276,7 +279,8 @@ class _Output:
                     self.rtt_seq, self.rtt_time = end, now
             nxt = end
         if fresh:  # built together: one batched checksum pass over the payloads
-            sums = word_sums([f[2] for f in fresh])  # (it sums a short run one by one itself)
+            # (it sums a short run one by one itself; it reads bytearrays as well as bytes)
+            sums = word_sums(cast("list[bytes]", [f[2] for f in fresh]))
             for (seq, flags, payload), psum in zip(fresh, sums, strict=True):
                 tx(out, seq, flags, payload, b"", wndf, psum)
         self.force = False
@@ -305,6 +309,21 @@ class _Output:
             self.persist_at = now + self.rtt.rto
             self._arm(self.persist_at)
         return sent
+
+    def _arm_tlp(self, now: float) -> None:
+        """Arm the tail loss probe (see `probes`, where it expires), when new data went out or an ACK brought news."""
+        srtt = self.rtt.srtt
+        if srtt is None or self.tlp_out:
+            return
+        pto = max(2 * srtt, 0.01)
+        if self.snd_max - self.snd_una <= self.mss:
+            pto += 0.2
+        t = now + pto
+        if t < self.rtx_at:
+            self.tlp_at = t
+            self._arm(t)
+        else:
+            self.tlp_at = 0.0
 
     def _rexmitted(self, start: int, end: int, now: float) -> None:
         """Bookkeeping for a retransmission of [start, end)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Container
 
-__all__ = ["NoFreePort", "PortChooser", "ISN_CLOCK_HZ", "FIRST_PORT", "LAST_PORT"]
+__all__ = ["FIRST_PORT", "ISN_CLOCK_HZ", "LAST_PORT", "NoFreePort", "PortChooser"]
 
 FIRST_PORT, LAST_PORT = 1024, 65535
 """The ephemeral range: every port above the well-known ones (RFC 6056 3.2)."""

@@ -1,4 +1,4 @@
-"""Probes a connection sends when ACKs stop coming: `_Probes`, a mixin of `Connection`.
+"""Probes a connection sends when ACKs stop coming: `_Probes`, a layer of `Connection` (see `tcb`).
 
 - Tail loss probe (RFC 8985 section 7), with SACK: PTO = 2 SRTT (+200 ms when one segment
   is in flight, as the peer may delay its ACK), at least 10 ms, armed when new data goes
@@ -19,33 +19,22 @@
 
 from __future__ import annotations
 
+from .output import _Output
 from .segment import ACK, FIN
 from .states import CLOSE_WAIT, ESTABLISHED
 
 __all__: list[str] = []
 
 
-class _Probes:
+class _Probes(_Output):
     __slots__ = ()
-
-    def _arm_tlp(self, now: float) -> None:
-        srtt = self.rtt.srtt
-        if srtt is None or self.tlp_out:
-            return
-        pto = max(2 * srtt, 0.01)
-        if self.snd_max - self.snd_una <= self.mss:
-            pto += 0.2
-        t = now + pto
-        if t < self.rtx_at:
-            self.tlp_at = t
-            self._arm(t)
-        else:
-            self.tlp_at = 0.0
 
     def _tlp_expired(self, now: float) -> None:
         una, nxt = self.snd_una, self.snd_nxt
         if self.snd_max == una or self.state < ESTABLISHED or self.tlp_out:
             return
+        rack = self.rack
+        assert rack is not None  # armed only with SACK
         self.tlp_out = True
         self.stack.counters["tail_loss_probe"] += 1
         out = self.stack._out
@@ -55,11 +44,11 @@ class _Probes:
         if nxt == self.snd_max and nxt < data_end and room > 0:
             n = min(self.mss, data_end - nxt, room)  # new data, beyond cwnd
             self._tx(out, nxt, ACK, self.sbuf[nxt - base:nxt - base + n])
-            self.rack.sent(nxt, nxt + n, now)
+            rack.sent(nxt, nxt + n, now)
             self.snd_nxt = self.snd_max = nxt + n
         else:
-            if self.rack.rtx:
-                oldest = self.rack.rtx[0]
+            if rack.rtx:
+                oldest = rack.rtx[0]
                 oldest[0] = start = max(oldest[0], una)
                 end = oldest[1]
             else:
@@ -92,11 +81,13 @@ class _Probes:
 
     def _keepalive_expired(self, now: float) -> None:
         cfg = self.cfg
+        idle = cfg.keepalive_idle
+        assert idle is not None  # armed only with keepalive on
         if self.state != ESTABLISHED and self.state != CLOSE_WAIT:
             return
-        if now - self.last_rx < cfg.keepalive_idle:
+        if now - self.last_rx < idle:
             self.probes = 0
-            self.ka_at = self.last_rx + cfg.keepalive_idle
+            self.ka_at = self.last_rx + idle
             return
         if self.probes >= cfg.keepalive_count:
             self._fail("keepalive")

@@ -44,8 +44,6 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ..ip.wordsums import fold16
-from ..ip.wordsums import word_sum as data_sum
 from ..ip.headers import (
     PROTO_TCP,
     Malformed,
@@ -55,6 +53,8 @@ from ..ip.headers import (
     parse,
     pseudo_header_sum,
 )
+from ..ip.wordsums import fold16
+from ..ip.wordsums import word_sum as data_sum
 
 __all__ = [
     "ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG",

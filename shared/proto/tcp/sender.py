@@ -1,4 +1,4 @@
-"""The send side's reaction to ACKs and timeouts: `_Sender`, a mixin of `Connection`.
+"""The send side's reaction to ACKs and timeouts: `_Sender`, a layer of `Connection` (see `tcb`).
 
 - ACK processing (RFC 9293 3.10.7.4, fifth check): the send window is taken from a
   segment newer than the last one that set it (SND.WL1/SND.WL2); acknowledged bytes leave
@@ -26,16 +26,18 @@
 
 from __future__ import annotations
 
+from .probes import _Probes
 from .segment import FIN, SYN
 from .states import SYN_RCVD, SYN_SENT
 
 __all__: list[str] = []
 
 
-class _Sender:
+class _Sender(_Probes):
     __slots__ = ()
 
-    def _ack(self, ack: int, wnd: int, seq: int, plen: int, flags: int, sack, now: float) -> None:
+    def _ack(self, ack: int, wnd: int, seq: int, plen: int, flags: int, sack: tuple[tuple[int, int], ...],
+             now: float) -> None:
         """An acceptable segment's ACK: SND.UNA <= ``ack`` <= SND.MAX (extended),
         ``wnd`` already scaled, ``seq`` extended, ``sack`` wire blocks (or ())."""
         una = self.snd_una
@@ -51,9 +53,10 @@ class _Sender:
                     self._mark()
         self.probes = 0
         rack = self.rack
+        sb = self.sb
         news = False
-        if sack and rack is not None:
-            sb, unwrap, smax = self.sb, self.unwrap, self.snd_max
+        if sack and rack is not None and sb is not None:
+            unwrap, smax = self.unwrap, self.snd_max
             for i, (left, right) in enumerate(sack):
                 s, e = unwrap(left, una), unwrap(right, una)
                 if i == 0 and (e <= ack or (len(sack) > 1 and unwrap(sack[1][0], una) <= s
@@ -67,7 +70,7 @@ class _Sender:
         elif plen == 0 and wnd == old_wnd and self.snd_max > una and not flags & (SYN | FIN):
             self._dupack(now)
         if rack is not None and self.snd_max > self.snd_una:
-            if self.recovery or self.sb.blocks or rack.rtx:
+            if self.recovery or (sb is not None and sb.blocks) or rack.rtx:
                 self._rack_detect(now)
             if news or ack > una:
                 self.tlp_out = False
@@ -76,6 +79,7 @@ class _Sender:
     def _rack_detect(self, now: float) -> None:
         """RACK loss detection (`rack`); losses start recovery or feed it."""
         rack, sb, mss = self.rack, self.sb, self.mss
+        assert rack is not None and sb is not None  # only with SACK
         srtt = self.rtt.srtt if self.rtt.srtt is not None else 1.0
         again = rack.detect(now, rack.reo_wnd(self.recovery, sb.sacked // mss, srtt))
         if again:
@@ -110,7 +114,9 @@ class _Sender:
         if sb is not None:
             if sb.blocks:
                 sb.ack(ack)
-            self.rack.acked(ack, now)
+            rack = self.rack
+            assert rack is not None  # made with sb
+            rack.acked(ack, now)
         cc = self.cc
         if self.recovery:
             if ack >= self.recover:
@@ -193,9 +199,10 @@ class _Sender:
         self.dupacks = 0
         self.recover = self.snd_max
         self.rtt_seq = 0
-        if self.sb is not None:
-            self.sb.clear()
-            self.rack.reset(self.snd_una)
+        sb, rack = self.sb, self.rack
+        if sb is not None and rack is not None:
+            sb.clear()
+            rack.reset(self.snd_una)
         self.tlp_at = self.rack_at = 0.0
         self.undo_retrans = -1
         self.high_rxt = self.snd_una
@@ -210,7 +217,9 @@ class _Sender:
         and when every retransmission of the last recovery proves needless, undo its
         cwnd reduction (RFC 2883 section 5; Linux's DSACK undo)."""
         self.stack.counters["dsack"] += 1
-        self.rack.on_dsack()
+        rack = self.rack
+        assert rack is not None  # D-SACKs are read only with SACK
+        rack.on_dsack()
         if self.undo_retrans > 0 and start >= self.undo_marker:
             self.undo_retrans -= max(1, (end - start) // self.mss)
             if self.undo_retrans <= 0:

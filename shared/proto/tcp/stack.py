@@ -44,6 +44,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
+from typing import TYPE_CHECKING, Any
 
 from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
 from ..ip.wordsums import word_sum, word_sums
@@ -63,6 +64,10 @@ from .states import CLOSED, REQUESTED, SYN_SENT
 from .states import M32 as _M32
 from .states import STATE_NAMES as _NAMES
 
+if TYPE_CHECKING:
+    from .segment import Segment
+    from .tcb import _Tcb
+
 __all__ = ["TcpStack"]
 
 _SEQ = struct.Struct("!IIBBH")
@@ -72,7 +77,7 @@ _SEQ = struct.Struct("!IIBBH")
 class TcpStack:
     def __init__(self, *, random_bytes: Callable[[int], bytes], mss4: int = 1240, mss6: int = 1220,
                  recv_buffer: int = 1 << 20, send_buffer: int = 1 << 20, max_requests: int = 1024,
-                 **options) -> None:
+                 **options: Any) -> None:
         """``options`` go to `Config` (sack, min_rto, max_rto, syn_retries, max_retries,
         time_wait, request_timeout, keepalive_idle/interval/count, ttl)."""
         self.cfg = Config(mss4=mss4, mss6=mss6, recv_buffer=recv_buffer, send_buffer=send_buffer, **options)
@@ -89,10 +94,12 @@ class TcpStack:
         self._next_id = 1
         self._requests = 0
         self._out: list[bytes] = []
-        self._dirty: list[Connection] = []
+        self._dirty: list[_Tcb] = []
+        """Connections with something to send (queued by `_Tcb._mark`)."""
         self._events: list[Event] = []
-        self._readable: list[Connection] = []
-        self._heap: list = []
+        self._readable: list[_Tcb] = []
+        self._heap: list[tuple[float, int, _Tcb]] = []
+        """(time, tie, connection); an entry is stale unless its time is the connection's ``heap_at``."""
         self._tie = itertools.count()
 
     # --- configuration ---------------------------------------------------------------
@@ -185,7 +192,7 @@ class TcpStack:
         self._out.append(rst)
         self.counters["rst_sent"] += 1
 
-    def _passive_open(self, seg, key: bytes, now: float) -> None:
+    def _passive_open(self, seg: Segment, key: bytes, now: float) -> None:
         if self._requests >= self.max_requests:
             self._drop("syn_queue_full")
             return
@@ -293,7 +300,7 @@ class TcpStack:
         if conn is not None:
             conn.abort(now)
 
-    def info(self, conn_id: int) -> dict:
+    def info(self, conn_id: int) -> dict[str, Any]:
         conn = self._get(conn_id)
         if conn is None:
             return {"conn_id": conn_id, "state": "CLOSED"}
@@ -333,7 +340,7 @@ class TcpStack:
         for ``now`` or earlier runs at the next call)."""
         self._now = now
         heap = self._heap
-        due = []
+        due: list[_Tcb] = []
         while heap and heap[0][0] <= now:
             t, _, conn = heappop(heap)
             if conn.heap_at == t and conn.state != CLOSED:
@@ -345,17 +352,17 @@ class TcpStack:
 
     # --- used by connections ---------------------------------------------------------
 
-    def _schedule(self, conn: Connection, t: float) -> None:
+    def _schedule(self, conn: _Tcb, t: float) -> None:
         heappush(self._heap, (t, next(self._tie), conn))
 
-    def _forget(self, conn: Connection) -> None:
+    def _forget(self, conn: _Tcb) -> None:
         """``conn`` entered CLOSED: stop demultiplexing to it and running its timers."""
         if self._by_key.get(conn.key) is conn:
             del self._by_key[conn.key]
             self.ports.closed(conn.key, self._now)
         conn.heap_at = -1.0
 
-    def _closed(self, conn: Connection) -> None:
+    def _closed(self, conn: _Tcb) -> None:
         """``Closed`` was reported for ``conn``: its id is gone."""
         self._by_id.pop(conn.id, None)
 
