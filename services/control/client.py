@@ -2,8 +2,8 @@
 
 One connection at a time. Per connection: fetch the server's Noise key (``GET /key?v=``,
 cached), open TCP (TLS for https), upgrade to TS2021, then the calls in `calls.py`:
-register, lite update, map stream. Map frames feed the `NetmapBuilder`; every change is
-published (`NetmapPublisher`).
+register (registrar.py: resume, auth key or interactive login; logout), lite update, map
+stream. Map frames feed the `NetmapBuilder`; every change is published (`NetmapPublisher`).
 
 Running once peers can reach us: the map's self node (the server's view of us) carries
 our home DERP region, so the server has told the peers too (before that, a peer's
@@ -17,7 +17,7 @@ before a byte came back, or a reverse proxy's 502/503/504 to the upgrade: cheap 
 and the user waits for the first attempt after the server is back), exponentially up to
 ``RETRY_CAP`` when the server answered and failed. A
 map arriving resets both. The last netmap stays published meanwhile. Failures the user must
-fix (rejected auth key, interactive login demanded, capability version refused, a server
+fix (rejected auth key, capability version refused, a server
 certificate that does not verify against the system store plus ``ca_file``) park the
 service in Error with the reason, and it does not retry on its own. A reason is one line of
 at most ``MAX_REASON`` printable characters (`httpanswer.printable`), whatever the server
@@ -64,7 +64,9 @@ from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.runtime.tlsctx import client_context, untrusted_reason
 
 from . import calls, lastderp
+from .account import AccountReply, AccountRequest
 from .publication import Publication
+from .registrar import Registrar
 from .serverkey import ServerKeyError, fetch_server_key
 from .state import State
 
@@ -156,9 +158,9 @@ class ControlClient:
         self.conn: ControlConnection | None = None
         self.streams: dict[int, Any] = {}
         self.builder = NetmapBuilder()
-        self.registered_marker = self.ctx.state_dir / "registered"
         self._idle_timer: Any = None
         self._announce_timer: Any = None
+        self.registrar = Registrar(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -167,8 +169,10 @@ class ControlClient:
         self.loop.call_later(0, self.connect)
 
     def connect(self) -> None:
-        if self.loop.shutdown.is_set:
+        if self.loop.shutdown.is_set or self.sock is not None:
             return
+        if self.registrar.waiting_for_login:
+            return self.registrar.wait_for_login(self.registrar.flow.why)
         self.counters.incr("connect_attempts")
         self.answered = False
         try:
@@ -251,8 +255,8 @@ class ControlClient:
         self.conn = ControlConnection(host=self.url.netloc, initiator=initiator)
         self.loop.on_readable(sock, self._on_readable)
         self.pub.set_state(State.REGISTERING)
-        self._arm_idle(HANDSHAKE_TIMEOUT, "no answer to the TS2021 handshake")
-        self._flush()
+        self.arm_idle(HANDSHAKE_TIMEOUT, "no answer to the TS2021 handshake")
+        self.flush()
 
     def _server_answered(self) -> None:
         if not self.answered:
@@ -272,6 +276,7 @@ class ControlClient:
         self.streams.clear()
         self._cancel_idle()
         self._cancel_announce()
+        self.registrar.connection_closed()
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
@@ -297,14 +302,14 @@ class ControlClient:
         self.log.error("control_error", reason=reason)
         self.pub.set_state(State.ERROR, reason)
 
-    def _arm_idle(self, timeout: float, reason: str) -> None:
+    def arm_idle(self, timeout: float, reason: str) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._idle_timer = self.loop.call_later(timeout, lambda: self.drop_connection(reason, counter="idle_timeout"))
 
     # -- I/O ----------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self.sock is None or self.conn is None:
             return
         data = self.conn.data_to_send()
@@ -341,12 +346,12 @@ class ControlClient:
                 self._on_event(ev)
             except ControlProtocolError as exc:  # a request the server's own frames refused
                 return self.drop_connection(str(exc), counter="protocol_error")
-        self._flush()
+        self.flush()
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, Connected):
             self.log.info("ts2021_connected", early_payload=bool(ev.early_payload))
-            self._register(with_auth_key=not self.registered_marker.exists())
+            self.registrar.send_register()
         elif isinstance(ev, ResponseStarted):
             stream = self.streams.get(ev.stream_id)
             if stream is not None:
@@ -370,34 +375,29 @@ class ControlClient:
         sid = self.conn.post(path, body, headers=(("ts-lb", self.me.keys.node_public_text),))
         self.streams[sid] = handler
 
+    def call(self, path: str, body: bytes, done: Callable[[int, bytes], None]) -> None:
+        """POST ``body``; ``done(status, body)`` when the answer ended."""
+        self._post(path, body, _Call(done))
+
+    def on_account(self, req: AccountRequest, respond: Callable[[AccountReply], None]) -> None:
+        """A `LoginRequest` / `LogoutRequest` from ``sunbeam-ctl`` (account.py)."""
+        self.registrar.on_account(req, respond)
+        self.flush()
+
     # -- the calls ----------------------------------------------------------------------
 
-    def _register(self, *, with_auth_key: bool) -> None:
-        key = self.ctx.auth_key.reveal() if with_auth_key else None
-        if with_auth_key and not key:
-            return self.fail_permanently("this node is not registered and no auth key is configured")
-        body = calls.register_request(self.me, key if isinstance(key, str) else None)
-        self._post(calls.REGISTER_PATH, body, _Call(lambda s, b: self._on_registered(s, b, with_auth_key)))
-
-    def _on_registered(self, status: int, body: bytes, sent_auth_key: bool) -> None:
-        outcome = calls.interpret_register(status, body, sent_auth_key=sent_auth_key)
-        if outcome.needs_auth_key:
-            self.registered_marker.unlink(missing_ok=True)
-            return self._register(with_auth_key=True)
-        if outcome.error:
-            return self.fail_permanently(outcome.error)
-        self.registered_marker.write_text("registered\n")
-        self.log.info("registered", user=outcome.user, node_key=self.me.keys.node_public_text)
+    def start_map(self) -> None:
+        """Registered: tell the server our keys and endpoints, open the map stream."""
         self.send_lite_update()
         self._post(calls.MAP_PATH, calls.map_stream_request(self.me), _MapStream(self))
-        self._arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
+        self.arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
 
     def send_lite_update(self) -> None:
         """Tell the server our DiscoKey, endpoints and PreferredDERP without a new stream."""
         if self.conn is None:
             return
-        self._post(calls.MAP_PATH, calls.lite_update_request(self.me), _Call(self._on_lite_update))
-        self._flush()
+        self.call(calls.MAP_PATH, calls.lite_update_request(self.me), self._on_lite_update)
+        self.flush()
 
     def _on_lite_update(self, status: int, body: bytes) -> None:
         if status != 200:
@@ -413,7 +413,9 @@ class ControlClient:
         self.drop_connection(f"map request refused: {describe_answer(status, body=text)}")
 
     def on_map_body(self, body: bytes) -> None:
-        self._arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
+        if self.conn is None:
+            return  # an earlier frame of this read ended the connection (our key expired)
+        self.arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
         try:
             resp = decode_map_response(body)
         except BadControlMessage as exc:
@@ -426,6 +428,9 @@ class ControlClient:
         if change is not None:
             self.pub.publish_change(change, self.builder)
             self._maybe_choose_home_derp()
+            node = self.builder.snapshot().self_node
+            if node is not None and node.expired:
+                return self.registrar.on_own_node(expired=True)
         # checked on every response, changed or not: after a reconnect the first one often
         # changes nothing we had
         if self.pub.state is not State.RUNNING:

@@ -6,7 +6,8 @@ the control server, registration, the streaming map and the netmap, which it pub
 `NetmapDelta`s, plus `ControlStatus`). Follows ``derp-pub`` (our home region becomes
 PreferredDERP) and ``udp-pub`` (our UDP endpoints become MapRequest.Endpoints). Its ctl
 socket answers `StatusRequest` with the control state (Starting, Registering, Running,
-Reconnecting, Error(reason), Stopped).
+Reconnecting, NeedsLogin, Error(reason), Stopped); its account socket (account.py) takes
+``sunbeam-ctl login`` and ``logout``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service, run_service
 
 from . import lastderp
+from .account import AccountServer
 from .calls import Identity
 from .client import ControlClient
 from .publication import Publication
@@ -60,6 +62,7 @@ def setup(svc: Service) -> None:
                   ephemeral=ctx.ephemeral, preferred_derp=region)
     client = ControlClient(svc, me, publication)
     follow_peers(svc, client)
+    AccountServer(svc, client.on_account)
     svc.status_provider = publication.status
     svc.on_stop.append(client.stop)
     client.start()

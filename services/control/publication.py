@@ -24,18 +24,20 @@ class Publication:
         self.log = log
         self.state = State.STARTING
         self.reason: str | None = None
+        self.auth_url = ""
         self.since = time.time()
         self.seq = 0
         self.home_derp = 0
         self.netmap: Netmap | None = None
 
-    def set_state(self, state: State, reason: str | None = None) -> None:
+    def set_state(self, state: State, reason: str | None = None, *, auth_url: str = "") -> None:
+        """``auth_url``: NeedsLogin's pending login URL."""
         check_transition(self.state, state)
-        if state is not self.state or reason != self.reason:
+        if state is not self.state or reason != self.reason or auth_url != self.auth_url:
             if state is not self.state:
                 self.since = time.time()
                 self.log.info("control_state", state=state.value, reason=reason)
-            self.state, self.reason = state, reason
+            self.state, self.reason, self.auth_url = state, reason, auth_url
             self.publisher.publish_status(self.status())
 
     def set_home_derp(self, region: int) -> None:
@@ -59,4 +61,5 @@ class Publication:
             addresses=node.addresses if node else (), peers=len(self.netmap.peers) if self.netmap else 0,
             home_derp=self.home_derp, since=self.since, hostname=(node.hostname or "") if node else "",
             name=node.name if node else "", domain=(self.netmap.domain or "") if self.netmap else "",
+            auth_url=self.auth_url,
         )

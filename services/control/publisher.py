@@ -19,8 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import zmq
-
-from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, ControlStatus, NetmapDelta, NetmapSnapshot
+from sunbeam.shared.messages.netmap import (
+    CONTROL_EVENT_CODEC,
+    ControlStatus,
+    NetmapDelta,
+    NetmapSnapshot,
+)
 from sunbeam.shared.runtime import Counters, ServiceLoop
 
 PUB_HWM = 1000

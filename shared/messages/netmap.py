@@ -63,7 +63,7 @@ class ControlStatus(_ControlEvent, frozen=True):
 
     state: str
     """The control state machine's state: ``Starting``, ``Registering``, ``Running``,
-    ``Reconnecting``, ``Error`` or ``Stopped`` (services/control/state.py)."""
+    ``Reconnecting``, ``NeedsLogin``, ``Error`` or ``Stopped`` (services/control/state.py)."""
     reason: str | None = None
     """Why, for a failed or waiting state (e.g. the register Error, an AuthURL)."""
     node_id: int | None = None
@@ -79,6 +79,9 @@ class ControlStatus(_ControlEvent, frozen=True):
     """Our node's MagicDNS FQDN from the netmap, trailing dot (``"laptop.example.com."``)."""
     domain: str = ""
     """The netmap's ``Domain`` (the tailnet's name as control gives it; "" = not sent)."""
+    auth_url: str = ""
+    """``NeedsLogin``: the URL where an admin registers this node (Headscale's AuthURL,
+    ``<server>/register/<auth id>``); "" = none pending."""
 
 
 ControlEvent = NetmapSnapshot | NetmapDelta | ControlStatus

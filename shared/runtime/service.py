@@ -127,7 +127,8 @@ def run_service(name: str, setup: Callable[[Service], None] | None = None, *, ar
                 sharded: bool = False) -> int:
     args = parse_args(name, argv, sharded)
     try:
-        ctx = load_config(args.config, context=args.context)
+        # the auth key is optional: without one the control service logs in interactively
+        ctx = load_config(args.config, context=args.context, need_auth=False)
     except ConfigError as exc:
         print(f"sunbeam-{name}: config error: {exc}", file=sys.stderr)
         return 2

@@ -49,7 +49,6 @@ def test_lite_update_and_stream_requests(me):
     (200, b'{"MachineAuthorized":true}', False, "authorized"),
     (401, b"invalid pre auth key\n", True, "error:auth key rejected by the control server (HTTP 401: invalid pre auth key)"),
     (401, b"node exists with a different machine key", False, "needs_key"),
-    (200, b'{"AuthURL":"http://x/register/abc"}', False, "needs_key"),
     (200, b'{"AuthURL":"http://x/register/abc"}', True, "error:the server wants an interactive login"),
     (200, b'{"Error":"key expired"}', True, "error:auth key rejected: key expired"),
     (200, b'{"NodeKeyExpired":true}', False, "needs_key"),
@@ -61,7 +60,7 @@ def test_interpret_register(status, body, sent, expect):
     if expect == "authorized":
         assert out.authorized and not out.error
     elif expect == "needs_key":
-        assert out.needs_auth_key and not out.error and not out.authorized
+        assert out.needs_login and not out.error and not out.authorized
     else:
         assert out.error and out.error.startswith(expect.split(":", 1)[1]), out.error
 

@@ -1,0 +1,100 @@
+"""The control service's account socket: ``sunbeam-ctl login`` and ``sunbeam-ctl logout``.
+
+Socket: ROUTER bound by the control service at ``ipc://<rundir>/control-account.sock``
+(clients use REQ); one frame each way, msgpack maps tagged by ``"t"``:
+
+    request          reply
+    --------------   -------------------------------------------------------------
+    `LoginRequest`   `AccountReply` at once: ok (a login started, or one is pending:
+                     its URL follows in ``ControlStatus.auth_url``), or ok with
+                     state Running (already logged in)
+    `LogoutRequest`  `AccountReply` when the server answered the logout (ok), or at
+                     once when there is no connection to send it on (not ok); after
+                     an ok the node is logged out at the server and the service sends
+                     nothing until the next login
+
+ROUTER rather than REP: a logout is answered after a round trip to the server, and the
+loop must neither block nor stop reading meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import zmq
+from sunbeam.shared.messages.codec import BadMessage, Codec
+from sunbeam.shared.runtime.rundir import endpoint
+from sunbeam.shared.runtime.service import Service
+
+__all__ = [
+    "ACCOUNT_REPLY_CODEC",
+    "ACCOUNT_REQUEST_CODEC",
+    "ACCOUNT_SOCKET",
+    "AccountReply",
+    "AccountServer",
+    "LoginRequest",
+    "LogoutRequest",
+]
+
+ACCOUNT_SOCKET = "control-account"
+
+
+class LoginRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
+    """Log in: with the context's auth key if it has one, else interactively."""
+
+
+class LogoutRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
+    """Log the node out at the server (its key expires there)."""
+
+
+class AccountReply(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
+    ok: bool
+    message: str = ""
+    """One line for the user."""
+    state: str = ""
+    """The control state after the request."""
+
+
+AccountRequest = LoginRequest | LogoutRequest
+ACCOUNT_REQUEST_CODEC: Codec[AccountRequest] = Codec(AccountRequest)
+ACCOUNT_REPLY_CODEC: Codec[AccountReply] = Codec(AccountReply)
+
+Respond = Callable[[AccountReply], None]
+
+
+class AccountServer:
+    """Reads requests and hands each to ``handle(request, respond)``; ``respond`` may be
+    called later, once."""
+
+    def __init__(self, svc: Service, handle: Callable[[AccountRequest, Respond], None]) -> None:
+        self.svc = svc
+        self.handle = handle
+        self.sock = svc.loop.socket(zmq.ROUTER)
+        svc.loop.bind(self.sock, endpoint(svc.context.runtime_dir, ACCOUNT_SOCKET))
+        svc.loop.on_readable(self.sock, self._on_readable)
+
+    def _on_readable(self, _source: Any) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3 or frames[1]:
+                self.svc.counters.incr("account_bad_envelope")
+                continue
+            route = frames[0]
+            try:
+                req = ACCOUNT_REQUEST_CODEC.decode(frames[2])
+            except BadMessage as exc:
+                self.svc.counters.incr("account_bad_request")
+                self._send(route, AccountReply(ok=False, message=f"bad request: {exc}"))
+                continue
+            self.handle(req, lambda reply, route=route: self._send(route, reply))
+
+    def _send(self, route: bytes, reply: AccountReply) -> None:
+        try:
+            self.sock.send_multipart([route, b"", ACCOUNT_REPLY_CODEC.encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the client went away: nobody to tell
+            self.svc.counters.incr("account_reply_dropped")
