@@ -1,8 +1,13 @@
 """`sunbeam-ctl`: start, stop and ask the running sunbeam services over their ctl sockets.
 
-    sunbeam-ctl [--config PATH] [--context NAME] connect [--foreground] [--timeout S]
+    sunbeam-ctl [--config PATH] [--context NAME] connect [--foreground] [--timeout S] [--json]
                                                   start the pipeline (supervisord), wait
-                                                  until connected, print the addresses
+                                                  until connected (showing the login URL
+                                                  when the node must log in), print the
+                                                  addresses
+    sunbeam-ctl ... login [--timeout S] [--json]  log in (auth key, else the URL an admin
+                                                  registers); starts sunbeam if needed
+    sunbeam-ctl ... logout                        log out at the server, then stop
     sunbeam-ctl ... status [--json]               VPN state and each service's health
     sunbeam-ctl ... peers [--json]                peers: addresses, online, path, handshake, bytes
     sunbeam-ctl ... netmap [--json]               the netmap the control service publishes
@@ -32,7 +37,7 @@ from pathlib import Path
 from ..config import ConfigError, ConfigNotFound, Context, load_config
 from ..config.load import default_runtime_dir
 from ..runtime.rundir import RundirError
-from . import daemon, output
+from . import account, daemon, output
 from .peers import peers_command, ping_command
 from .status import netmap_command, status_command
 
@@ -59,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     p_connect = sub.add_parser("connect", parents=[common], help="start sunbeam and wait until connected")
     p_connect.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops sunbeam")
     p_connect.add_argument("--timeout", type=float, default=daemon.CONNECT_TIMEOUT, metavar="SECONDS",
-                           help=f"give up (and stop what was started) after SECONDS (default {daemon.CONNECT_TIMEOUT:g})")
+                           help=f"give up (and stop what was started) after SECONDS (default {daemon.CONNECT_TIMEOUT:g}); "
+                           "not counted while a login URL waits for an admin")
+    p_connect.add_argument("--json", action="store_true", help="JSON lines: the login URL (AuthURL), then the outcome")
+    p_login = sub.add_parser("login", parents=[common, as_json],
+                             help="log in: with the auth key, else print the URL an admin registers; wait until Running")
+    p_login.add_argument("--timeout", type=float, default=daemon.CONNECT_TIMEOUT, metavar="SECONDS",
+                         help="give up after SECONDS (not counted while a login URL waits for an admin)")
+    sub.add_parser("logout", parents=[common], help="log this node out at the server, then stop sunbeam")
     sub.add_parser("status", parents=[common, as_json], help="show the VPN state and each service's health")
     sub.add_parser("netmap", parents=[common, as_json], help="show the netmap the control service publishes")
     sub.add_parser("peers", parents=[common, as_json], help="peers: addresses, online, path, handshake, bytes")
@@ -77,10 +89,10 @@ def _context(args: argparse.Namespace) -> Context | Path | int:
     context's runtime directory; or an exit code after a config error."""
     config, context = getattr(args, "config", None), getattr(args, "context", None)
     try:
-        # the daemon's services need the auth key; asking them things needs only the runtime dir
-        return load_config(config, context=context, need_auth=args.cmd == "connect")
+        # the auth key is optional: without one, connect and login log in interactively
+        return load_config(config, context=context, need_auth=False)
     except ConfigNotFound as exc:
-        if args.cmd == "connect":
+        if args.cmd in ("connect", "login"):
             print(f"sunbeam-ctl: config error: {exc}", file=sys.stderr)
             return 2
         explicit = os.environ.get("SUNBEAM_RUNTIME_DIR", "").strip()
@@ -103,10 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     ctx = found if isinstance(found, Context) else None
     rundir = found.runtime_dir if isinstance(found, Context) else found
     try:
+        if args.cmd == "connect" and args.json and not args.foreground:
+            assert ctx is not None
+            return account.login(ctx, config=getattr(args, "config", None), as_json=True, timeout=args.timeout)
         if args.cmd == "connect":
             assert ctx is not None
             return daemon.connect(ctx, config=getattr(args, "config", None), foreground=args.foreground,
                                   timeout=args.timeout)
+        if args.cmd == "login":
+            assert ctx is not None
+            return account.login(ctx, config=getattr(args, "config", None), as_json=args.json, timeout=args.timeout)
+        if args.cmd == "logout":
+            return account.logout(rundir)
         if args.cmd == "status":
             return status_command(rundir, args.json, ctx=ctx)
         if args.cmd == "netmap":

@@ -11,7 +11,10 @@ connect [--foreground]
        to ``<rundir>/<service>.log``. Foreground: a child of this process; Ctrl-C stops it;
     3. show progress (services up N/M, the control state) until the control service is
        Running with every service up, then print
-       ``Connected (100.64.0.3, fd7a:115c:a1e0::3) — 2 peers visible``;
+       ``Connected (100.64.0.3, fd7a:115c:a1e0::3) — 2 peers visible``. A node that must
+       log in (no auth key, not registered yet) shows the server's URL as ``tailscale up``
+       does (``To authenticate, visit:`` then the URL), and the timeout waits while an
+       admin registers it (``headscale auth register --auth-id ID --user U``);
     4. on failure (the control service reports an error such as a rejected auth key, a
        service gives up (supervisord FATAL), supervisord exits, or the timeout passes):
        print the cause and the failing service's log lines from this run, stop the
@@ -193,7 +196,7 @@ class _LogMarks:
         return text.splitlines()[-lines:]
 
 
-def _control_status(rundir: Path) -> ControlStatus | None:
+def control_status(rundir: Path) -> ControlStatus | None:
     path = rundir / "control-ctl.sock"
     if probe(path) is not SocketState.LIVE:
         return None
@@ -204,8 +207,15 @@ def _control_status(rundir: Path) -> ControlStatus | None:
     return reply.control if isinstance(reply, StatusReply) else None
 
 
+def show_auth_url(url: str) -> None:
+    """What ``tailscale up`` prints for an interactive login."""
+    print(f"\nTo authenticate, visit:\n\n\t{url}\n", flush=True)
+
+
 def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: float = CONNECT_TIMEOUT,
-            say: Callable[[str], None] = print) -> int:
+            say: Callable[[str], None] = print, on_auth_url: Callable[[str], None] = show_auth_url,
+            on_connected: Callable[[ControlStatus], None] | None = None) -> int:
+    """``on_connected``: instead of the ``Connected (...)`` line."""
     rundir = ensure_rundir(ctx.runtime_dir)
     why = running(rundir)
     if why is not None:
@@ -244,12 +254,14 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
     finally:
         os.close(out_fd)
     try:
-        outcome = _wait_up(rundir, proc, expected_services(ctx.wg_workers), timeout, say)
+        outcome = _wait_up(rundir, proc, expected_services(ctx.wg_workers), timeout, say, on_auth_url)
     except KeyboardInterrupt:
         outcome = "interrupted"
     if isinstance(outcome, ControlStatus):
-        addrs = ", ".join(a.split("/")[0] for a in outcome.addresses)
-        say(f"Connected ({addrs}) — {outcome.peers} peer{'s' if outcome.peers != 1 else ''} visible")
+        if on_connected is not None:
+            on_connected(outcome)
+        else:
+            say(connected_line(outcome))
         return _stay(proc, rundir, say) if foreground else 0
     say(f"Connect failed: {outcome}")
     for service in _suspects(rundir, outcome, ctx.wg_workers):
@@ -265,6 +277,11 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
             say(f"    {line}")
     _terminate(proc.pid, rundir)
     return 1
+
+
+def connected_line(status: ControlStatus) -> str:
+    addrs = ", ".join(a.split("/")[0] for a in status.addresses)
+    return f"Connected ({addrs}) — {status.peers} peer{'s' if status.peers != 1 else ''} visible"
 
 
 def exposed_listeners(ctx: Context) -> list[str]:
@@ -284,11 +301,14 @@ def exposed_listeners(ctx: Context) -> list[str]:
 
 
 def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], timeout: float,
-             say: Callable[[str], None]) -> ControlStatus | str:
-    """The control status once Running with every service up; else why not."""
+             say: Callable[[str], None], on_auth_url: Callable[[str], None]) -> ControlStatus | str:
+    """The control status once Running with every service up; else why not. While the
+    control service waits for an admin to register us (NeedsLogin with a URL) the URL is
+    shown once, and the timeout starts again after."""
     deadline = time.monotonic() + timeout
     fast_until = time.monotonic() + FIRST_POLL_FOR
     shown: tuple[Any, ...] = ()
+    shown_url = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return f"supervisord exited with status {proc.returncode}"
@@ -298,10 +318,15 @@ def _wait_up(rundir: Path, proc: subprocess.Popen[Any], services: list[str], tim
             return f"{', '.join(fatal)} could not start (supervisord gave up after its retries)"
         live = {f.service for f in discover(rundir) if f.live}
         up = sum(1 for s in services if s in live)
-        control = _control_status(rundir)
+        control = control_status(rundir)
         state = control.state if control else "starting"
         if control is not None and control.state == "Error":
             return control.reason or "the control service reported an error"
+        if control is not None and control.auth_url:
+            if control.auth_url != shown_url:
+                shown_url = control.auth_url
+                on_auth_url(shown_url)
+            deadline = time.monotonic() + timeout  # a person is registering us: wait for them
         now_shown = (up, state, control.reason if control else None)
         if now_shown != shown:
             shown = now_shown
