@@ -11,29 +11,33 @@ as receive-side coalescing (GRO) makes Linux do. Deviation: RFC 9293 3.8.6.3 / R
 counting (`congestion`) does not need it. Out-of-order data, a filled gap, a FIN and
 anything unacceptable are acknowledged at once.
 
-Everything else takes the slow path, which follows the RFC's checks in order:
+Everything else takes the slow path (`_slow_input`), which follows the RFC's checks in
+order, one method each (the third, security, and the sixth, URG, do not apply):
 
-1. sequence acceptability (the four-case table of 3.10.7.4, with RCV.WND = RCV.ADV -
-   RCV.NXT); an unacceptable segment is answered with an ACK. With a zero window an
-   in-sequence segment's ACK is still processed, its data dropped and re-ACKed.
-   The segment is then trimmed to the window (data before RCV.NXT, and after the right
-   edge with its FIN).
-2. RST: reset only when SEQ == RCV.NXT exactly, otherwise a challenge ACK (RFC 5961 3.2).
-3. SYN in a synchronized state: a challenge ACK (RFC 5961 4.2). The peer's own SYN again
-   (SEQ = IRS) loses its SYN bit first, as in BSD: a retransmitted SYN in SYN-RECEIVED
-   gets our SYN-ACK again, and the SYN-ACK of a simultaneous open acts as the ACK.
-4. ACK: SYN-RECEIVED -> ESTABLISHED when it acknowledges our SYN (else RST); an ACK for
-   data never sent is answered with an ACK and the segment dropped; old ACKs are ignored;
-   our FIN acknowledged moves FIN-WAIT-1 -> FIN-WAIT-2, CLOSING -> TIME-WAIT,
-   LAST-ACK -> CLOSED.
-5. Data: in order -> receive buffer (plus whatever the out-of-order queue now completes,
-   then an immediate ACK, RFC 5681 4.2); above RCV.NXT -> `Reassembly` and an immediate
-   duplicate ACK carrying SACK blocks.
-6. FIN, once in order: RCV.NXT + 1, `PeerFinished`, ESTABLISHED -> CLOSE-WAIT,
-   FIN-WAIT-1 -> CLOSING (or TIME-WAIT if our FIN is acknowledged too),
-   FIN-WAIT-2 -> TIME-WAIT; a FIN again in TIME-WAIT restarts its timer.
+- first, check sequence number (`_check_sequence`): the four-case table of 3.10.7.4, with
+  RCV.WND = RCV.ADV - RCV.NXT; an unacceptable segment is answered with an ACK
+  (`_unacceptable`). With a zero window an in-sequence segment's ACK is still processed,
+  its data dropped and re-ACKed. The segment is then trimmed to the window
+  (`_trim_to_window`: data before RCV.NXT, and after the right edge with its FIN).
+- second, check the RST bit (`_check_rst`): reset only when SEQ == RCV.NXT exactly,
+  otherwise a challenge ACK (RFC 5961 3.2).
+- fourth, check the SYN bit: in a synchronized state, a challenge ACK (RFC 5961 4.2). The
+  peer's own SYN again (SEQ = IRS) loses its SYN bit first, as in BSD: a retransmitted
+  SYN in SYN-RECEIVED gets our SYN-ACK again, and the SYN-ACK of a simultaneous open acts
+  as the ACK.
+- fifth, check the ACK field (`_check_ack`): SYN-RECEIVED -> ESTABLISHED when it
+  acknowledges our SYN (else RST); an ACK for data never sent is answered with an ACK and
+  the segment dropped; old ACKs are ignored; our FIN acknowledged moves FIN-WAIT-1 ->
+  FIN-WAIT-2, CLOSING -> TIME-WAIT, LAST-ACK -> CLOSED.
+- seventh, process the segment text (`_text`): in order -> receive buffer (plus whatever
+  the out-of-order queue now completes, then an immediate ACK, RFC 5681 4.2); above
+  RCV.NXT -> `Reassembly` and an immediate duplicate ACK carrying SACK blocks.
+- eighth, check the FIN bit (`_fin_received`), once in order: RCV.NXT + 1,
+  `PeerFinished`, ESTABLISHED -> CLOSE-WAIT, FIN-WAIT-1 -> CLOSING (or TIME-WAIT if our
+  FIN is acknowledged too), FIN-WAIT-2 -> TIME-WAIT; a FIN again in TIME-WAIT restarts
+  its timer.
 
-SYN-SENT (3.10.7.3): an ACK outside (ISS, SND.NXT] gets a RST; a RST with an acceptable
+SYN-SENT (3.10.7.3, `_input_syn_sent`): an ACK outside (ISS, SND.NXT] gets a RST; a RST with an acceptable
 ACK means "refused"; SYN-ACK -> ESTABLISHED; a bare SYN -> SYN-RECEIVED (simultaneous open).
 """
 
@@ -111,8 +115,7 @@ class _Input(_Sender):
             return
         if state == CLOSED:
             return
-        rcv_nxt = self.rcv_nxt
-        seq = self.unwrap(seqw, rcv_nxt)
+        seq = self.unwrap(seqw, self.rcv_nxt)
         plen = end - off
         syn = flags & SYN
         fin = flags & FIN
@@ -120,33 +123,70 @@ class _Input(_Sender):
         if dup_syn:  # the peer's SYN again (or its SYN-ACK in a simultaneous open): drop the SYN
             syn = 0
             seq += 1
-        seg_len = plen + (1 if syn else 0) + fin
-        rwnd = self.rcv_adv - rcv_nxt
-        rwnd = max(rwnd, 0)
-        # 1. sequence number check
-        if seg_len == 0:
-            ok = seq == rcv_nxt if rwnd == 0 else rcv_nxt <= seq < rcv_nxt + rwnd
-        elif rwnd == 0:
-            ok = False
-        else:
-            last = seq + seg_len - 1
-            ok = rcv_nxt <= seq < rcv_nxt + rwnd or rcv_nxt <= last < rcv_nxt + rwnd
-        if not ok:
-            if flags & RST:
-                return
-            if rwnd == 0 and seq == rcv_nxt and flags & ACK and not syn and state >= ESTABLISHED:
-                self.stack.counters["zero_window_drop"] += 1
-                ok_ack = self.unwrap(ackw, self.snd_una)
-                if self.snd_una <= ok_ack <= self.snd_max:
-                    self._ack(ok_ack, wnd << self.snd_ws, seq, 0, flags, opts.sack if self.sb is not None else (), now)
-            elif state == TIME_WAIT and fin:
-                self._enter_time_wait(now)
-            if plen and seq + plen <= rcv_nxt:
-                self.dsack = (seq, seq + plen)
-            self.stack.counters["unacceptable"] += 1
+        if not self._check_sequence(seq, plen + (1 if syn else 0) + fin):
+            self._unacceptable(seq, plen, syn, fin, flags, ackw, wnd, opts, now)
+            return
+        data_seq, off, plen, fin = self._trim_to_window(seq, off, plen, fin)
+        if flags & RST:
+            self._check_rst(seq)
+            return
+        if syn:  # fourth, check the SYN bit: in a synchronized state, a challenge ACK (RFC 5961 4.2)
             self._send_ack_now()
             return
-        # trim to the window
+        if not flags & ACK:  # fifth, if the ACK bit is off, drop the segment
+            if dup_syn and state == SYN_RCVD:
+                self.snd_nxt = self.iss  # the peer missed our SYN-ACK: send it again
+                self._mark()
+            return
+        if not self._check_ack(seq, ackw, wnd, plen, flags, opts, now):
+            return
+        if plen > 0 or fin:  # seventh, process the segment text; eighth, check the FIN bit
+            state = self.state
+            if state == ESTABLISHED or state == FIN_WAIT_1 or state == FIN_WAIT_2:
+                self._text(data_seq, pkt[off:off + plen] if plen > 0 else b"", fin, now)
+            elif fin and state == TIME_WAIT:
+                self._enter_time_wait(now)
+                self._send_ack_now()
+
+    # --- the RFC 9293 3.10.7.4 checks, in order -------------------------------------
+
+    def _check_sequence(self, seq: int, seg_len: int) -> bool:
+        """First, check sequence number: is the segment acceptable (the four cases of the
+        table, with RCV.WND = RCV.ADV - RCV.NXT)?"""
+        rcv_nxt = self.rcv_nxt
+        rwnd = max(self.rcv_adv - rcv_nxt, 0)
+        if seg_len == 0:
+            return seq == rcv_nxt if rwnd == 0 else rcv_nxt <= seq < rcv_nxt + rwnd
+        if rwnd == 0:
+            return False
+        last = seq + seg_len - 1
+        return rcv_nxt <= seq < rcv_nxt + rwnd or rcv_nxt <= last < rcv_nxt + rwnd
+
+    def _unacceptable(self, seq: int, plen: int, syn: int, fin: int, flags: int, ackw: int, wnd: int,
+                      opts: Options, now: float) -> None:
+        """An unacceptable segment: dropped, and answered with an ACK unless it is a RST.
+        With a zero window, an in-sequence segment's ACK is still processed."""
+        if flags & RST:
+            return
+        rcv_nxt = self.rcv_nxt
+        state = self.state
+        if self.rcv_adv <= rcv_nxt and seq == rcv_nxt and flags & ACK and not syn and state >= ESTABLISHED:
+            self.stack.counters["zero_window_drop"] += 1
+            ok_ack = self.unwrap(ackw, self.snd_una)
+            if self.snd_una <= ok_ack <= self.snd_max:
+                self._ack(ok_ack, wnd << self.snd_ws, seq, 0, flags, opts.sack if self.sb is not None else (), now)
+        elif state == TIME_WAIT and fin:
+            self._enter_time_wait(now)
+        if plen and seq + plen <= rcv_nxt:
+            self.dsack = (seq, seq + plen)
+        self.stack.counters["unacceptable"] += 1
+        self._send_ack_now()
+
+    def _trim_to_window(self, seq: int, off: int, plen: int, fin: int) -> tuple[int, int, int, int]:
+        """An acceptable segment cut to the window: the data before RCV.NXT (noted as a
+        D-SACK), and after the right edge with its FIN. Returns (SEQ of the data, its
+        offset, its length, FIN)."""
+        rcv_nxt = self.rcv_nxt
         if seq < rcv_nxt:
             cut = rcv_nxt - seq
             if cut > plen:
@@ -156,64 +196,52 @@ class _Input(_Sender):
                 self.dsack = (seq, seq + cut)
             off += cut
             plen -= cut
-            data_seq = rcv_nxt
-        else:
-            data_seq = seq
-        over = data_seq + plen - (rcv_nxt + rwnd)
+            seq = rcv_nxt
+        over = seq + plen - max(self.rcv_adv, rcv_nxt)
         if over > 0:
             plen -= over
             fin = 0
-        # 2. RST
-        if flags & RST:
-            if seq != rcv_nxt:
-                self._send_ack_now()  # challenge ACK (RFC 5961 3.2)
-            elif state >= CLOSING:
-                self._finish()
-            else:
-                self._fail("reset")
-            return
-        # 3. SYN in a synchronized state: challenge ACK (RFC 5961 4.2)
-        if syn:
+        return seq, off, plen, fin
+
+    def _check_rst(self, seq: int) -> None:
+        """Second, check the RST bit: reset only when SEQ == RCV.NXT exactly, otherwise a
+        challenge ACK (RFC 5961 3.2)."""
+        if seq != self.rcv_nxt:
             self._send_ack_now()
-            return
-        # 4. ACK
-        if not flags & ACK:
-            if dup_syn and state == SYN_RCVD:
-                self.snd_nxt = self.iss  # the peer missed our SYN-ACK: send it again
-                self._mark()
-            return
+        elif self.state >= CLOSING:
+            self._finish()
+        else:
+            self._fail("reset")
+
+    def _check_ack(self, seq: int, ackw: int, wnd: int, plen: int, flags: int, opts: Options, now: float) -> bool:
+        """Fifth, check the ACK field (the ACK bit is on); False when the segment is done with."""
         una = self.snd_una
         ack = self.unwrap(ackw, una)
+        state = self.state
         if state == SYN_RCVD:
             if not una < ack <= self.snd_max:
                 self._send_rst_now(ack)
-                return
+                return False
             self.snd_wl1 = seq - 1
             self._established()
             state = self.state
-        if ack > self.snd_max:
+        if ack > self.snd_max:  # acknowledges something not yet sent
             self._send_ack_now()
-            return
+            return False
         if ack >= una:
             self._ack(ack, wnd << self.snd_ws, seq, plen, flags, opts.sack if self.sb is not None else (), now)
         fin_seq = self.fin_seq
-        if fin_seq is not None and self.snd_una > fin_seq:
+        if fin_seq is not None and self.snd_una > fin_seq:  # our FIN is acknowledged
             if state == FIN_WAIT_1:
-                self.state = state = FIN_WAIT_2
+                self.state = FIN_WAIT_2
                 self.rtx_at = 0.0
             elif state == CLOSING:
                 self._enter_time_wait(now)
-                return
+                return False
             elif state == LAST_ACK:
                 self._finish()
-                return
-        # 5. data, 6. FIN
-        if plen > 0 or fin:
-            if state == ESTABLISHED or state == FIN_WAIT_1 or state == FIN_WAIT_2:
-                self._text(data_seq, pkt[off:off + plen] if plen > 0 else b"", fin, now)
-            elif fin and state == TIME_WAIT:
-                self._enter_time_wait(now)
-                self._send_ack_now()
+                return False
+        return True
 
     def _text(self, seq: int, data: bytes, fin: int, now: float) -> None:
         rcv_nxt = self.rcv_nxt
