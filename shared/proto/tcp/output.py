@@ -13,13 +13,16 @@ What `output` sends, in order (RFC 9293 3.10.7 and the recovery rules in `sender
    (the latter two only on a SYN-ACK when the peer's SYN had them); the window in a SYN
    is never scaled (RFC 7323 2.2).
 2. The first unacknowledged segment, when a fast retransmit, partial ACK or timeout asked
-   for it (``rexmit_una``).
-3. With SACK in recovery: lost holes above HighRxt, while pipe < cwnd (RFC 6675 NextSeg).
+   for it (``rexmit_una``; `_retransmit_una`).
+3. With SACK in recovery: lost retransmissions, then lost holes above HighRxt, while
+   pipe < cwnd (RFC 6675 NextSeg; `_retransmit_lost`).
 4. Data from SND.NXT within min(send window, cwnd) (+ 2 MSS of limited transmit), full
    segments only unless it is the last of the buffer or half the peer's largest window
    fits (sender SWS avoidance, RFC 9293 3.8.6.2.1; Nagle is off: a proxy forwards what it
-   has at once). PSH on the segment that empties the buffer.
-5. Our FIN once all data is sent (it needs one byte of send window, not cwnd).
+   has at once). PSH on the segment that empties the buffer (`_send_new_data`).
+5. Our FIN once all data is sent (it needs one byte of send window, not cwnd); then
+   SND.NXT / SND.MAX and the retransmission, tail loss probe and persist timers
+   (`_after_send`).
 6. A pure ACK if one is owed and nothing above carried it, with SACK blocks while the
    out-of-order queue holds data.
 
@@ -33,6 +36,7 @@ import struct
 from typing import cast
 
 from ..ip.wordsums import word_sums
+from .rack import Rack
 from .segment import (
     ACK,
     FIN,
@@ -176,80 +180,112 @@ class _Output(_Tcb):
             self._tx(out, self.snd_max, ACK, b"", self._ack_options())
 
     def _output_data(self, now: float, out: list[bytes]) -> int:
-        """Retransmissions, new data and FIN; returns the number of segments sent."""
-        mss = self.mss
+        """Retransmissions, new data and FIN, in that order (steps 2-5 of the module
+        docstring); returns the number of segments sent."""
         una = self.snd_una
         nxt = self.snd_nxt
-        base = self.sbuf_seq
-        sbuf = self.sbuf
-        data_end = base + len(sbuf)
-        fin_seq = self.fin_seq
-        wnd_edge = una + self.snd_wnd
-        cc = self.cc
-        cwnd = cc.cwnd
+        cwnd = self.cc.cwnd
         sent = 0
-        wndf = -1  # computed at the first transmission: it moves RCV.ADV
-        tx = self._tx
         if self.rexmit_una:
             self.rexmit_una = False
-            n = min(mss, data_end - una)
-            if n > 0:
-                if wndf < 0:
-                    wndf = self._window_field()
-                tx(out, una, ACK, sbuf[una - base:una - base + n], b"", wndf)
-            elif fin_seq is not None and una == fin_seq:
-                if wndf < 0:
-                    wndf = self._window_field()
-                tx(out, una, ACK | FIN, b"", b"", wndf)
-                n = 1
-            if n > 0:
-                sent += 1
-                self._rexmitted(una, una + n, now)
+            n = self._retransmit_una(out, now)
+            if n:
+                sent = 1
                 nxt = max(nxt, una + n)
         rack = self.rack
         if self.recovery and rack is not None:
-            sb = self.sb
-            assert sb is not None  # made with rack
-            lost = rack.boundary
-            frm = max(self.high_rxt, una)
-            pipe = (self.snd_max - una) - sb.sacked - sb.hole_bytes(frm, lost) - rack.lost_rtx_bytes(una)
-            for r in [r for r in rack.rtx if r[3]]:  # lost retransmissions first
-                if cwnd - pipe < mss:
-                    break
-                s = r[0] = max(r[0], una)
-                n = min(mss, r[1] - s, data_end - s)
-                if n <= 0:
-                    continue
-                if wndf < 0:
-                    wndf = self._window_field()
-                tx(out, s, ACK, sbuf[s - base:s - base + n], b"", wndf)
-                sent += 1
-                self._rexmitted(s, s + n, now)
-                pipe += n
-            while cwnd - pipe >= mss:
-                hole = sb.next_hole(frm, lost)
-                if hole is None:
-                    break
-                s = hole[0]
-                n = min(mss, hole[1] - s, data_end - s)
-                if n <= 0:
-                    break
-                if wndf < 0:
-                    wndf = self._window_field()
-                tx(out, s, ACK, sbuf[s - base:s - base + n], b"", wndf)
-                sent += 1
-                frm = s + n
-                self._rexmitted(s, frm, now)
-                pipe += n
+            k, pipe = self._retransmit_lost(out, now, rack, cwnd)
+            sent += k
             cwnd_edge = nxt + max(cwnd - pipe, 0)
         else:
             dupacks = self.dupacks
             if 0 < dupacks < 3 and not self.recovery:
-                cwnd += dupacks * mss  # limited transmit (RFC 3042)
+                cwnd += dupacks * self.mss  # limited transmit (RFC 3042)
             cwnd_edge = una + cwnd
-        edge = min(cwnd_edge, wnd_edge)
+        wnd_edge = una + self.snd_wnd
         snd_max = self.snd_max
+        nxt, k, new = self._send_new_data(out, now, nxt, min(cwnd_edge, wnd_edge), snd_max)
+        sent += k
+        fin_seq = self.fin_seq
+        if fin_seq is not None and nxt == fin_seq and fin_seq < wnd_edge:  # one byte of window, not cwnd
+            self._tx(out, fin_seq, ACK | FIN)
+            sent += 1
+            if nxt < snd_max:
+                self._rexmitted(nxt, nxt + 1, now)
+            nxt += 1
+        self._after_send(now, nxt, cwnd, sent, new)
+        return sent
+
+    def _retransmit_una(self, out: list[bytes], now: float) -> int:
+        """Step 2: the first unacknowledged segment (or our FIN), which a fast retransmit,
+        a partial ACK or a timeout asked for; returns the sequence space resent (0: none)."""
+        una = self.snd_una
+        base = self.sbuf_seq
+        n = min(self.mss, base + len(self.sbuf) - una)
+        if n > 0:
+            self._tx(out, una, ACK, self.sbuf[una - base:una - base + n])
+        elif self.fin_seq is not None and una == self.fin_seq:
+            self._tx(out, una, ACK | FIN)
+            n = 1
+        else:
+            return 0
+        self._rexmitted(una, una + n, now)
+        return n
+
+    def _retransmit_lost(self, out: list[bytes], now: float, rack: Rack, cwnd: int) -> tuple[int, int]:
+        """Step 3, SACK recovery (RFC 6675 NextSeg, with RACK's losses): lost
+        retransmissions first, then the lost holes above HighRxt, while pipe < cwnd.
+        Returns (segments sent, pipe)."""
+        sb = self.sb
+        assert sb is not None  # made with rack
+        mss = self.mss
+        una = self.snd_una
+        base = self.sbuf_seq
+        sbuf = self.sbuf
+        data_end = base + len(sbuf)
+        lost = rack.boundary
+        frm = max(self.high_rxt, una)
+        pipe = (self.snd_max - una) - sb.sacked - sb.hole_bytes(frm, lost) - rack.lost_rtx_bytes(una)
+        sent = 0
+        for r in [r for r in rack.rtx if r[3]]:  # lost retransmissions first
+            if cwnd - pipe < mss:
+                break
+            s = r[0] = max(r[0], una)
+            n = min(mss, r[1] - s, data_end - s)
+            if n <= 0:
+                continue
+            self._tx(out, s, ACK, sbuf[s - base:s - base + n])
+            sent += 1
+            self._rexmitted(s, s + n, now)
+            pipe += n
+        while cwnd - pipe >= mss:
+            hole = sb.next_hole(frm, lost)
+            if hole is None:
+                break
+            s = hole[0]
+            n = min(mss, hole[1] - s, data_end - s)
+            if n <= 0:
+                break
+            self._tx(out, s, ACK, sbuf[s - base:s - base + n])
+            sent += 1
+            frm = s + n
+            self._rexmitted(s, frm, now)
+            pipe += n
+        return sent, pipe
+
+    def _send_new_data(self, out: list[bytes], now: float, nxt: int, edge: int, snd_max: int) -> tuple[int, int, int]:
+        """Step 4: data from ``nxt`` up to ``edge`` (min of the cwnd and send window edges);
+        below SND.MAX that is a go-back-N resend. Full segments only, unless it is the last
+        of the buffer or half the peer's largest window fits (sender SWS avoidance, RFC 9293
+        3.8.6.2.1; no Nagle), or the persist timer forces a small window to be filled.
+        Returns (the new SND.NXT, segments sent, segments of new data)."""
+        mss = self.mss
+        base = self.sbuf_seq
+        sbuf = self.sbuf
+        data_end = base + len(sbuf)
+        rack = self.rack
         force = self.force
+        wndf = -1  # computed at the first segment: it moves RCV.ADV
         new = 0
         fresh: list[tuple[int, int, bytearray]] = []
         while nxt < data_end:
@@ -266,7 +302,6 @@ class _Output(_Tcb):
             if wndf < 0:
                 wndf = self._window_field()
             fresh.append((nxt, ACK | PSH if end == data_end else ACK, sbuf[off:off + n]))
-            sent += 1
             if nxt < snd_max:
                 self._rexmitted(nxt, end, now)
             else:
@@ -281,34 +316,35 @@ class _Output(_Tcb):
         if fresh:  # built together: one batched checksum pass over the payloads
             # (it sums a short run one by one itself; it reads bytearrays as well as bytes)
             sums = word_sums(cast("list[bytes]", [f[2] for f in fresh]))
+            tx = self._tx
             for (seq, flags, payload), psum in zip(fresh, sums, strict=True):
                 tx(out, seq, flags, payload, b"", wndf, psum)
         self.force = False
-        if fin_seq is not None and nxt == fin_seq and fin_seq < wnd_edge:
-            if wndf < 0:
-                wndf = self._window_field()
-            tx(out, fin_seq, ACK | FIN, b"", b"", wndf)
-            sent += 1
-            if nxt < snd_max:
-                self._rexmitted(nxt, nxt + 1, now)
-            nxt += 1
+        return nxt, len(fresh), new
+
+    def _after_send(self, now: float, nxt: int, cwnd: int, sent: int, new: int) -> None:
+        """SND.NXT and SND.MAX; whether cwnd limits the flight (it grows only then); the
+        retransmission timer (RFC 6298 5.1), the tail loss probe after new data, and the
+        persist timer when data or FIN wait and nothing is in flight."""
         self.snd_nxt = nxt
+        snd_max = self.snd_max
         if nxt > snd_max:
             self.snd_max = snd_max = nxt
-        flight = snd_max - una
-        self.cwnd_limited = (flight << 1 >= cwnd) if cwnd < cc.ssthresh else flight + mss >= cwnd
+        mss = self.mss
+        flight = snd_max - self.snd_una
+        self.cwnd_limited = (flight << 1 >= cwnd) if cwnd < self.cc.ssthresh else flight + mss >= cwnd
         if sent:
             self.ack_pending = False
         if flight:
             if not self.rtx_at:
                 self.rtx_at = now + self.rtt.rto
                 self._arm(self.rtx_at)
-            if new and rack is not None and not self.tlp_at:
+            if new and self.rack is not None and not self.tlp_at:
                 self._arm_tlp(now)
-        elif (nxt < data_end or (fin_seq is not None and nxt <= fin_seq)) and not self.persist_at:
+        elif ((nxt < self.sbuf_seq + len(self.sbuf) or (self.fin_seq is not None and nxt <= self.fin_seq))
+              and not self.persist_at):
             self.persist_at = now + self.rtt.rto
             self._arm(self.persist_at)
-        return sent
 
     def _arm_tlp(self, now: float) -> None:
         """Arm the tail loss probe (see `probes`, where it expires), when new data went out or an ACK brought news."""
