@@ -14,6 +14,7 @@ from sunbeam.shared.messages.netmap import ControlStatus, NetmapDelta, NetmapSna
 from sunbeam.shared.netmap import Netmap, NetmapBuilder, NetmapChange
 from sunbeam.shared.runtime.log import StructLogger
 
+from .expiry import flag_change, flag_netmap
 from .publisher import NetmapPublisher
 from .state import State, check_transition
 
@@ -45,8 +46,11 @@ class Publication:
         self.publisher.publish_status(self.status())
 
     def publish_change(self, change: NetmapChange, builder: NetmapBuilder) -> None:
+        """Publish ``change``; peers with an expired key go out unreachable (expiry.py)."""
+        now = time.time()
         self.seq += 1
-        self.netmap = builder.snapshot()
+        self.netmap = flag_netmap(builder.snapshot(), now)
+        change = flag_change(change, now)
         snapshot = NetmapSnapshot(seq=self.seq, netmap=self.netmap)
         if self.publisher.snapshot is None:
             self.publisher.publish_snapshot(snapshot)

@@ -12,9 +12,14 @@ The table, sorted by name (a peer no worker reported shows ``-`` / ``never``)::
     NAME    ADDRESSES                      ONLINE  PATH                   LAST HANDSHAKE  RX       TX
     peer-1  100.64.0.1, fd7a:115c:a1e0::1  yes     DERP(999)              12s ago         1.2 KiB  880 B
     peer-2  100.64.0.2                     no      direct 10.0.0.2:41641  never           0 B      0 B
+    peer-3  100.64.0.4                     expired -                      never           0 B      0 B
+
+A peer whose node key expired shows ``expired`` in the ONLINE column: the control service
+publishes it without routes (services/control/expiry.py), so nothing is sent to it.
 
 ``--json``: a list of objects, one per peer, raw numbers: ``name``, ``id``, ``key``,
-``addresses`` (without prefix length), ``online`` (true/false/null = unknown), ``path``
+``addresses`` (without prefix length), ``online`` (true/false/null = unknown), ``expired``
+(its node key expired: nothing is sent to it), ``key_expiry`` (RFC 3339 or null), ``path``
 (``"direct"`` | ``"derp"`` | ``""``), ``endpoint``, ``derp_region``, ``worker`` (null: no
 worker reported it), ``last_handshake`` (unix seconds, 0 = never), ``handshake_age``
 (seconds, null = never), ``rx_bytes``, ``tx_bytes``.
@@ -110,6 +115,7 @@ def peer_rows(netmap: Netmap, stats: list[PeerStats], now: float) -> list[dict[s
         rows.append({
             "name": p.hostname or p.name, "id": p.id, "key": p.key,
             "addresses": [a.split("/")[0] for a in p.addresses], "online": p.online,
+            "expired": p.expired, "key_expiry": p.key_expiry,
             "path": s.path if s else "", "endpoint": s.endpoint if s else "",
             "derp_region": s.derp_region if s else 0, "worker": s.worker if s else None,
             "last_handshake": hs, "handshake_age": max(0.0, now - hs) if hs else None,
@@ -124,7 +130,8 @@ def format_table(rows: list[dict[str, Any]], now: float) -> str:
     cells = [_HEADER]
     for r in rows:
         cells.append((
-            r["name"], ", ".join(r["addresses"]) or "-", {True: "yes", False: "no", None: "?"}[r["online"]],
+            r["name"], ", ".join(r["addresses"]) or "-",
+            "expired" if r.get("expired") else {True: "yes", False: "no", None: "?"}[r["online"]],
             format_path(r["path"], r["endpoint"], r["derp_region"]), format_ago(r["last_handshake"], now),
             format_bytes(r["rx_bytes"]), format_bytes(r["tx_bytes"]),
         ))
@@ -237,7 +244,12 @@ def _peer_path(rundir: Path, key: str) -> str | None:
 def ping_command(rundir: Path, target: str, count: int) -> int:
     """``sunbeam-ctl ping PEER [-c COUNT]``; returns the exit code."""
     # the proxy owns the IP layer: it sends the echoes and matches the replies
-    from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PING_SOCKET, PingPeer
+    from sunbeam.services.proxy.ping import (
+        PING_REPLY_CODEC,
+        PING_REQUEST_CODEC,
+        PING_SOCKET,
+        PingPeer,
+    )
 
     if not any(f.live for f in discover(Path(rundir))):
         print("sunbeam-ctl: VPN: not running")

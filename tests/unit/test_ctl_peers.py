@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
-from sunbeam.shared.ctl.peers import find_peer, format_ago, format_bytes, format_path, format_table, peer_rows, via
+from sunbeam.shared.ctl.peers import (
+    find_peer,
+    format_ago,
+    format_bytes,
+    format_path,
+    format_table,
+    peer_rows,
+    via,
+)
 from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.messages.ctl import (
     CTL_REPLY_CODEC,
@@ -95,7 +102,8 @@ def test_peer_rows_join_by_key_and_sort_by_name():
     assert [r["name"] for r in rows] == ["alpha.tail.example.", "peer-1", "zeta"]
     alpha, peer1, zeta = rows
     assert peer1 == {"name": "peer-1", "id": 1, "key": K1, "addresses": ["100.64.0.1", "fd7a:115c:a1e0::1"],
-                     "online": True, "path": "derp", "endpoint": "", "derp_region": 999, "worker": 1,
+                     "online": True, "expired": False, "key_expiry": None, "path": "derp", "endpoint": "",
+                     "derp_region": 999, "worker": 1,
                      "last_handshake": NOW - 12, "handshake_age": 12.0, "rx_bytes": 1229, "tx_bytes": 880}
     assert alpha["worker"] is None and alpha["path"] == "" and alpha["handshake_age"] is None
     assert alpha["online"] is None and alpha["last_handshake"] == 0.0
