@@ -16,7 +16,7 @@ import time
 import pytest
 from sunbeam.shared.ctl.daemon import running
 
-from .sunbeam_node import SunbeamNode, wait_for
+from .sunbeam_node import SunbeamNode, until_ok, wait_for
 
 pytestmark = pytest.mark.realnet
 
@@ -149,6 +149,8 @@ def test_interactive_login_then_reconnect_then_expiry_and_login_again(refnet, ma
     expired = node.wait_state("NeedsLogin", timeout=20)
     assert expired["reason"] == "needs login: node key expired" and expired["peers"] == 0
     assert "needs login: node key expired" in node.ctl("status").stdout
+    stopped = node.ctl("ping", refnet["peers"][0]["name"], "-c", "1")  # data to peers stopped
+    assert stopped.returncode == 1 and "no peer called" in stopped.stdout, stopped.stdout
     relogin = Lines(node, "login")
     url2 = relogin.until(URL_BLOCK, 30).group(1)
     assert url2 != url
@@ -228,3 +230,33 @@ def test_expiry_with_a_reusable_key_login_brings_it_back(refnet, make_node):
     assert "To authenticate" not in res.stdout  # the context's key did it
     assert node.control()["state"] == "Running" and pids(node) == before
     assert not expired_at_server(hs_node(refnet, "sb-expiry") or {})
+
+
+def test_a_peer_whose_key_expired_is_shown_expired_and_not_sent_to(refnet, make_node):
+    from sunbeam.refnet import network
+
+    node = make_node("sb-peers", key=True)
+    res = node.ctl("connect", timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr + node.log()[-2000:]
+    entry = network.add_peer(refnet["name"], ephemeral=True, log=lambda m: None)
+    name = entry["name"]
+
+    def row():
+        out = node.ctl("peers", "--json")
+        return next((r for r in json.loads(out.stdout or "[]") if r["name"] == name), None)
+
+    wait_for(row, 20, "the new peer in our netmap")
+    ok = until_ok(lambda: node.ctl("ping", name, "-c", "1"), 30)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    theirs = hs_node(refnet, name)
+    assert theirs is not None
+    assert hs(refnet, "nodes", "expire", "-i", str(theirs["id"])).returncode == 0
+    gone = wait_for(lambda: (r := row()) and r["expired"] and r, 20, "the peer shown expired")
+    assert gone["addresses"] == entry["ips"]  # still listed, as what it was
+    table = node.ctl("peers").stdout
+    assert re.search(rf"^{re.escape(name)}\s+\S+.*\bexpired\b", table, re.MULTILINE), table
+    res = node.ctl("ping", name, "-c", "2")
+    assert res.returncode == 1, res.stdout
+    assert row()["tx_bytes"] == gone["tx_bytes"]  # nothing went to it
+    assert node.control()["state"] == "Running"  # the other peers are not concerned
+    subprocess.run(entry["tailscale_cli"] + ["logout"], capture_output=True, timeout=60, check=False)
