@@ -5,7 +5,7 @@
 ports) from the ``random_bytes`` it is given. Modules, one concern each:
 
     segment      wire layout of TCP header and options; checksum; parse / build
-    states       connection states
+    states       connection states and the (state, event) -> state table
     tcb          the control block: every variable of a connection, declared once
     connection   user calls (send/read/shutdown/abort), timers
     input        segment arrival (RFC 9293 3.10.7): fast path and the RFC's checks

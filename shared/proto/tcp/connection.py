@@ -9,11 +9,7 @@ dispatch.
 
 States (RFC 9293 3.3.2), plus REQUESTED: a SYN for a listened port, reported as a
 `ConnectionRequest` and waiting for `accept` (-> SYN-RECEIVED, SYN-ACK sent) or `refuse`
-(RST)::
-
-    REQUESTED --accept--> SYN-RCVD --ACK--> ESTABLISHED --shutdown--> FIN-WAIT-1 --ACK--> FIN-WAIT-2
-    connect: SYN-SENT --SYN-ACK--> ESTABLISHED       ESTABLISHED --FIN--> CLOSE-WAIT --shutdown--> LAST-ACK
-    FIN-WAIT-1 --FIN--> CLOSING --ACK--> TIME-WAIT;  FIN-WAIT-2 --FIN--> TIME-WAIT --2 s--> gone
+(RST). Every transition, and which code takes it, is the table in `states`.
 
 Sequence numbers are kept *extended*: plain Python ints that never wrap, starting at the
 32-bit ISS / IRS; a wire value is mapped next to a reference (`unwrap`) and written
@@ -34,16 +30,19 @@ from ..ip.headers import addr_text
 from .input import _Input
 from .segment import ACK, RST
 from .states import (
+    ACCEPT,
+    CLOSE,
     CLOSE_WAIT,
     CLOSED,
+    CONNECT,
     ESTABLISHED,
     FIN_WAIT_1,
     FIN_WAIT_2,
     LAST_ACK,
     REQUESTED,
     STATE_NAMES,
+    SYN_IN,
     SYN_RCVD,
-    SYN_SENT,
     TIME_WAIT,
 )
 from .tcb import Config
@@ -57,19 +56,19 @@ class Connection(_Input):
     # --- user calls ------------------------------------------------------------------
 
     def open_active(self, now: float) -> None:
-        self.state = SYN_SENT
+        self._go(CONNECT)
         self._mark()
 
     def open_passive(self, now: float) -> None:
         """A SYN arrived for a listened port: wait for `accept` / `refuse`."""
-        self.state = REQUESTED
+        self._go(SYN_IN)
         self.req_at = now + self.cfg.request_timeout
         self._arm(self.req_at)
 
     def accept(self, now: float) -> None:
         if self.state != REQUESTED:
             raise ValueError(f"connection {self.id} is {STATE_NAMES[self.state]}, not waiting for accept")
-        self.state = SYN_RCVD
+        self._go(ACCEPT)
         self.req_at = 0.0
         self._mark()
 
@@ -117,10 +116,7 @@ class Connection(_Input):
         if state == REQUESTED:
             raise ValueError(f"connection {self.id} is a request: answer it with accept or refuse")
         self.fin_seq = self.sbuf_seq + len(self.sbuf)
-        if state == ESTABLISHED:
-            self.state = FIN_WAIT_1
-        elif state == CLOSE_WAIT:
-            self.state = LAST_ACK
+        self._go(CLOSE)  # in the handshake the FIN waits for ESTABLISHED (`_established`)
         self._mark()
 
     def abort(self, now: float) -> None:

@@ -55,11 +55,14 @@ from .states import (
     CLOSED,
     CLOSING,
     ESTABLISHED,
+    FIN_ACKED,
+    FIN_IN,
     FIN_WAIT_1,
     FIN_WAIT_2,
     LAST_ACK,
     M32,
     REQUESTED,
+    SYN_IN,
     SYN_RCVD,
     SYN_SENT,
     TIME_WAIT,
@@ -145,7 +148,7 @@ class _Input(_Sender):
             if state == ESTABLISHED or state == FIN_WAIT_1 or state == FIN_WAIT_2:
                 self._text(data_seq, pkt[off:off + plen] if plen > 0 else b"", fin, now)
             elif fin and state == TIME_WAIT:
-                self._enter_time_wait(now)
+                self._enter_time_wait(now, FIN_IN)
                 self._send_ack_now()
 
     # --- the RFC 9293 3.10.7.4 checks, in order -------------------------------------
@@ -176,7 +179,7 @@ class _Input(_Sender):
             if self.snd_una <= ok_ack <= self.snd_max:
                 self._ack(ok_ack, wnd << self.snd_ws, seq, 0, flags, opts.sack if self.sb is not None else (), now)
         elif state == TIME_WAIT and fin:
-            self._enter_time_wait(now)
+            self._enter_time_wait(now, FIN_IN)
         if plen and seq + plen <= rcv_nxt:
             self.dsack = (seq, seq + plen)
         self.stack.counters["unacceptable"] += 1
@@ -233,12 +236,13 @@ class _Input(_Sender):
         fin_seq = self.fin_seq
         if fin_seq is not None and self.snd_una > fin_seq:  # our FIN is acknowledged
             if state == FIN_WAIT_1:
-                self.state = FIN_WAIT_2
+                self._go(FIN_ACKED)
                 self.rtx_at = 0.0
             elif state == CLOSING:
-                self._enter_time_wait(now)
+                self._enter_time_wait(now, FIN_ACKED)
                 return False
             elif state == LAST_ACK:
+                self._go(FIN_ACKED)
                 self._finish()
                 return False
         return True
@@ -294,16 +298,12 @@ class _Input(_Sender):
             self.readable = False
             stack._events.append(Readable(self.id))
         stack._events.append(PeerFinished(self.id))
-        state = self.state
-        if state == ESTABLISHED or state == SYN_RCVD:
-            self.state = CLOSE_WAIT
-        elif state == FIN_WAIT_1:
-            if self.fin_seq is not None and self.snd_una > self.fin_seq:
-                self._enter_time_wait(now)
-            else:
-                self.state = CLOSING
-        elif state == FIN_WAIT_2:
-            self._enter_time_wait(now)
+        if self.state == FIN_WAIT_1 and self.fin_seq is not None and self.snd_una > self.fin_seq:
+            self._go(FIN_ACKED)  # both FINs acknowledged: FIN-WAIT-2 -> TIME-WAIT below
+        if self.state == FIN_WAIT_2:
+            self._enter_time_wait(now, FIN_IN)
+        else:
+            self._go(FIN_IN)
         self._send_ack_now()
 
     def _input_syn_sent(self, seqw: int, ackw: int, flags: int, wnd: int, opts: Options, pkt: bytes, off: int,
@@ -334,7 +334,7 @@ class _Input(_Sender):
             self.ack_pending = True
             self._mark()
         else:
-            self.state = SYN_RCVD  # simultaneous open: SYN-ACK with our ISS
+            self._go(SYN_IN)  # simultaneous open: SYN-ACK with our ISS
             self.snd_wnd = self.max_snd_wnd = wnd
             self.snd_nxt = self.iss
             self._mark()

@@ -26,7 +26,17 @@ from .rack import Rack
 from .reassembly import Reassembly
 from .rtt import RttEstimator
 from .scoreboard import Scoreboard
-from .states import CLOSED, ESTABLISHED, FIN_WAIT_1, M32, REQUESTED, TIME_WAIT
+from .states import (
+    CLOSE,
+    CLOSED,
+    DELETE,
+    M32,
+    NEXT_STATE,
+    REQUESTED,
+    STATE_NAMES,
+    SYN_ACKED,
+    TIME_WAIT,
+)
 
 if TYPE_CHECKING:
     from .stack import TcpStack
@@ -113,7 +123,7 @@ class _Tcb:
         self.ident = iss & 0xFFFF
         """The last IPv4 identification sent."""
         self.state = CLOSED
-        """One of `states`."""
+        """One of `states`; changed only by `_go`, through `states.NEXT_STATE`."""
         # send side (extended sequence numbers, see `connection`)
         self.iss = iss
         self.snd_una = self.snd_nxt = self.snd_max = iss
@@ -198,8 +208,19 @@ class _Tcb:
             self.dirty = True
             self.stack._dirty.append(self)
 
+    def _go(self, event: str) -> None:
+        """The transition `states.NEXT_STATE` lists for (state, ``event``)."""
+        try:
+            self.state = NEXT_STATE[self.state, event]
+        except KeyError:
+            raise AssertionError(f"connection {self.id}: no transition from {STATE_NAMES[self.state]} on {event}") \
+                from None
+
     def _established(self) -> None:
-        self.state = ESTABLISHED if self.fin_seq is None else FIN_WAIT_1
+        """Our SYN is acknowledged: ESTABLISHED, or FIN-WAIT-1 when the user shut down meanwhile."""
+        self._go(SYN_ACKED)
+        if self.fin_seq is not None:
+            self._go(CLOSE)
         if self.syn_retried:
             self.rtt.handshake_retried()
         self.stack._events.append(Connected(self.id))
@@ -218,7 +239,7 @@ class _Tcb:
         """Enter CLOSED: the stack forgets the connection; `Closed` once the data is read."""
         if self.state == REQUESTED:
             self.stack._requests -= 1
-        self.state = CLOSED
+        self._go(DELETE)
         self.rtx_at = self.tlp_at = self.rack_at = self.persist_at = self.tw_at = self.ka_at = self.req_at = 0.0
         self.sbuf = bytearray()
         self.ooo = None
@@ -231,8 +252,10 @@ class _Tcb:
             self.stack._events.append(Closed(self.id))
             self.stack._closed(self)
 
-    def _enter_time_wait(self, now: float) -> None:
-        self.state = TIME_WAIT
+    def _enter_time_wait(self, now: float, event: str) -> None:
+        """Take ``event`` into TIME-WAIT (or again in it): its timer (re)starts."""
+        self._go(event)
+        assert self.state == TIME_WAIT, STATE_NAMES[self.state]
         self.rtx_at = self.tlp_at = self.rack_at = self.persist_at = self.ka_at = 0.0
         self.sbuf = bytearray()
         self.tw_at = now + self.cfg.time_wait
