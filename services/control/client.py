@@ -393,8 +393,9 @@ class ControlClient:
         self.arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
 
     def send_lite_update(self) -> None:
-        """Tell the server our DiscoKey, endpoints and PreferredDERP without a new stream."""
-        if self.conn is None:
+        """Tell the server our DiscoKey, endpoints and PreferredDERP without a new stream
+        (registered only: `start_map` sends the latest after a login)."""
+        if self.conn is None or self.pub.state is State.NEEDS_LOGIN:
             return
         self.call(calls.MAP_PATH, calls.lite_update_request(self.me), self._on_lite_update)
         self.flush()

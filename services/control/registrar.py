@@ -75,7 +75,9 @@ class Registrar:
         body = calls.register_request(c.me, key if isinstance(key, str) else None,
                                       interactive=attempt is Attempt.INTERACTIVE, followup=self.flow.auth_url)
         if attempt is Attempt.INTERACTIVE and self.flow.auth_url:
-            c.pub.set_state(State.NEEDS_LOGIN, self.flow.why, auth_url=self.flow.auth_url)
+            # the URL in the reason too: `sunbeam-ctl status` shows it
+            c.pub.set_state(State.NEEDS_LOGIN, f"{self.flow.why}; visit {self.flow.auth_url}",
+                            auth_url=self.flow.auth_url)
             c.arm_idle(LOGIN_POLL_TIMEOUT, "no answer to the login's followup for too long")
         c.log.info("register", attempt=attempt.value, followup=bool(self.flow.auth_url))
         c.call(calls.REGISTER_PATH, body, lambda status, data: self._on_registered(attempt, status, data))
