@@ -260,3 +260,22 @@ def test_a_peer_whose_key_expired_is_shown_expired_and_not_sent_to(refnet, make_
     assert row()["tx_bytes"] == gone["tx_bytes"]  # nothing went to it
     assert node.control()["state"] == "Running"  # the other peers are not concerned
     subprocess.run(entry["tailscale_cli"] + ["logout"], capture_output=True, timeout=60, check=False)
+
+
+def test_a_login_waiting_through_a_headscale_restart_gets_and_shows_a_new_url(refnet, make_node):
+    from sunbeam.refnet import network
+
+    node = make_node("sb-restart", key=False)
+    login = Lines(node, "login")
+    url = login.until(URL_BLOCK, 60).group(1)
+    # Headscale keeps pending registrations in memory: after its restart our followup, sent
+    # again on the new connection, is answered with a new URL, which is shown
+    network.restart_headscale(refnet["name"], down_for=2.0)
+    two = re.compile(URL_BLOCK.pattern + r"[\s\S]*" + URL_BLOCK.pattern)
+    url2 = login.until(two, 60).group(2)
+    assert url2 != url and node.control()["auth_url"] == url2
+    assert url2 in node.ctl("status").stdout  # status shows where to log in
+    admin_registers(refnet, url2)
+    code, out = login.finish(60)
+    assert code == 0, out + node.log()[-3000:]
+    assert node.control()["state"] == "Running"
