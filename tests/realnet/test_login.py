@@ -279,3 +279,24 @@ def test_a_login_waiting_through_a_headscale_restart_gets_and_shows_a_new_url(re
     code, out = login.finish(60)
     assert code == 0, out + node.log()[-3000:]
     assert node.control()["state"] == "Running"
+
+
+def test_expiry_with_a_spent_single_use_key_falls_back_to_an_interactive_login(refnet, make_node):
+    out = hs(refnet, "preauthkeys", "create", "--user", str(refnet["user_id"]), "--expiration", "1h", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    node = make_node("sb-oneoff", key=True)
+    node.env["SUNBEAM_AUTH_KEY"] = json.loads(out.stdout)["key"]
+    res = node.ctl("connect", timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr + node.log()[-2000:]
+    ours = hs_node(refnet, "sb-oneoff")
+    assert ours is not None
+    assert hs(refnet, "nodes", "expire", "-i", str(ours["id"])).returncode == 0
+    node.wait_state("NeedsLogin", timeout=20)
+    login = Lines(node, "login")
+    url = login.until(URL_BLOCK, 30).group(1)  # the key is spent: Headscale refuses it for an expired node
+    reason = node.control()["reason"]
+    assert reason.startswith("needs login: node key expired") and url in reason, reason
+    admin_registers(refnet, url)
+    code, text = login.finish(60)
+    assert code == 0, text + node.log()[-3000:]
+    assert node.control()["node_id"] == ours["id"]
