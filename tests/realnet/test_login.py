@@ -193,11 +193,11 @@ def test_logout_seen_by_server_and_real_peer_then_connect_needs_a_key(refnet, ma
     assert at_server is not None and expired_at_server(at_server), at_server
     wait_for(lambda: not (hs_node(refnet, "sb-logout") or {}).get("online"), 20, "offline at the server")
 
-    def peer_dropped_us():
+    def peer_dropped_us():  # tailscaled 1.98 shows us Expired at once (and sends nothing to us)
         seen = peer_view(peer, "sb-logout")
-        return seen is None or seen.get("Expired") or not seen.get("Online")
+        return seen is None or seen.get("Expired")
 
-    wait_for(peer_dropped_us, 30, "the real peer shows us gone, expired or offline")
+    wait_for(peer_dropped_us, 30, "the real peer shows us expired (or gone)")
 
     # without a key the next connect needs a login (Ctrl-C it) ...
     key = node.env.pop("SUNBEAM_AUTH_KEY")
