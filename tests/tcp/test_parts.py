@@ -112,9 +112,9 @@ def test_rack_detects_loss_and_lost_retransmission():
     rk.sent(600, 700, 0.012)  # new data after it
     rk.sacked(600, 700, 0.018)  # RACK.rtt = 6 ms
     again = rk.detect(0.018, 0.005)
-    assert rk.rtx[0][3] is False and abs(again - 0.022) < 1e-9  # 0.011 + 6 ms + 5 ms reordering window
+    assert rk.rtx[0].lost is False and abs(again - 0.022) < 1e-9  # 0.011 + 6 ms + 5 ms reordering window
     rk.detect(0.0225, 0.005)
-    assert rk.rtx[0][3] is True  # sent before a delivered segment, and too long ago: lost
+    assert rk.rtx[0].lost is True  # sent before a delivered segment, and too long ago: lost
     assert rk.lost_rtx_bytes(0) == 100
     rk.acked(700, 0.031)
     assert rk.rtx == [] and rk.head == 7

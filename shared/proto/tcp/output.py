@@ -247,11 +247,11 @@ class _Output(_Tcb):
         frm = max(self.high_rxt, una)
         pipe = (self.snd_max - una) - sb.sacked - sb.hole_bytes(frm, lost) - rack.lost_rtx_bytes(una)
         sent = 0
-        for r in [r for r in rack.rtx if r[3]]:  # lost retransmissions first
+        for r in [r for r in rack.rtx if r.lost]:  # lost retransmissions first
             if cwnd - pipe < mss:
                 break
-            s = r[0] = max(r[0], una)
-            n = min(mss, r[1] - s, data_end - s)
+            s = r.start = max(r.start, una)
+            n = min(mss, r.end - s, data_end - s)
             if n <= 0:
                 continue
             self._tx(out, s, ACK, sbuf[s - base:s - base + n])

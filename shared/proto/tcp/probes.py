@@ -49,8 +49,8 @@ class _Probes(_Output):
         else:
             if rack.rtx:
                 oldest = rack.rtx[0]
-                oldest[0] = start = max(oldest[0], una)
-                end = oldest[1]
+                oldest.start = start = max(oldest.start, una)
+                end = oldest.end
             else:
                 end = min(self.snd_max, data_end)
                 start = max(una, end - self.mss)

@@ -11,8 +11,8 @@ Transmission log, without an object per segment:
   extended the highest sequence sent (new data, or go-back-N resends after a timeout),
   in sequence order, which is also time order; entries below SND.UNA are skipped by
   moving ``head`` (compacted now and then).
-- ``rtx``: retransmissions (of holes, or of the first segment), ``[start, end, time,
-  lost]`` in time order; a segment retransmitted again moves to the end.
+- ``rtx``: retransmissions (of holes, or of the first segment), `Retransmission`s in
+  time order; a segment retransmitted again moves to the end.
 
 From the log ``detect`` derives ``boundary``: every unSACKed byte below it that has not
 been retransmitted since (that is, above the sender's HighRxt) is lost; and ``lost``
@@ -27,10 +27,26 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 
-__all__ = ["Rack"]
+__all__ = ["Rack", "Retransmission"]
 
 INF = float("inf")
 NONE = -INF
+
+
+class Retransmission:
+    """One retransmission of [start, end) at ``time``; ``lost`` once RACK says so."""
+
+    __slots__ = ("end", "lost", "start", "time")
+
+    def __init__(self, start: int, end: int, time: float) -> None:
+        self.start = start
+        """Moves up when the cumulative ACK covers the front."""
+        self.end = end
+        self.time = time
+        self.lost = False
+
+    def __repr__(self) -> str:
+        return f"Retransmission({self.start}, {self.end}, {self.time}, lost={self.lost})"
 
 
 class Rack:
@@ -58,7 +74,7 @@ class Rack:
         self.times: list[float] = []
         self.head = 0
         self.tx_high = start
-        self.rtx: list[list] = []
+        self.rtx: list[Retransmission] = []
         self.xmit_ts = NONE
         """Send time of the most recently sent segment known delivered (NONE: none yet)."""
         self.end_seq = 0
@@ -91,10 +107,10 @@ class Rack:
             return
         rtx = self.rtx
         for i, r in enumerate(rtx):
-            if r[0] == start:
+            if r.start == start:
                 del rtx[i]
                 break
-        rtx.append([start, end, now, False])
+        rtx.append(Retransmission(start, end, now))
 
     def _delivered(self, t: float, end: int, retransmitted: bool, now: float) -> None:
         rtt = now - t
@@ -124,8 +140,8 @@ class Rack:
         if self.rtx:
             keep = []
             for r in self.rtx:
-                if r[1] <= una:
-                    self._delivered(r[2], r[1], True, now)
+                if r.end <= una:
+                    self._delivered(r.time, r.end, True, now)
                 else:
                     keep.append(r)
             self.rtx = keep
@@ -139,8 +155,8 @@ class Rack:
         if self.rtx:
             keep = []
             for r in self.rtx:
-                if start <= r[0] and r[1] <= end:
-                    self._delivered(r[2], r[1], True, now)
+                if start <= r.start and r.end <= end:
+                    self._delivered(r.time, r.end, True, now)
                 else:
                     keep.append(r)
             self.rtx = keep
@@ -181,16 +197,16 @@ class Rack:
             self.boundary = ends[m - 1]
         again = times[m] + wait if m < j else 0.0
         for r in self.rtx:
-            t = r[2]
-            if t > xmit_ts or (t == xmit_ts and r[1] >= self.end_seq):
+            t = r.time
+            if t > xmit_ts or (t == xmit_ts and r.end >= self.end_seq):
                 break
-            if r[3]:
+            if r.lost:
                 continue
             if t <= cutoff:
-                r[3] = True
+                r.lost = True
             elif not again or t + wait < again:
                 again = t + wait
         return max(again, now + 1e-6) if again else 0.0
 
     def lost_rtx_bytes(self, una: int) -> int:
-        return sum(r[1] - max(r[0], una) for r in self.rtx if r[3] and r[1] > una)
+        return sum(r.end - max(r.start, una) for r in self.rtx if r.lost and r.end > una)

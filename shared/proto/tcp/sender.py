@@ -86,7 +86,7 @@ class _Sender(_Probes):
             self.rack_at = again
             self._arm(again)
         frm = max(self.high_rxt, self.snd_una)
-        if (rack.boundary > frm and sb.hole_bytes(frm, rack.boundary)) or any(r[3] for r in rack.rtx):
+        if (rack.boundary > frm and sb.hole_bytes(frm, rack.boundary)) or any(r.lost for r in rack.rtx):
             if not self.recovery:
                 self._enter_recovery(now, reduce=self.snd_una > self.recover)
             else:
