@@ -299,6 +299,7 @@ class _Input(_Sender):
             stack._events.append(Readable(self.id))
         stack._events.append(PeerFinished(self.id))
         if self.state == FIN_WAIT_1 and self.fin_seq is not None and self.snd_una > self.fin_seq:
+            # (no test reaches this: `_check_ack` takes FIN_ACKED before the text is read)
             self._go(FIN_ACKED)  # both FINs acknowledged: FIN-WAIT-2 -> TIME-WAIT below
         if self.state == FIN_WAIT_2:
             self._enter_time_wait(now, FIN_IN)
