@@ -429,9 +429,8 @@ class ControlClient:
         if change is not None:
             self.pub.publish_change(change, self.builder)
             self._maybe_choose_home_derp()
-            node = self.builder.snapshot().self_node
-            if node is not None and node.expired:
-                return self.registrar.on_own_node(expired=True)
+            if change.self_node is not None and self.registrar.on_own_node(change.self_node):
+                return  # our key expired: the connection is closed
         # checked on every response, changed or not: after a reconnect the first one often
         # changes nothing we had
         if self.pub.state is not State.RUNNING:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 
 import msgspec
-from sunbeam.shared.netmap import Netmap, NetmapChange, Peer
+from sunbeam.shared.netmap import Netmap, NetmapChange, Peer, SelfNode
 
 
 def _unix(text: str) -> float | None:
@@ -25,10 +25,15 @@ def _unix(text: str) -> float | None:
         return None
 
 
-def is_expired(peer: Peer, now: float) -> bool:
-    if peer.expired:
+def key_expiry(node: Peer | SelfNode) -> float | None:
+    """When the node's key expires (Unix seconds); None: never (or unreadable)."""
+    return _unix(node.key_expiry) if node.key_expiry else None
+
+
+def is_expired(node: Peer | SelfNode, now: float) -> bool:
+    if node.expired:
         return True
-    when = _unix(peer.key_expiry) if peer.key_expiry else None
+    when = key_expiry(node)
     return when is not None and when <= now
 
 

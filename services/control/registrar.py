@@ -8,7 +8,8 @@ again, so a server that vanished silently is noticed). Authorized: the ``registe
 marker in the state dir (so the next start RESUMEs without auth key or login) and the map
 stream.
 
-An own node the map shows expired (``headscale nodes expire``), or a logout, ends the
+An own node the map shows expired (``headscale nodes expire``), or whose KeyExpiry passes
+(a timer: the server need not say so), or a logout, ends the
 connection, removes every peer from the published netmap (so the WireGuard workers stop
 sending to them) and waits for ``sunbeam-ctl login`` (`AccountServer`). The node key
 stays: WireGuard keeps its key, and login brings the node back without restarting a
@@ -19,13 +20,16 @@ Owned by the control service's loop thread.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+from sunbeam.shared.netmap import SelfNode
 from sunbeam.shared.proto.tailcfg import MapResponse, decode_register_response
 
 from . import calls
 from .account import AccountReply, AccountRequest, LoginRequest, Respond
 from .calls import Attempt
+from .expiry import is_expired, key_expiry
 from .login import KEY_EXPIRED, LOGGED_OUT, LoginFlow, Verdict
 from .state import State
 
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 LOGIN_POLL_TIMEOUT = 600.0  # renew a followup long poll that long without an answer
 LOGOUT_TIMEOUT = 10.0
+EXPIRY_RECHECK = 3600.0  # a key expiring later than this is looked at again then
 
 
 class Registrar:
@@ -43,6 +48,7 @@ class Registrar:
         self.flow = LoginFlow(registered=self.marker.exists(), has_auth_key=bool(client.ctx.auth_key.reveal()))
         self._logout_reply: Respond | None = None
         self._logout_timer: Any = None
+        self._expiry_timer: Any = None
 
     @property
     def waiting_for_login(self) -> bool:
@@ -52,6 +58,7 @@ class Registrar:
     def wait_for_login(self, reason: str) -> None:
         """Close the connection, drop the peers, NeedsLogin without URL."""
         c = self.client
+        self._cancel_expiry_timer()
         c.close_connection()
         self.clear_peers()
         c.pub.set_state(State.NEEDS_LOGIN, reason)
@@ -103,12 +110,34 @@ class Registrar:
             c.log.info("register_again", attempt=attempt.value, reason=decision.reason)
         self.send_register()
 
-    def on_own_node(self, expired: bool) -> None:
-        """The map's view of us: an expired node key stops everything until a login."""
-        if expired and self._logout_reply is None:
-            self.client.log.warning("key_expired", node_key=self.client.me.keys.node_public_text)
+    def on_own_node(self, node: SelfNode) -> bool:
+        """The map's view of us changed: an expired node key stops everything until a
+        login (True: the connection is closed); a key expiring later is watched."""
+        self._cancel_expiry_timer()
+        if self._logout_reply is not None:
+            return False
+        now = time.time()
+        if is_expired(node, now):
+            self.client.log.warning("key_expired", node_key=self.client.me.keys.node_public_text,
+                                    key_expiry=node.key_expiry)
             self.flow.expired_while_running()
             self.wait_for_login(KEY_EXPIRED)
+            return True
+        when = key_expiry(node)
+        if when is not None:
+            self._expiry_timer = self.client.loop.call_later(min(when - now, EXPIRY_RECHECK), self._expiry_due)
+        return False
+
+    def _expiry_due(self) -> None:
+        self._expiry_timer = None
+        node = self.client.builder.snapshot().self_node
+        if node is not None and self.client.pub.state is not State.ERROR:
+            self.on_own_node(node)  # connected or not: an expired key needs a login either way
+
+    def _cancel_expiry_timer(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
 
     # -- the account socket ---------------------------------------------------------------
 
