@@ -300,3 +300,21 @@ def test_expiry_with_a_spent_single_use_key_falls_back_to_an_interactive_login(r
     code, text = login.finish(60)
     assert code == 0, text + node.log()[-3000:]
     assert node.control()["node_id"] == ours["id"]
+
+
+def test_a_key_expiry_set_for_later_stops_the_node_when_it_passes(refnet, make_node):
+    node = make_node("sb-later", key=True)
+    res = node.ctl("connect", timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr + node.log()[-2000:]
+    ours = hs_node(refnet, "sb-later")
+    assert ours is not None
+    when = time.time() + 6
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    assert hs(refnet, "nodes", "expire", "-i", str(ours["id"]), "--expiry", stamp).returncode == 0
+    time.sleep(3)
+    assert node.control()["state"] == "Running"  # not yet
+    expired = node.wait_state("NeedsLogin", timeout=15)
+    assert expired["reason"] == "needs login: node key expired" and expired["since"] < when + 3
+    res = node.ctl("login", timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr + node.log()[-2000:]
+    assert node.control()["state"] == "Running"
