@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 import zmq
@@ -65,7 +64,7 @@ class PathFinder:
         self.stun_pending: dict[bytes, tuple[str, float]] = {}  # txid -> (server, sent)
         self.stun_round: list[str] = []
         loop = svc.loop
-        self.timer = CoreTimer(loop, self.core.next_timer, time.time, self._on_timer)
+        self.timer = CoreTimer(loop, self.core.next_timer, loop.now, self._on_timer)
         self.pub = loop.socket(zmq.PUB)
         loop.bind(self.pub, endpoint(svc.context.runtime_dir, "udp-pub"))
         self.netmap = NetmapSubscription(loop, svc.context.runtime_dir, self.counters, self.on_netmap)
@@ -87,18 +86,18 @@ class PathFinder:
             if disco is not None:
                 peers.append(PeerInfo(key, disco, tuple(p.endpoints)))
         self.home = home
-        self.emit(self.core.set_peers(peers, time.time()))
+        self.emit(self.core.set_peers(peers, self.svc.loop.now()))
         targets = stun_targets(netmap)
         if targets != self.stun_targets:
             self.stun_targets = targets
             self.stun_now()
 
     def want(self, peer_key: bytes) -> None:
-        self.emit(self.core.want(peer_key, time.time()))
+        self.emit(self.core.want(peer_key, self.svc.loop.now()))
 
     def on_disco(self, sender: bytes, message: Message, udp_src: str | None) -> None:
         """A disco message we opened; ``udp_src`` None when it came via DERP."""
-        now = time.time()
+        now = self.svc.loop.now()
         if isinstance(message, CallMeMaybe):
             self.emit(self.core.on_call_me_maybe(sender, message, now))
         elif udp_src is None:
@@ -115,7 +114,7 @@ class PathFinder:
         self.svc.loop.call_later(STUN_INTERVAL, self._stun_periodic)
 
     def stun_now(self) -> None:
-        now = time.time()
+        now = self.svc.loop.now()
         self.stun_pending = {t: v for t, v in self.stun_pending.items() if now - v[1] < STUN_TIMEOUT}
         self.stun_round = []
         for server in self.stun_targets:
@@ -164,7 +163,7 @@ class PathFinder:
                 data = DERP_IN_CODEC.encode(DerpSend(peer_key=s.node_key, region=region, packets=[pkt]))
                 if send_bounded(self.derp_out, data, self.counters, counter="derp_in.dropped"):
                     self.counters.incr("disco.call_me_maybe_tx")
-        now = time.time()
+        now = self.svc.loop.now()
         for update in out.paths:
             if update.addr != update.was:  # a change of path, not a renewal: worth a line
                 self.svc.log.info("path", peer=to_text("nodekey:", update.node_key)[8:20], addr=update.addr or "derp",
@@ -201,7 +200,7 @@ class PathFinder:
         send_bounded(self.pub, UDP_PUB_CODEC.encode(status), self.counters, counter="udp_status_dropped")
 
     def _on_timer(self) -> None:
-        self.emit(self.core.tick(time.time()))
+        self.emit(self.core.tick(self.svc.loop.now()))
 
     def counters_snapshot(self) -> dict[str, int]:
         return {f"paths.{k}": v for k, v in self.core.counters.items()}

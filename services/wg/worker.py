@@ -174,7 +174,12 @@ class Worker:
         ctx = svc.context
         self.index = svc.worker or 0
         self.workers = ctx.wg_workers
-        self.device = Device(private_key=node_private, worker=self.index, random_bytes=os.urandom)
+        self.device = Device(private_key=node_private, worker=self.index, random_bytes=os.urandom,
+                             wall_clock=time.time)
+        # monotonic -> unix time for display and the stats file, fixed at start so that a
+        # handshake's time reads the same at every look (a later wall-clock step shifts
+        # what is shown, never a timer)
+        self._wall_offset = time.time() - self.loop.now()
         self.routes: dict[bytes, PeerRoute] = {}
         self.out = Outbox()
         rundir = ctx.runtime_dir
@@ -196,7 +201,7 @@ class Worker:
         self.proxy = self._push(endpoint(rundir, "proxy-in"))
         self.peers_out = {j: self._push(endpoint(rundir, f"wg-{j}-in")) for j in range(self.workers) if j != self.index}
         z.on_iteration_end(self._flush)
-        self.timer = CoreTimer(self.loop, self.device.next_timer, time.time, self._on_timer)
+        self.timer = CoreTimer(self.loop, self.device.next_timer, self.loop.now, self._on_timer)
 
     def _push(self, ep: str) -> zmq.Socket[Any]:
         sock = self.loop.socket(zmq.PUSH)
@@ -231,7 +236,7 @@ class Worker:
     # -- inbound ------------------------------------------------------------------------
 
     def _on_inbox(self, sock: zmq.Socket[Any]) -> None:
-        now = time.time()
+        now = self.loop.now()
         taken = 0
         for _ in range(MAX_BATCH):
             if taken >= INBOX_BYTES:
@@ -400,14 +405,14 @@ class Worker:
     # -- timers -------------------------------------------------------------------------
 
     def _on_timer(self) -> None:
-        now = time.time()
+        now = self.loop.now()
         for peer_key, msgs in self.device.update_timers(now):
             self._to_peer(peer_key, msgs, now)
         self.timer.rearm()
 
     def peer_stats(self) -> list[PeerStats]:
         """`PeerStats` of every peer this worker owns (the ctl socket's `PeersReply`)."""
-        now = time.time()
+        now = self.loop.now()
         out = []
         for key, route in self.routes.items():
             total = self.totals.total(key, self._live(key))
@@ -422,7 +427,8 @@ class Worker:
     def _live(self, key: bytes) -> Totals:
         """The device's counters for a peer: what this process counted."""
         stats = self.device.peer_stats(key)
-        return Totals(stats["rx_bytes"], stats["tx_bytes"], stats["last_handshake"] or 0.0)
+        at = stats["last_handshake"]  # on the loop's monotonic clock; Totals hold unix time
+        return Totals(stats["rx_bytes"], stats["tx_bytes"], at + self._wall_offset if at is not None else 0.0)
 
     def _totals_snapshot(self) -> dict[bytes, Totals]:
         return self.totals.snapshot({key: self._live(key) for key in self.routes})

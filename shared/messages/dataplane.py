@@ -138,8 +138,9 @@ class DerpSend(_Batch, frozen=True):
 
 
 class PeerPath(_Batch, frozen=True):
-    """The direct UDP address disco trusts for ``peer_key`` until ``until`` (unix time);
-    ``addr=""``: none, DERP only."""
+    """The direct UDP address disco trusts for ``peer_key`` until ``until`` (CLOCK_MONOTONIC
+    seconds, ``time.monotonic()``: one clock for every process on this machine, and no step
+    when the wall clock is set); ``addr=""``: none, DERP only."""
 
     peer_key: PeerKey
     addr: Addr

@@ -2,8 +2,11 @@
 ``Tunn::encapsulate / decapsulate / update_timers`` and wireguard-go ``device/``).
 
 Bytes and ``now`` in, bytes out: no sockets, no clock, no randomness of its own
-(``random_bytes`` is passed in). ``now`` is wall-clock seconds (``time.time()``): it stamps
-the TAI64N in initiations and drives every timer, so pass the same clock everywhere.
+(``random_bytes`` is passed in). ``now`` is monotonic seconds (the service loop's clock): it
+drives every timer and ``last_handshake``, so a wall-clock step (NTP, a suspended laptop's
+RTC) neither fires nor stalls rekeys and keepalives. The one wall-clock reading WireGuard
+needs, the TAI64N timestamp in an initiation (the responder's replay guard), comes from
+``wall_clock`` (default: ``now`` itself, for tests that drive one clock).
 
     encapsulate(peer, ip packets, now)   -> WireGuard messages for that peer (transport; or
                                             the packets are staged and a handshake
@@ -94,12 +97,13 @@ class Peer:
 
 class Device(ReceiveMixin):
     def __init__(self, *, private_key: bytes, worker: int = 0, random_bytes: Callable[[int], bytes],
-                 max_staged: int = MAX_STAGED) -> None:
+                 max_staged: int = MAX_STAGED, wall_clock: Callable[[], float] | None = None) -> None:
         make_index(worker, 0)  # raises for a worker number that does not fit the index
         self._identity = StaticIdentity(private_key)
         self.public_key = self._identity.public
         self.worker = worker
         self._random = random_bytes
+        self._wall_clock = wall_clock
         self._index = IndexTable(worker, random_bytes)
         self._entries = self._index.entries
         self._checker = CookieChecker(self.public_key)

@@ -45,6 +45,7 @@ class SendMixin:
     _index: IndexTable
     _checker: CookieChecker
     _random: Callable[[int], bytes]
+    _wall_clock: Callable[[], float] | None
     counters: dict[str, int]
 
     def _count(self, key: str, n: int = 1) -> str:
@@ -68,7 +69,8 @@ class SendMixin:
         self._index.delete(hs.local_index)
         hs.local_index = None
         index = self._index.new(peer)
-        msg = create_initiation(self._identity, hs, self._random(32), now, index)
+        stamp = self._wall_clock() if self._wall_clock is not None else now  # TAI64N: wall time
+        msg = create_initiation(self._identity, hs, self._random(32), stamp, index)
         if msg is None:
             self._index.delete(index)
             self._count("invalid_peer_key")
