@@ -19,6 +19,7 @@ loop must neither block nor stop reading meanwhile.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -91,7 +92,7 @@ class AccountServer:
                 self.svc.counters.incr("account_bad_request")
                 self._send(route, AccountReply(ok=False, message=f"bad request: {exc}"))
                 continue
-            self.handle(req, lambda reply, route=route: self._send(route, reply))
+            self.handle(req, functools.partial(self._send, route))
 
     def _send(self, route: bytes, reply: AccountReply) -> None:
         try:

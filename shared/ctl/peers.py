@@ -108,7 +108,7 @@ def peer_rows(netmap: Netmap, stats: list[PeerStats], now: float) -> list[dict[s
     """One dict per netmap peer, sorted by name: the netmap's facts joined with the
     worker's `PeerStats` of the same key (stats for keys not in the netmap are left out)."""
     by_key = {s.key: s for s in stats}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in netmap.peers:
         s = by_key.get(p.key)
         hs = s.last_handshake if s else 0.0
@@ -268,7 +268,7 @@ def ping_command(rundir: Path, target: str, count: int) -> int:
         return 1
     peer, ip = found
     name = peer.hostname or peer.name
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int((count * 2.0 + 5) * 1000))
     sock.connect(endpoint(rundir, PING_SOCKET))
