@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import pytest
 from sunbeam.shared.proto.ip.headers import addr_bytes
-from sunbeam.shared.proto.tcp import Closed, Connected, ConnectionRequest, NoFreePort, PeerFinished, Reset
-from sunbeam.shared.proto.tcp.ports import FIRST_PORT, ISN_CLOCK_HZ, LAST_PORT, PortChooser
+from sunbeam.shared.proto.tcp import (
+    Closed,
+    Connected,
+    ConnectionRequest,
+    NoFreePort,
+    PeerFinished,
+    Reset,
+)
+from sunbeam.shared.proto.tcp.ports import (
+    FIRST_PORT,
+    ISN_CLOCK_HZ,
+    LAST_PORT,
+    PortChooser,
+)
 
 from .link import Pair, make_stack
 
