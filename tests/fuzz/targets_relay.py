@@ -44,7 +44,7 @@ from tests.derp.test_derp_frames import (
     NODE_PRIVATE,
 )
 from tests.proto.test_stun import CRAFTED, RESPONSES
-from tests.udp.test_disco import GO_SEALED, HEAD, NONCE, RECV_PRIV, SENDER_PRIV, UPSTREAM
+from tests.proto.test_disco import GO_SEALED, HEAD, NONCE, RECV_PRIV, SENDER_PRIV, UPSTREAM
 from tests.wg.test_golden import GOLDEN_INITIATION, GOLDEN_RESPONSE, GOLDEN_TRANSPORT
 from tests.wg.twodevices import A4, A6, B4, T0, established, make_pair, udp4, udp6
 

@@ -62,7 +62,15 @@ def test_pipeline_runs_restarts_and_stops_cleanly(env):
         while (rundir / "derp-ctl.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not (rundir / "derp-ctl.sock").exists()
-        time.sleep(1.5)
+        # supervisord saw the exit as expected (status 0): EXITED, which it does not restart
+        from sunbeam.shared.ctl.daemon import supervisor_records
+
+        def derp_record() -> dict:
+            return next(r for r in supervisor_records(rundir) or [] if r["name"] == "derp")
+
+        while derp_record()["statename"] not in ("EXITED", "BACKOFF", "STARTING") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert derp_record()["statename"] == "EXITED" and derp_record()["exitstatus"] == 0, derp_record()
         status = json.loads(ctl(env, "status", "--json").stdout)
         assert "derp" not in {s["service"] for s in status["services"]}
 

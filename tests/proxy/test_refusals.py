@@ -1,7 +1,7 @@
 """sunbeam-proxy as a process: a connect the tailnet turns away fails at once, with the
 SOCKS5 reply / HTTP status that says why.
 
-The test plays the control service and the WireGuard worker (tests/ip/test_proxy_service's
+The test plays the control service and the WireGuard worker (tests/proxy/test_proxy_service's
 `Harness`); the peer's answers are the packets tailscaled sends: a TSMP reject from its
 packet filter, an ICMP destination unreachable, a RST. Real-network refusals are in
 tests/realnet/test_soak.py.
@@ -18,7 +18,7 @@ import pytest
 from sunbeam.shared.proto.ip.headers import PROTO_TSMP, build_ip, checksum, parse
 from sunbeam.shared.proto.tcp.segment import ACK, RST, SYN, build_packet, parse_packet
 
-from ..ip.test_proxy_service import Harness
+from .test_proxy_service import Harness
 from ..ip.vectors import OURS4, PEER4
 
 SOCKS_PORT_BASE = 21080

@@ -157,8 +157,10 @@ def test_two_hosts_direct_path_survives_derp_block_and_falls_back_when_udp_drops
         finally:
             topology.block_derp(refnet_hosts, False)
         # UDP between the hosts dropped mid-stream: DERP within 10 s, the stream unbroken
+        rx = _peers_json(node).get(peer["name"], {}).get("rx_bytes", 0)
         stream = _curl_blob(split_host, peer, 24 * MB, "udpcut", rate="1M")
-        time.sleep(3)
+        wait_for(lambda: _peers_json(node).get(peer["name"], {}).get("rx_bytes", 0) > rx + 2 * MB, 20,
+                 "the stream flowing before the cut")
         topology.block_udp(refnet_hosts, True)
         cut = time.monotonic()
         try:

@@ -19,7 +19,7 @@ from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.headers import addr_bytes, parse
 from sunbeam.shared.proto.ip.icmp import echo_reply_to, parse_echo
 
-from .vectors import OURS4, OURS6, PEER4, PEER6
+from ..ip.vectors import OURS4, OURS6, PEER4, PEER6
 
 A, B, C = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
 

@@ -28,7 +28,7 @@ from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.headers import addr_bytes, parse
 from sunbeam.shared.proto.ip.icmp import echo_reply_to, parse_echo
 
-from .vectors import OURS4, OURS6, PEER4, PEER6, UPSTREAM
+from ..ip.vectors import OURS4, OURS6, PEER4, PEER6, UPSTREAM
 
 PEER_KEY = bytes(range(32))
 NETMAP = Netmap(

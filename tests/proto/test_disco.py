@@ -44,7 +44,7 @@ def test_upstream_payload_vectors(msg, want):
     assert disco.parse(wire) == msg
 
 
-# Sealed by tests/udp/gen_disco_vectors.go (real tailscale.com/disco + x/crypto/nacl/box).
+# Sealed by tests/proto/gen_disco_vectors.go (real tailscale.com/disco + x/crypto/nacl/box).
 SENDER_PRIV = bytes(range(0x01, 0x21))
 RECV_PRIV = bytes(range(0x41, 0x61))
 NONCE = bytes(range(0xA0, 0xB8))
