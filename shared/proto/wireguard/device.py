@@ -31,14 +31,13 @@ address the message came from (the ``src`` given). ``src`` is any bytes naming t
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from sunbeam.shared.sharding import make_index
 
 from .allowedips import AllowedIPs
-from .cookie import CookieChecker, CookieGenerator
+from .cookie import CookieChecker
 from .messages import (
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -46,11 +45,12 @@ from .messages import (
     MESSAGE_TRANSPORT,
     message_type,
 )
-from .noise import KEY_LEN, Handshake, StaticIdentity, open_initiation
+from .noise import KEY_LEN, StaticIdentity, open_initiation
+from .peer import Peer
 from .receive import ReceiveMixin
 from .replay import REJECT_AFTER_MESSAGES
-from .session import IndexTable, Keypairs
-from .timers import REJECT_AFTER_TIME, PeerTimers
+from .session import IndexTable
+from .timers import REJECT_AFTER_TIME
 
 MAX_STAGED = 1024  # packets queued per peer while there is no session; oldest dropped first
 
@@ -65,34 +65,6 @@ class Decapsulated(NamedTuple):
     """Decrypted IP packets whose source address is in the peer's AllowedIPs."""
     error: str | None
     """Why the message (or, in a batch, the peer's last message) was dropped; or None."""
-
-
-class Peer:
-    """One remote peer's state. Owned by the Device."""
-
-    __slots__ = (
-        "cookie",
-        "handshake",
-        "key",
-        "keypairs",
-        "last_handshake",
-        "rx_bytes",
-        "rx_packets",
-        "staged",
-        "timers",
-        "tx_bytes",
-        "tx_packets",
-    )
-
-    def __init__(self, identity: StaticIdentity, key: bytes, max_staged: int) -> None:
-        self.key = key
-        self.handshake = Handshake(identity, key)
-        self.cookie = CookieGenerator(key)
-        self.keypairs = Keypairs()
-        self.timers = PeerTimers()
-        self.staged: collections.deque[bytes] = collections.deque(maxlen=max_staged)
-        self.rx_bytes = self.tx_bytes = self.rx_packets = self.tx_packets = 0
-        self.last_handshake: float | None = None
 
 
 class Device(ReceiveMixin):

@@ -48,7 +48,7 @@ from .timers import (
 )
 
 if TYPE_CHECKING:
-    from .device import Peer
+    from .peer import Peer
 
 _IQ = struct.Struct("<IQ")
 _Q = struct.Struct("<Q")

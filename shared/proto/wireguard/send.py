@@ -34,7 +34,7 @@ from .timers import (
 )
 
 if TYPE_CHECKING:
-    from .device import Peer
+    from .peer import Peer
 
 _ZERO4 = bytes(4)
 _PADS = [bytes(i) for i in range(16)]

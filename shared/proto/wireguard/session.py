@@ -29,7 +29,7 @@ from .messages import MESSAGE_TRANSPORT
 from .replay import ReplayWindow
 
 if TYPE_CHECKING:
-    from .device import Peer
+    from .peer import Peer
 
 _II = struct.Struct("<II")
 
