@@ -58,7 +58,7 @@ def to_text(prefix: str, raw: bytes) -> str:
     return prefix + raw.hex()
 
 
-def from_text(prefix: str, text: str) -> bytes:
+def from_text(prefix: str, text: object) -> bytes:
     """Parse ``prefix + 64 hex``; raises KeyFormatError naming what is wrong."""
     if not isinstance(text, str) or not text.startswith(prefix):
         raise KeyFormatError(f"expected a key starting with {prefix!r}")

@@ -54,9 +54,12 @@ def fetch_server_key(control_url: str, capability_version: int, timeout: float,
     """Raises ServerKeyError (the server answered, but not with a key) or OSError (no answer)."""
     url = urlsplit(control_url)
     where = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path.rstrip('/')}/key"  # no user:password
-    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    kwargs = {"context": tls or client_context(None)} if url.scheme == "https" else {}
-    conn = cls(url.hostname, url.port, timeout=timeout, **kwargs)
+    conn: http.client.HTTPConnection
+    if url.scheme == "https":
+        conn = http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout,
+                                           context=tls or client_context(None))
+    else:
+        conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
     try:
         conn.request("GET", f"{url.path.rstrip('/')}/key?v={capability_version}")
         resp = conn.getresponse()

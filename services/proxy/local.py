@@ -104,7 +104,7 @@ class LocalSide:
         assert listener.listen is not None
         sock = open_listener(listener.listen)
         self.listen_socks.append(sock)
-        self.loop.on_readable(sock, lambda s, lst=listener: self._accept(s, lst))
+        self.loop.on_readable(sock, lambda s: self._accept(s, listener))
         self.log.info("listening", kind=listener.kind, addr=f"{listener.listen}",
                       port=sock.getsockname()[1], target=str(listener.target) if listener.target else None)
 

@@ -45,7 +45,7 @@ class RouteTable:
 
     @classmethod
     def from_netmap(cls, netmap: Netmap) -> RouteTable:
-        routes = []
+        routes: list[tuple[str, bytes]] = []
         for peer in netmap.peers:
             try:
                 key = from_text("nodekey:", peer.key)

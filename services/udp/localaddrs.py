@@ -56,7 +56,9 @@ def endpoints(port: int, *, ipv6: bool = True) -> list[str]:
     """``ip:port`` for each usable local address (loopback only when there is nothing else)."""
     v4 = ipv4_addresses()
     v6 = ipv6_addresses() if ipv6 else []
-    good = [a for a in v4 if usable(a)] + [a for a in v6 if usable(a)]
+    good: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    good.extend(a for a in v4 if usable(a))
+    good.extend(a for a in v6 if usable(a))
     if not good:
-        good = [a for a in v4 if a.is_loopback][:1]
+        good.extend([a for a in v4 if a.is_loopback][:1])
     return [f"{a}:{port}" if a.version == 4 else f"[{a}]:{port}" for a in dict.fromkeys(good)]

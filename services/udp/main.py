@@ -148,7 +148,7 @@ class UdpService:
                         continue
                 datagrams = split_segments(data, size)
             else:
-                datagrams = (data,)
+                datagrams = [data]
             for pkt in datagrams:
                 self.on_datagram(pkt, src)
 
@@ -166,10 +166,11 @@ class UdpService:
         if looks_like_disco(pkt):
             self.on_disco_udp(pkt, src)
             return
-        worker = route(pkt, src, self.workers)
-        if isinstance(worker, str):
-            self.drop(worker, src=src, size=len(pkt))
+        routed = route(pkt, src, self.workers)
+        if isinstance(routed, str):
+            self.drop(routed, src=src, size=len(pkt))
             return
+        worker = routed
         self._to_worker(worker, src, pkt)
 
     def _to_worker(self, worker: int, src: str, data: bytes, size: int = 0, count: int = 1) -> None:

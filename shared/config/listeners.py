@@ -15,9 +15,11 @@ does not use, are errors; so are two listeners on the same address or inbound po
 
 from __future__ import annotations
 
+from typing import cast
+
 from .errors import check_keys, describe, fail, type_name
 from .fields import parse_address, parse_int
-from .model import LISTENER_KINDS, Address, Listener
+from .model import LISTENER_KINDS, Address, Listener, ListenerKind
 
 LISTENER_KEYS: tuple[str, ...] = ("kind", "listen", "target", "port")
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -49,7 +51,7 @@ def parse_listener(table: object, where: str) -> Listener:
     target = (parse_address(table["target"], f"{where}.target", min_port=1)
               if "target" in table else None)
     port = parse_int(table["port"], f"{where}.port", 1, 65535) if "port" in table else None
-    return Listener(kind=kind, listen=listen, port=port, target=target)
+    return Listener(kind=cast(ListenerKind, kind), listen=listen, port=port, target=target)
 
 
 def _overlaps(a: Address, b: Address) -> bool:

@@ -103,7 +103,7 @@ def supervisord_pid(rundir: Path) -> int | None:
 def supervisor_records(rundir: Path, timeout: float = 2.0) -> list[dict[str, Any]] | None:
     """supervisord's ``getAllProcessInfo`` records; None when it does not answer within
     ``timeout`` (a stopped or stuck supervisord must not hang us)."""
-    from supervisor.xmlrpc import SupervisorTransport
+    from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
 
     sock = rundir / "supervisor.sock"
     if probe(sock) is not SocketState.LIVE:

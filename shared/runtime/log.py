@@ -146,9 +146,9 @@ def get_logger(
     ours = [h for h in logger.handlers if isinstance(h.formatter, JsonFormatter)]
     if ours and stream is None and path is None:
         return StructLogger(logger)
-    for handler in ours:
-        logger.removeHandler(handler)
-        handler.close()
+    for old in ours:
+        logger.removeHandler(old)
+        old.close()
     handler: logging.Handler
     if path is not None:
         handler = logging.FileHandler(path, encoding="utf-8")

@@ -113,7 +113,7 @@ class ServiceLoop:
         A non-zmq source (a Python socket, a file) is polled by its file descriptor, since
         ``zmq.Poller.poll`` reports those by fd, not by the object registered."""
         key = _poll_key(source)
-        self._handlers[key] = handler if key is source else (lambda _fd, s=source, h=handler: h(s))
+        self._handlers[key] = handler if key is source else _by_fd(source, handler)
         self._update_poll(key)
 
     def remove_reader(self, source: Source) -> None:
@@ -124,7 +124,7 @@ class ServiceLoop:
     def on_writable(self, source: Source, handler: Callable[[Any], object]) -> None:
         """Call ``handler(source)`` while ``source`` can take output (remove it when done)."""
         key = _poll_key(source)
-        self._writers[key] = handler if key is source else (lambda _fd, s=source, h=handler: h(s))
+        self._writers[key] = handler if key is source else _by_fd(source, handler)
         self._update_poll(key)
 
     def remove_writer(self, source: Source) -> None:
@@ -237,6 +237,12 @@ class ServiceLoop:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _by_fd(source: Source, handler: Callable[[Any], object]) -> Callable[[Any], object]:
+    """A handler for a source polled by its file descriptor: called with the fd, it hands
+    ``handler`` the source itself."""
+    return lambda _fd: handler(source)
 
 
 def _poll_key(source: Source) -> Any:

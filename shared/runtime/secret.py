@@ -11,6 +11,7 @@ silently leaking the value.
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
 __all__ = ["REDACTED", "Secret"]
 
@@ -21,6 +22,7 @@ class Secret:
     """An immutable wrapper around a secret ``str`` or ``bytes``."""
 
     __slots__ = ("_value",)
+    _value: str | bytes
 
     def __init__(self, value: str | bytes) -> None:
         if not isinstance(value, (str, bytes)):
@@ -53,5 +55,5 @@ class Secret:
     def __hash__(self) -> int:
         return hash((Secret, self._value))
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Secret values are not pickled")

@@ -83,7 +83,7 @@ class Initiator:
             raise HandshakeError("server public key is a low-order point") from None
         tag = s.encrypt_and_hash(key, b"")  # empty payload
 
-        self._state = s
+        self._state: SymmetricState | None = s
         self._initiation = messages.initiation_header(version) + ephemeral_public + encrypted_static + tag
         assert len(self._initiation) == messages.INITIATION_LEN
 
@@ -110,6 +110,7 @@ class Initiator:
         self._spent = True
         msg = bytes(msg)
         state, self._state = self._state, None  # single use, whatever happens next
+        assert state is not None  # _spent guards a second call
 
         length = messages.response_length_needed(msg)
         if length is None:

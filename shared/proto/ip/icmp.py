@@ -146,7 +146,7 @@ def build_echo_request(src: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6
     """An echo request from ``src`` to ``dst`` (text or packed, same family)."""
     s, d = addr_bytes(src), addr_bytes(dst)
     if len(s) != len(d):
-        raise ValueError(f"address families differ: {src} -> {dst}")
+        raise ValueError(f"address families differ: {src!r} -> {dst!r}")
     return build_echo(s, d, ident, seq, payload, ip_ident=ip_ident)
 
 

@@ -113,12 +113,14 @@ class IpResponder:
         try:
             return self._handle(packet)
         except Malformed as exc:
-            return self._drop(Drop(exc.reason, exc.detail, malformed=True))
+            self._drop(Drop(exc.reason, exc.detail, malformed=True))
+            return None
 
     def _handle(self, packet: bytes) -> Reply | EchoReplied | Unreachable | None:
         pkt = parse(packet)
         if pkt.dst not in self.addresses:
-            return self._drop(Drop("not_for_us", addr_text(pkt.dst)))
+            self._drop(Drop("not_for_us", addr_text(pkt.dst)))
+            return None
         proto = pkt.proto
         if proto == (PROTO_ICMP if pkt.version == 4 else PROTO_ICMPV6):
             msg = parse_icmp(pkt)
@@ -128,7 +130,8 @@ class IpResponder:
                 if unreachable is not None:
                     self.counters.incr("ip.icmp_unreachable")
                     return unreachable
-                return self._drop(Drop("icmp_other", f"type {msg.type} code {msg.code}"))
+                self._drop(Drop("icmp_other", f"type {msg.type} code {msg.code}"))
+                return None
             if echo.request:
                 self.counters.incr("ip.echo_request")
                 return Reply(echo_reply_to(pkt, echo), "echo_reply")
@@ -140,13 +143,16 @@ class IpResponder:
                 self.counters.incr("ip.tsmp_ping")
                 return Reply(pong_to(pkt, tsmp, self.peerapi_port), "tsmp_pong")
             if isinstance(tsmp, TsmpPong):
-                return self._drop(Drop("tsmp_pong", tsmp.data.hex()))
+                self._drop(Drop("tsmp_pong", tsmp.data.hex()))
+                return None
             if isinstance(tsmp, TsmpRejected):
                 self.counters.incr("ip.tsmp_rejected")
                 return unreachable_from_tsmp(pkt, tsmp)
             assert isinstance(tsmp, TsmpDiscoAdvert)
-            return self._drop(Drop("tsmp_disco_advert", tsmp.key.hex()))
-        return self._drop(Drop(_UNHANDLED.get(proto, "unhandled_proto"), str(proto)))
+            self._drop(Drop("tsmp_disco_advert", tsmp.key.hex()))
+            return None
+        self._drop(Drop(_UNHANDLED.get(proto, "unhandled_proto"), str(proto)))
+        return None
 
     def _drop(self, drop: Drop) -> None:
         self.last_drop = drop
