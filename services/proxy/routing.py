@@ -2,8 +2,10 @@
 
 Built from the netmap (``Peer.allowed_ips``, ``Peer.key``); the answer is the peer's
 32-byte node key, and ``owner(key, wg_workers)`` (shared/sharding.py) names the WireGuard
-worker whose ``wg-<k>-in`` socket takes it. The same prefix routed to two peers (which
-control should not send) goes to the peer listed first (lowest node id).
+worker whose ``wg-<k>-in`` socket takes it. The table is the WireGuard device's own
+`AllowedIPs` (shared/proto/wireguard/allowedips.py) filled in netmap order, so a prefix
+routed to two peers (which control should not send) goes where the device would send it:
+to the peer listed last (last writer wins, as in WireGuard).
 
 Our own source address for a destination: the first single-address prefix of our node
 (``self_node.addresses``) in the destination's family, as tailscaled's
@@ -22,6 +24,7 @@ from collections.abc import Iterable
 
 from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.netmap import Netmap
+from sunbeam.shared.proto.wireguard.allowedips import AllowedIPs
 
 __all__ = ["RouteTable", "self_address_for"]
 
@@ -30,17 +33,13 @@ CACHE_MAX = 4096  # destinations remembered per table; emptied when full
 
 class RouteTable:
     def __init__(self, routes: Iterable[tuple[str, bytes]] = ()) -> None:
-        # per family (4 / 6): [(prefix length, mask, {network int: key})], longest first
-        self._tables: dict[int, list[tuple[int, int, dict[int, bytes]]]] = {4: [], 6: []}
-        by_len: dict[tuple[int, int], dict[int, bytes]] = {}
+        by_key: dict[bytes, list[str]] = {}
         for prefix, key in routes:
-            net = ipaddress.ip_network(prefix, strict=False)
-            by_len.setdefault((net.version, net.prefixlen), {}).setdefault(int(net.network_address), key)
-        for (version, plen), nets in sorted(by_len.items(), key=lambda kv: -kv[0][1]):
-            bits = 32 if version == 4 else 128
-            mask = ((1 << plen) - 1) << (bits - plen)
-            self._tables[version].append((plen, mask, nets))
-        self.size = sum(len(n) for n in by_len.values())
+            by_key.setdefault(key, []).append(prefix)
+        self._table = AllowedIPs()
+        for key, prefixes in by_key.items():
+            self._table.set(key, prefixes)
+        self.size = sum(len(t) for fam in (self._table.v4, self._table.v6) for t in fam.tables.values())
         self._cache: dict[str | bytes, bytes | None] = {}
 
     @classmethod
@@ -67,13 +66,8 @@ class RouteTable:
         return key
 
     def _lookup(self, dst: str | bytes) -> bytes | None:
-        ip = ipaddress.ip_address(dst)
-        value = int(ip)
-        for _plen, mask, nets in self._tables[ip.version]:
-            key = nets.get(value & mask)
-            if key is not None:
-                return key
-        return None
+        key: bytes | None = self._table.lookup(dst)
+        return key
 
 
 def self_address_for(netmap: Netmap | None, dst: str) -> str | None:

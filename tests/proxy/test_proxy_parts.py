@@ -49,8 +49,18 @@ def test_memoized_lookups_agree_and_stay_bounded():
     assert len(table._cache) <= CACHE_MAX
 
 
-def test_first_peer_keeps_a_duplicate_prefix():
-    assert RouteTable([("100.64.0.9/32", A), ("100.64.0.9/32", B)]).lookup("100.64.0.9") == A
+def test_a_duplicate_prefix_goes_where_the_wireguard_device_sends_it():
+    """One rule for both tables: the peer listed last (WireGuard's last writer wins)."""
+    from sunbeam.shared.proto.wireguard.allowedips import AllowedIPs
+
+    routes = [("100.64.0.9/32", A), ("100.64.0.0/10", B), ("100.64.0.9/32", B), ("10.0.0.0/8", C)]
+    device = AllowedIPs()
+    for key in (A, B, C):  # the worker's set_peer calls, in netmap order
+        device.set(key, [p for p, k in routes if k == key])
+    table = RouteTable(routes)
+    for dst in ("100.64.0.9", "100.64.0.10", "10.1.1.1", "8.8.8.8"):
+        assert table.lookup(dst) == device.lookup(dst)
+    assert table.lookup("100.64.0.9") == B
 
 
 def _netmap():
