@@ -13,7 +13,7 @@ Sockets (all ``ipc://<rundir>/<name>.sock``):
     proxy-ping   REP, bound      PingPeer -> PingResult                            (ping.py)
     proxy-ctl    REP, bound      health / status / stop (run_service)
 
-The packet work is sans-IO in `sunbeam.shared.proto.ip` (`IpResponder`) and `pinger.py`.
+The packet work is sans-IO in `sunbeam.shared.proto.ip` (`IpResponder`) and `pingrun.py`.
 """
 
 from __future__ import annotations

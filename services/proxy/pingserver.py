@@ -30,7 +30,7 @@ from .ping import (
     PingPeer,
     PingResult,
 )
-from .pinger import PingRun
+from .pingrun import PingRun
 from .plane import IpPlane
 from .routing import self_address_for
 

@@ -155,8 +155,9 @@ class PeerRoute:
 
 
 @dataclass
-class Outbox:
-    """Per-iteration batches, flushed by the loop's end-of-iteration callback."""
+class IterationBatches:
+    """What one loop iteration sends, per destination (udp, derp, proxy, another worker, disco
+    wants), flushed by the loop's end-of-iteration callback."""
 
     udp: dict[tuple[str, ...], list[bytes]] = field(default_factory=lambda: defaultdict(list))
     derp: dict[tuple[bytes, int], list[bytes]] = field(default_factory=lambda: defaultdict(list))
@@ -181,7 +182,7 @@ class Worker:
         # what is shown, never a timer)
         self._wall_offset = time.time() - self.loop.now()
         self.routes: dict[bytes, PeerRoute] = {}
-        self.out = Outbox()
+        self.out = IterationBatches()
         rundir = ctx.runtime_dir
         z = self.loop
         stats_file = StatsFile(stats_path(rundir, self.index), self.index, self.workers)
@@ -381,7 +382,7 @@ class Worker:
             self.out.udp[tuple(route.udp_dsts())].extend(data)
 
     def _flush(self) -> None:
-        out, self.out = self.out, Outbox()
+        out, self.out = self.out, IterationBatches()
         for dsts, msgs in out.udp.items():
             for i in range(0, len(msgs), MAX_BATCH):
                 send_bounded(self.udp, UDP_IN_CODEC.encode(UdpSend(dsts=list(dsts), packets=msgs[i:i + MAX_BATCH])),

@@ -12,7 +12,7 @@ from sunbeam.services.proxy.ping import (
     PingPeer,
     PingResult,
 )
-from sunbeam.services.proxy.pinger import PING_PAYLOAD, PingRun
+from sunbeam.services.proxy.pingrun import PING_PAYLOAD, PingRun
 from sunbeam.services.proxy.routing import RouteTable, self_address_for
 from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
