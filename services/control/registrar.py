@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 LOGIN_POLL_TIMEOUT = 600.0  # renew a followup long poll that long without an answer
 LOGOUT_TIMEOUT = 10.0
+FOLLOWUP_PAUSE = 1.0  # before following a URL that a followup answered with (a server's loop cannot spin us)
 EXPIRY_RECHECK = 3600.0  # a key expiring later than this is looked at again then
 
 
@@ -86,10 +87,11 @@ class Registrar:
             c.pub.set_state(State.NEEDS_LOGIN, f"{self.flow.why}; visit {self.flow.auth_url}",
                             auth_url=self.flow.auth_url)
             c.arm_idle(LOGIN_POLL_TIMEOUT, "no answer to the login's followup for too long")
-        c.log.info("register", attempt=attempt.value, followup=bool(self.flow.auth_url))
-        c.call(calls.REGISTER_PATH, body, lambda status, data: self._on_registered(attempt, status, data))
+        followup = self.flow.auth_url
+        c.log.info("register", attempt=attempt.value, followup=bool(followup))
+        c.call(calls.REGISTER_PATH, body, lambda status, data: self._on_registered(attempt, followup, status, data))
 
-    def _on_registered(self, attempt: Attempt, status: int, body: bytes) -> None:
+    def _on_registered(self, attempt: Attempt, followup: str, status: int, body: bytes) -> None:
         c = self.client
         outcome = calls.interpret_register(status, body, sent_auth_key=attempt is Attempt.AUTH_KEY,
                                            interactive=attempt is Attempt.INTERACTIVE)
@@ -106,9 +108,20 @@ class Registrar:
             return self.wait_for_login(decision.reason)
         if decision.verdict is Verdict.SHOW_URL:
             c.log.info("login_url", url=self.flow.auth_url)
+            if followup:  # the pending login was forgotten (a server restart): a new one, after a pause
+                # (shown only when followed: an admin who registers a URL before its followup
+                # is waiting makes Headscale answer that followup with yet another URL)
+                conn = c.conn
+                c.loop.call_later(FOLLOWUP_PAUSE, lambda: self._follow_again(conn))
+                return None
         else:
             c.log.info("register_again", attempt=attempt.value, reason=decision.reason)
         self.send_register()
+
+    def _follow_again(self, conn: object) -> None:
+        if self.client.conn is conn and conn is not None:
+            self.send_register()
+            self.client.flush()
 
     def on_own_node(self, node: SelfNode) -> bool:
         """The map's view of us changed: an expired node key stops everything until a
