@@ -14,7 +14,7 @@ import sys
 from sunbeam.shared.keys import KeyFormatError, load_or_create
 from sunbeam.shared.runtime.service import Service, run_service
 
-from .worker import Worker
+from .service import Worker
 
 
 class KeysUnusable(SystemExit):
