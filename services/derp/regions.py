@@ -5,7 +5,7 @@
   ts:net/netcheck). It is the region we tell the server is preferred (NotePreferred) and
   the one the control service reports as our PreferredDERP.
 - Wanted regions: the home region plus every region a peer's ``home_derp`` names (a
-  packet for a peer goes through the peer's home region: PROTOCOL.md "DERP"). Regions a
+  packet for a peer goes through the peer's home region: docs/protocol.md "DERP"). Regions a
   `DerpSend` names are added by the service on demand.
 - Dialing a region (ts:derp/derphttp/derphttp_client.go ``dialNode``): its first usable
   node; address = the node's IPv4 (or IPv6) when it is an IP literal, else its HostName;

@@ -1,6 +1,6 @@
 """Sans-IO core of the TS2021 control channel: the Noise IK initiator and the record layer.
 
-PROTOCOL.md "TS2021 control channel"; ts:control/controlbase, ts:control/ts2021.
+docs/protocol.md "TS2021 control channel"; ts:control/controlbase, ts:control/ts2021.
 
     client                                              server
       | POST /ts2021, Upgrade: tailscale-control-protocol |

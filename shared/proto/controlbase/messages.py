@@ -1,6 +1,6 @@
 """TS2021 framing: the handshake messages and the transport record header.
 
-PROTOCOL.md "TS2021 control channel"; ts:control/controlbase/messages.go.
+docs/protocol.md "TS2021 control channel"; ts:control/controlbase/messages.go.
 All integers are big-endian.
 
 Initiation, client -> server, 101 bytes (sent base64-encoded in the HTTP upgrade request's

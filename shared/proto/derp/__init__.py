@@ -1,7 +1,7 @@
 """DERP (Designated Encrypted Relay for Packets), sans-IO: `frames` (the wire format and the
 stream decoder), `client` (one client connection: HTTP upgrade, login, frames) and
 `events` (what the client core reports).
-Wire layout and flow are in each module's docstring; spec: PROTOCOL.md "DERP",
+Wire layout and flow are in each module's docstring; spec: docs/protocol.md "DERP",
 ts:derp/derp.go, ts:derp/derp_client.go, ts:derp/derphttp/derphttp_client.go."""
 
 from .client import MAX_EARLY_BYTES, DerpClientCore, Phase, client_info_json
