@@ -10,6 +10,12 @@
       ▼
     INTERACTIVE ──► AuthURL: NeedsLogin(auth_url), Followup=AuthURL (long poll) ──► authorized
 
+A followup answered with a new URL means Headscale no longer holds the pending login: it
+restarted, the login expired, or an admin registered the node while no followup waited
+(Headscale then forgets the login and answers the next followup with a new URL). So a
+RESUME comes first: authorized if the admin did register us, else (an unknown node key)
+Headscale answers it with a fresh URL, which is the one shown and followed.
+
 While the node runs, an expired own node (`expired_while_running`) or a logout stops it
 there: NeedsLogin without a URL, nothing sent, until ``sunbeam-ctl login`` (`login`). The
 auth key is then used again (Headscale re-validates it for an expired node: a reusable,
@@ -58,10 +64,14 @@ class LoginFlow:
         self.logged_out = False
         self.auth_url = ""
         """The pending interactive login's URL ("" = none)."""
+        self.verify_first = False
+        """A followup came back with a new URL: RESUME before following it."""
         self.why = NOT_REGISTERED if not registered else ""
 
     def next_attempt(self) -> Attempt | None:
         """The register request to send on a new connection; None: wait for `login`."""
+        if self.verify_first:
+            return Attempt.RESUME
         if self.auth_url:
             return Attempt.INTERACTIVE
         if self.registered and not self.key_expired:
@@ -73,11 +83,14 @@ class LoginFlow:
         return Attempt.INTERACTIVE
 
     def on_outcome(self, attempt: Attempt, outcome: RegisterOutcome) -> Decision:
+        if attempt is Attempt.RESUME:
+            self.verify_first = False
         if outcome.authorized:
             self.registered, self.key_expired, self.key_refused, self.logged_out = True, False, False, False
             self.auth_url, self.why = "", ""
             return Decision(Verdict.AUTHORIZED)
         if outcome.auth_url:
+            self.verify_first = attempt is Attempt.INTERACTIVE and bool(self.auth_url)
             self.auth_url = outcome.auth_url
             return Decision(Verdict.SHOW_URL, self.why or NOT_REGISTERED)
         if outcome.needs_login:

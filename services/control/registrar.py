@@ -80,14 +80,14 @@ class Registrar:
         if attempt is None:
             return self.wait_for_login(self.flow.why)
         key = c.ctx.auth_key.reveal() if attempt is Attempt.AUTH_KEY else None
+        followup = self.flow.auth_url if attempt is Attempt.INTERACTIVE else ""
         body = calls.register_request(c.me, key if isinstance(key, str) else None,
-                                      interactive=attempt is Attempt.INTERACTIVE, followup=self.flow.auth_url)
-        if attempt is Attempt.INTERACTIVE and self.flow.auth_url:
+                                      interactive=attempt is Attempt.INTERACTIVE, followup=followup)
+        if followup:
             # the URL in the reason too: `sunbeam-ctl status` shows it
             c.pub.set_state(State.NEEDS_LOGIN, f"{self.flow.why}; visit {self.flow.auth_url}",
                             auth_url=self.flow.auth_url)
             c.arm_idle(LOGIN_POLL_TIMEOUT, "no answer to the login's followup for too long")
-        followup = self.flow.auth_url
         c.log.info("register", attempt=attempt.value, followup=bool(followup))
         c.call(calls.REGISTER_PATH, body, lambda status, data: self._on_registered(attempt, followup, status, data))
 
@@ -108,9 +108,7 @@ class Registrar:
             return self.wait_for_login(decision.reason)
         if decision.verdict is Verdict.SHOW_URL:
             c.log.info("login_url", url=self.flow.auth_url)
-            if followup:  # the pending login was forgotten (a server restart): a new one, after a pause
-                # (shown only when followed: an admin who registers a URL before its followup
-                # is waiting makes Headscale answer that followup with yet another URL)
+            if followup:  # the pending login is gone at the server: RESUME first (login.py), after a pause
                 conn = c.conn
                 c.loop.call_later(FOLLOWUP_PAUSE, lambda: self._follow_again(conn))
                 return None

@@ -107,3 +107,20 @@ def test_needs_login_transitions():
         check_transition(old, new)
     with pytest.raises(AssertionError):
         check_transition(State.ERROR, State.NEEDS_LOGIN)
+
+
+def test_a_followup_answered_with_a_new_url_checks_first_whether_the_admin_registered_us():
+    flow = LoginFlow(registered=False, has_auth_key=False)
+    flow.on_outcome(Attempt.INTERACTIVE, answer(URL_ANSWER, Attempt.INTERACTIVE))
+    url2 = URL + "2"
+    d = flow.on_outcome(Attempt.INTERACTIVE, answer(json.dumps({"AuthURL": url2}).encode(), Attempt.INTERACTIVE))
+    assert d.verdict is Verdict.SHOW_URL and flow.auth_url == url2
+    assert flow.next_attempt() is Attempt.RESUME  # registered while no followup waited?
+    assert flow.on_outcome(Attempt.RESUME, answer(AUTHORIZED, Attempt.RESUME)).verdict is Verdict.AUTHORIZED
+    # not registered: Headscale answers the RESUME of an unknown key with a fresh URL, followed as usual
+    flow = LoginFlow(registered=False, has_auth_key=False)
+    flow.on_outcome(Attempt.INTERACTIVE, answer(URL_ANSWER, Attempt.INTERACTIVE))
+    flow.on_outcome(Attempt.INTERACTIVE, answer(json.dumps({"AuthURL": url2}).encode(), Attempt.INTERACTIVE))
+    url3 = URL + "3"
+    d = flow.on_outcome(Attempt.RESUME, answer(json.dumps({"AuthURL": url3}).encode(), Attempt.RESUME))
+    assert d.verdict is Verdict.SHOW_URL and flow.auth_url == url3 and flow.next_attempt() is Attempt.INTERACTIVE
