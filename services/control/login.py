@@ -8,7 +8,14 @@
     AUTH_KEY (the context has one) ───────► authorized
       │ (no key, or a re-login whose key the server refused)
       ▼
+    RESUME once (even without the marker) ──► authorized, or Headscale's AuthURL for an
+      │ unknown node key (followed as below), or NodeKeyExpired:
+      ▼
     INTERACTIVE ──► AuthURL: NeedsLogin(auth_url), Followup=AuthURL (long poll) ──► authorized
+
+The marker-less RESUME finds a node an admin registered while no followup waited (the
+user pressed Ctrl-C at the URL and the admin registered it later, or the service
+restarted): Headscale would answer an INTERACTIVE request with a new URL instead.
 
 A followup answered with a new URL means Headscale no longer holds the pending login: it
 restarted, the login expired, or an admin registered the node while no followup waited
@@ -66,6 +73,8 @@ class LoginFlow:
         """The pending interactive login's URL ("" = none)."""
         self.verify_first = False
         """A followup came back with a new URL: RESUME before following it."""
+        self.resume_refused = False
+        """A RESUME said the server does not know us as a valid node."""
         self.why = NOT_REGISTERED if not registered else ""
 
     def next_attempt(self) -> Attempt | None:
@@ -80,6 +89,8 @@ class LoginFlow:
             return None
         if self.has_auth_key and not self.key_refused:
             return Attempt.AUTH_KEY
+        if not self.resume_refused and not self.key_expired and not self.logged_out:
+            return Attempt.RESUME
         return Attempt.INTERACTIVE
 
     def on_outcome(self, attempt: Attempt, outcome: RegisterOutcome) -> Decision:
@@ -89,12 +100,16 @@ class LoginFlow:
             self.registered, self.key_expired, self.key_refused, self.logged_out = True, False, False, False
             self.auth_url, self.why = "", ""
             return Decision(Verdict.AUTHORIZED)
+        if outcome.auth_url and attempt is Attempt.RESUME and self.has_auth_key and not self.key_refused \
+                and self.may_login:
+            self.registered, self.resume_refused = False, True  # unknown to the server: the key, not a URL
+            return Decision(Verdict.NEXT, self.why or NOT_REGISTERED)
         if outcome.auth_url:
             self.verify_first = attempt is Attempt.INTERACTIVE and bool(self.auth_url)
             self.auth_url = outcome.auth_url
             return Decision(Verdict.SHOW_URL, self.why or NOT_REGISTERED)
         if outcome.needs_login:
-            self.registered = False
+            self.registered, self.resume_refused = False, True
             if outcome.key_expired:
                 self.key_expired = True
             self.why = KEY_EXPIRED if self.key_expired else self.why or NOT_REGISTERED
@@ -117,3 +132,4 @@ class LoginFlow:
         """``sunbeam-ctl login``: a login may start now."""
         self.may_login = True
         self.key_refused = False
+        self.resume_refused = False

@@ -58,10 +58,10 @@ def test_interactive_answers():
     assert expired.needs_login and expired.key_expired
 
 
-def test_first_login_without_key_goes_interactive_then_follows_the_url():
+def test_first_login_without_key_resumes_then_follows_the_url():
     flow = LoginFlow(registered=False, has_auth_key=False)
-    assert flow.next_attempt() is Attempt.INTERACTIVE
-    d = flow.on_outcome(Attempt.INTERACTIVE, answer(URL_ANSWER, Attempt.INTERACTIVE))
+    assert flow.next_attempt() is Attempt.RESUME  # an admin may have registered us already
+    d = flow.on_outcome(Attempt.RESUME, answer(URL_ANSWER, Attempt.RESUME))  # Headscale: unknown key
     assert d.verdict is Verdict.SHOW_URL and d.reason == NOT_REGISTERED and flow.auth_url == URL
     assert flow.next_attempt() is Attempt.INTERACTIVE  # the followup, on a new connection too
     d = flow.on_outcome(Attempt.INTERACTIVE, answer(AUTHORIZED, Attempt.INTERACTIVE))
@@ -124,3 +124,15 @@ def test_a_followup_answered_with_a_new_url_checks_first_whether_the_admin_regis
     url3 = URL + "3"
     d = flow.on_outcome(Attempt.RESUME, answer(json.dumps({"AuthURL": url3}).encode(), Attempt.RESUME))
     assert d.verdict is Verdict.SHOW_URL and flow.auth_url == url3 and flow.next_attempt() is Attempt.INTERACTIVE
+
+
+def test_a_node_the_server_forgot_uses_the_key_not_the_url_headscale_offers():
+    flow = LoginFlow(registered=True, has_auth_key=True)
+    d = flow.on_outcome(Attempt.RESUME, answer(URL_ANSWER, Attempt.RESUME))
+    assert d.verdict is Verdict.NEXT and not flow.auth_url and flow.next_attempt() is Attempt.AUTH_KEY
+
+
+def test_without_key_a_resume_comes_once_then_interactive():
+    flow = LoginFlow(registered=False, has_auth_key=False)
+    d = flow.on_outcome(Attempt.RESUME, answer(b'{"NodeKeyExpired":true}', Attempt.RESUME))
+    assert d.verdict is Verdict.NEXT and flow.next_attempt() is Attempt.INTERACTIVE
