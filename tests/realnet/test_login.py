@@ -163,7 +163,8 @@ def test_interactive_login_then_reconnect_then_expiry_and_login_again(refnet, ma
     assert not expired_at_server(hs_node(refnet, "sb-login") or {})
 
 
-def test_login_json_gives_the_url_and_ctrl_c_leaves_nothing_running(refnet, make_node):
+def test_login_json_gives_the_url_and_ctrl_c_leaves_nothing_running_and_a_later_register_counts(refnet,
+                                                                                                 make_node):
     node = make_node("sb-json", key=False)
     connect = Lines(node, "connect", "--json")
     m = connect.until(re.compile(r"^(\{.*\"AuthURL\".*\})$", re.MULTILINE), 60)
@@ -176,6 +177,11 @@ def test_login_json_gives_the_url_and_ctrl_c_leaves_nothing_running(refnet, make
     assert running(node.rundir) is None, out  # no supervisord, no live service socket
     assert not list(node.rundir.glob("*.sock")), list(node.rundir.glob("*"))
     assert hs_node(refnet, "sb-json") is None
+    # the admin registers the URL later: the next connect finds the node registered
+    admin_registers(refnet, line["AuthURL"])
+    res = node.ctl("connect", timeout=90)
+    assert res.returncode == 0 and "To authenticate" not in res.stdout, res.stdout + res.stderr + node.log()[-2000:]
+    assert (hs_node(refnet, "sb-json") or {}).get("online") is True
 
 
 def test_logout_seen_by_server_and_real_peer_then_connect_needs_a_key(refnet, make_node):
