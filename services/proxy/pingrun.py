@@ -16,10 +16,9 @@ Ownership: the proxy's loop thread.
 
 from __future__ import annotations
 
+from sunbeam.shared.messages.ping import PingPeer, PingResult
 from sunbeam.shared.proto.ip.headers import addr_bytes, addr_text
 from sunbeam.shared.proto.ip.icmp import build_echo
-
-from .ping import PingPeer, PingResult
 
 __all__ = ["PING_PAYLOAD", "PingRun"]
 

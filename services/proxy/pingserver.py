@@ -19,17 +19,17 @@ from typing import Any
 
 import zmq
 from sunbeam.shared.messages.codec import BadMessage
-from sunbeam.shared.proto.ip import EchoReplied
-from sunbeam.shared.runtime import TimerHandle, endpoint
-from sunbeam.shared.runtime.service import Service
-
-from .ping import (
+from sunbeam.shared.messages.ping import (
     PING_REPLY_CODEC,
     PING_REQUEST_CODEC,
     PING_SOCKET,
     PingPeer,
     PingResult,
 )
+from sunbeam.shared.proto.ip import EchoReplied
+from sunbeam.shared.runtime import TimerHandle, endpoint
+from sunbeam.shared.runtime.service import Service
+
 from .pingrun import PingRun
 from .plane import IpPlane
 from .routing import self_address_for

@@ -244,7 +244,7 @@ def _peer_path(rundir: Path, key: str) -> str | None:
 def ping_command(rundir: Path, target: str, count: int) -> int:
     """``sunbeam-ctl ping PEER [-c COUNT]``; returns the exit code."""
     # the proxy owns the IP layer: it sends the echoes and matches the replies
-    from sunbeam.services.proxy.ping import (
+    from ..messages.ping import (
         PING_REPLY_CODEC,
         PING_REQUEST_CODEC,
         PING_SOCKET,

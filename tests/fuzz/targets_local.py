@@ -17,10 +17,14 @@ import tempfile
 from pathlib import Path
 
 import msgspec
-
 from sunbeam.services.proxy import httpproxy, socks5
-from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer, PingResult
-from sunbeam.shared.config import EXAMPLE_TOML, ConfigError, Context, load_config, read_config
+from sunbeam.shared.config import (
+    EXAMPLE_TOML,
+    ConfigError,
+    Context,
+    load_config,
+    read_config,
+)
 from sunbeam.shared.messages import ctl, dataplane
 from sunbeam.shared.messages.codec import BadMessage, Codec
 from sunbeam.shared.messages.netmap import (
@@ -30,8 +34,15 @@ from sunbeam.shared.messages.netmap import (
     NetmapFollower,
     NetmapSnapshot,
 )
+from sunbeam.shared.messages.ping import (
+    PING_REPLY_CODEC,
+    PING_REQUEST_CODEC,
+    PingPeer,
+    PingResult,
+)
 from sunbeam.shared.netmap import NetmapBuilder
 from sunbeam.shared.proto import tailcfg
+
 from tests.proto.test_tailcfg import HEADSCALE_FULL_MAP
 from tests.proxy.test_httpproxy import CHUNKED, CURL_CONNECT, CURL_GET, POST_CL
 from tests.proxy.test_proxy_fuzz import HTTP_REAL, SOCKS_REAL, feed_http, upstream_view

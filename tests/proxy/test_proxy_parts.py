@@ -6,15 +6,15 @@ import ipaddress
 
 import msgspec
 import pytest
-from sunbeam.services.proxy.ping import (
+from sunbeam.services.proxy.pingrun import PING_PAYLOAD, PingRun
+from sunbeam.services.proxy.routing import RouteTable, self_address_for
+from sunbeam.shared.messages.codec import BadMessage
+from sunbeam.shared.messages.ping import (
     PING_REPLY_CODEC,
     PING_REQUEST_CODEC,
     PingPeer,
     PingResult,
 )
-from sunbeam.services.proxy.pingrun import PING_PAYLOAD, PingRun
-from sunbeam.services.proxy.routing import RouteTable, self_address_for
-from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.headers import addr_bytes, parse
 from sunbeam.shared.proto.ip.icmp import echo_reply_to, parse_echo

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer
 from sunbeam.shared.ctl.client import request
 from sunbeam.shared.messages.ctl import HealthRequest
 from sunbeam.shared.messages.dataplane import (
@@ -24,6 +23,7 @@ from sunbeam.shared.messages.dataplane import (
     ToPeer,
 )
 from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
+from sunbeam.shared.messages.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.headers import addr_bytes, parse
 from sunbeam.shared.proto.ip.icmp import echo_reply_to, parse_echo

@@ -41,7 +41,7 @@ def _ts_ping(peer: dict, target: str, kind: str, count: int = 5) -> subprocess.C
 
 
 def _proxy_ping(node, dst: str, count: int = 3, timeout: float = 5.0):
-    from sunbeam.services.proxy.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer
+    from sunbeam.shared.messages.ping import PING_REPLY_CODEC, PING_REQUEST_CODEC, PingPeer
 
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)

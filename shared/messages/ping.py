@@ -10,7 +10,7 @@ msgpack maps tagged by ``"t"``:
 
 The proxy sends the echoes one after the other, each as soon as the previous one was
 answered or timed out, so a request takes at most ``count * timeout`` seconds; it answers
-every request exactly once. (A later issue moves these Structs to ``sunbeam-ctl ping``.)
+every request exactly once. The requester is ``sunbeam-ctl ping``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from sunbeam.shared.messages.codec import Codec
+from .codec import Codec
 
 __all__ = ["PING_REPLY_CODEC", "PING_REQUEST_CODEC", "PING_SOCKET", "PingPeer", "PingResult"]
 
