@@ -19,14 +19,12 @@ from typing import Any
 
 import zmq
 
+from .channels import CONTROL_PUB
 from .messages.codec import BadMessage
 from .messages.netmap import CONTROL_EVENT_CODEC, ControlStatus, NetmapFollower
 from .netmap import Netmap
 from .runtime.counters import Counters
 from .runtime.loop import ServiceLoop
-from .runtime.rundir import endpoint
-
-CONTROL_PUB = "control-pub"
 
 
 class NetmapSubscription:
@@ -35,9 +33,7 @@ class NetmapSubscription:
         self.counters = counters
         self.on_netmap = on_netmap
         self.follower = NetmapFollower()
-        self.sock: zmq.Socket[Any] = loop.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint(rundir, CONTROL_PUB))
+        self.sock: zmq.Socket[Any] = CONTROL_PUB.connect(loop, rundir)
         loop.on_readable(self.sock, self._on_readable)
 
     @property

@@ -1,7 +1,7 @@
 """The control service's account socket: ``sunbeam-ctl login`` and ``sunbeam-ctl logout``.
 
-Socket: ROUTER bound by the control service at ``ipc://<rundir>/control-account.sock``
-(clients use REQ); one frame each way, msgpack maps tagged by ``"t"``:
+Socket: ``control-account`` (shared/channels.py), ROUTER bound by the control service
+(clients use REQ); the messages are in shared/messages/account.py:
 
     request          reply
     --------------   -------------------------------------------------------------
@@ -23,44 +23,21 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import zmq
-from sunbeam.shared.messages.codec import BadMessage, Codec
-from sunbeam.shared.runtime.rundir import endpoint
+from sunbeam.shared.channels import CONTROL_ACCOUNT
+from sunbeam.shared.messages.account import (
+    ACCOUNT_REPLY_CODEC,
+    ACCOUNT_REQUEST_CODEC,
+    AccountReply,
+    AccountRequest,
+    LoginRequest,
+)
+from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.runtime.service import Service
 
-__all__ = [
-    "ACCOUNT_REPLY_CODEC",
-    "ACCOUNT_REQUEST_CODEC",
-    "ACCOUNT_SOCKET",
-    "AccountReply",
-    "AccountServer",
-    "LoginRequest",
-    "LogoutRequest",
-]
-
-ACCOUNT_SOCKET = "control-account"
+__all__ = ["AccountReply", "AccountRequest", "AccountServer", "LoginRequest", "Respond"]
 
 
-class LoginRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
-    """Log in: with the context's auth key if it has one, else interactively."""
-
-
-class LogoutRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
-    """Log the node out at the server (its key expires there)."""
-
-
-class AccountReply(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
-    ok: bool
-    message: str = ""
-    """One line for the user."""
-    state: str = ""
-    """The control state after the request."""
-
-
-AccountRequest = LoginRequest | LogoutRequest
-ACCOUNT_REQUEST_CODEC: Codec[AccountRequest] = Codec(AccountRequest)
-ACCOUNT_REPLY_CODEC: Codec[AccountReply] = Codec(AccountReply)
 
 Respond = Callable[[AccountReply], None]
 
@@ -72,8 +49,7 @@ class AccountServer:
     def __init__(self, svc: Service, handle: Callable[[AccountRequest, Respond], None]) -> None:
         self.svc = svc
         self.handle = handle
-        self.sock = svc.loop.socket(zmq.ROUTER)
-        svc.loop.bind(self.sock, endpoint(svc.context.runtime_dir, ACCOUNT_SOCKET))
+        self.sock = CONTROL_ACCOUNT.bind(svc.loop, svc.context.runtime_dir)
         svc.loop.on_readable(self.sock, self._on_readable)
 
     def _on_readable(self, _source: Any) -> None:

@@ -43,6 +43,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from sunbeam.shared.messages.account import AccountReply, AccountRequest
 from sunbeam.shared.netmap import NetmapBuilder
 from sunbeam.shared.proto.controlbase import Initiator
 from sunbeam.shared.proto.httpanswer import describe_answer, printable
@@ -64,7 +65,6 @@ from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.runtime.tlsctx import client_context, untrusted_reason
 
 from . import calls, lastderp
-from .account import AccountReply, AccountRequest
 from .publication import Publication
 from .registrar import Registrar
 from .serverkey import ServerKeyError, fetch_server_key

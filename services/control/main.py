@@ -16,17 +16,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import zmq
+from sunbeam.shared.channels import DERP_PUB, UDP_PUB, Channel
 from sunbeam.shared.keys import KeyFormatError, load_or_create
-from sunbeam.shared.messages.codec import Codec
 from sunbeam.shared.messages.dataplane import (
-    DERP_PUB_CODEC,
-    UDP_PUB_CODEC,
     DerpStatus,
     UdpStatus,
 )
 from sunbeam.shared.runtime import decoding_handler
-from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service, run_service
 
 from . import lastderp
@@ -35,8 +31,6 @@ from .calls import Identity
 from .client import ControlClient
 from .publication import Publication
 from .publisher import NetmapPublisher
-
-PUB_NAME = "control-pub"
 
 
 class KeysUnusable(SystemExit):
@@ -51,7 +45,7 @@ def setup(svc: Service) -> None:
         print(f"sunbeam-control: {exc}", file=sys.stderr)
         raise KeysUnusable(2) from None
     svc.log.info("keys", created=created, node_key=keys.node_public_text, disco_key=keys.disco_public_text)
-    publisher = NetmapPublisher(svc.loop, endpoint(ctx.runtime_dir, PUB_NAME), svc.counters)
+    publisher = NetmapPublisher(svc.loop, ctx.runtime_dir, svc.counters)
     publication = Publication(publisher, svc.log)
     region, ignored = lastderp.load(ctx.state_dir, ctx.control_url)
     if ignored:
@@ -68,12 +62,11 @@ def setup(svc: Service) -> None:
     client.start()
 
 
-def follow(svc: Service, name: str, codec: Codec[Any], on_message: Callable[[Any], None]) -> None:
-    """SUB to another service's PUB socket ``name``; each decoded message to ``on_message``."""
-    sub = svc.loop.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(endpoint(svc.context.runtime_dir, name))
-    svc.loop.on_readable(sub, decoding_handler(codec, on_message, svc.counters, counter=f"{name}_bad_message"))
+def follow(svc: Service, channel: Channel, on_message: Callable[[Any], None]) -> None:
+    """SUB to another service's PUB ``channel``; each decoded message to ``on_message``."""
+    sub = channel.connect(svc.loop, svc.context.runtime_dir)
+    svc.loop.on_readable(sub, decoding_handler(channel.codec, on_message, svc.counters,
+                                               counter=f"{channel.name}_bad_message"))
 
 
 def follow_peers(svc: Service, client: ControlClient) -> None:
@@ -87,8 +80,8 @@ def follow_peers(svc: Service, client: ControlClient) -> None:
     def on_udp(status: UdpStatus) -> None:
         client.set_endpoints(tuple(status.endpoints))
 
-    follow(svc, "derp-pub", DERP_PUB_CODEC, on_derp)
-    follow(svc, "udp-pub", UDP_PUB_CODEC, on_udp)
+    follow(svc, DERP_PUB, on_derp)
+    follow(svc, UDP_PUB, on_udp)
 
 
 def main(argv: list[str] | None = None) -> int:

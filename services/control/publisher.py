@@ -16,9 +16,11 @@ Owned by the control service's loop thread.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import zmq
+from sunbeam.shared.channels import CONTROL_PUB
 from sunbeam.shared.messages.netmap import (
     CONTROL_EVENT_CODEC,
     ControlStatus,
@@ -27,16 +29,11 @@ from sunbeam.shared.messages.netmap import (
 )
 from sunbeam.shared.runtime import Counters, ServiceLoop
 
-PUB_HWM = 1000
-
 
 class NetmapPublisher:
-    def __init__(self, loop: ServiceLoop, endpoint: str, counters: Counters) -> None:
+    def __init__(self, loop: ServiceLoop, rundir: Path, counters: Counters) -> None:
         self.counters = counters
-        self.sock: zmq.Socket[Any] = loop.socket(zmq.XPUB)
-        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.sock.setsockopt(zmq.SNDHWM, PUB_HWM)
-        loop.bind(self.sock, endpoint)
+        self.sock: zmq.Socket[Any] = CONTROL_PUB.bind(loop, rundir)
         loop.on_readable(self.sock, self._on_subscription)
         self.snapshot: NetmapSnapshot | None = None
         self.status: ControlStatus | None = None

@@ -23,11 +23,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from sunbeam.shared.messages.account import AccountReply, AccountRequest, LoginRequest
 from sunbeam.shared.netmap import SelfNode
 from sunbeam.shared.proto.tailcfg import MapResponse, decode_register_response
 
 from . import calls
-from .account import AccountReply, AccountRequest, LoginRequest, Respond
+from .account import Respond
 from .calls import Attempt
 from .expiry import is_expired, key_expiry
 from .login import KEY_EXPIRED, LOGGED_OUT, LoginFlow, Verdict

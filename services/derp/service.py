@@ -1,20 +1,15 @@
 """The derp service: region connections, packet routing between DERP and the other services.
 
-Sockets (``ipc://<rundir>/<name>.sock``)::
-
-    control-pub  SUB  connect  `ControlEvent`s, followed by `NetmapSubscription`
-    derp-in      PULL bind     `DerpSend(peer_key, region, packets)`: relay each packet via
-                               ``region`` (0 = our home), connecting it if needed
-    udp-in       PUSH connect  `DiscoReceived(peer_key, region, packets)`: relayed packets
-                               that start with the disco magic ``TS💬``
-    wg-<k>-in    PUSH connect  `DerpReceived(peer_key, region, packets)`: every other relayed
-                               packet, to worker k = owner(peer_key, wg_workers)
-    derp-pub     PUB  bind     `DerpStatus(home_region, connected, state)` on every change
-                               and every STATUS_INTERVAL s
+Sockets (declared in shared/channels.py): follows ``control-pub`` (`NetmapSubscription`);
+binds ``derp-in`` (`DerpSend(peer_key, region, packets)`: relay each packet via ``region``,
+0 = our home, connecting it if needed) and ``derp-pub`` (`DerpStatus(home_region,
+connected, state)` on every change and every STATUS_INTERVAL s); sends relayed packets
+that start with the disco magic ``TS💬`` to udp as `DiscoReceived` on ``udp-in``, every
+other one to worker k = owner(peer_key, wg_workers) as `DerpReceived` on ``wg-{k}-in``.
 
 Inbound packets are batched per (peer, region) and kind within one loop iteration and sent
-at its end. PUSH sockets have a bounded SNDHWM; a batch that does not fit is dropped and its
-packets counted (``derp_to_udp_dropped``, ``derp_to_wg_dropped``).
+at its end. A batch that finds its socket's queue full is dropped and its packets counted
+(``udp_in.dropped``, ``wg_in.dropped``).
 
 Regions (see `regions`): the home region and every peer's home region are kept connected;
 a region a `DerpSend` names is connected on demand. A region no longer wanted (and not used
@@ -29,13 +24,10 @@ Owned by the derp service's loop thread (everything here).
 
 from __future__ import annotations
 
-from typing import Any
-
-import zmq
+from sunbeam.shared.channels import DERP_IN, DERP_PUB, UDP_IN, WG_IN
 from sunbeam.shared.keys import KEYS_FILE, load_or_create
 from sunbeam.shared.messages.dataplane import (
     DERP_IN_CODEC,
-    DERP_PUB_CODEC,
     UDP_IN_CODEC,
     WG_IN_CODEC,
     DerpReceived,
@@ -46,10 +38,9 @@ from sunbeam.shared.messages.dataplane import (
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
 from sunbeam.shared.proto.derp import DISCO_MAGIC
-from sunbeam.shared.runtime.batching import Batcher, EncodedBatch, send_bounded
+from sunbeam.shared.runtime.batching import Batcher, EncodedBatch
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.loop import decoding_handler
-from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.runtime.tlsctx import client_context
 from sunbeam.shared.sharding import owner
@@ -60,8 +51,6 @@ from .regions import dial_for, home_region, wanted_regions
 STATUS_INTERVAL = 5.0
 GRACE = 60.0
 KEYS_POLL = 0.5
-PUSH_HWM = 1000
-PULL_HWM = 1000
 
 
 class DerpService:
@@ -80,15 +69,12 @@ class DerpService:
         self._last_status: DerpStatus | None = None
         rundir = self.ctx.runtime_dir
         loop = self.loop
-        self.pub = loop.socket(zmq.PUB)
-        loop.bind(self.pub, endpoint(rundir, "derp-pub"))
-        self.derp_in = loop.socket(zmq.PULL)
-        self.derp_in.setsockopt(zmq.RCVHWM, PULL_HWM)
-        loop.bind(self.derp_in, endpoint(rundir, "derp-in"))
+        self.pub = DERP_PUB.bind(loop, rundir)
+        self.derp_in = DERP_IN.bind(loop, rundir)
         loop.on_readable(self.derp_in, decoding_handler(DERP_IN_CODEC, self.on_derp_send, self.counters,
                                                         bad_log=self.noisy, counter="derp_in_bad_message"))
-        self.udp_out = self._push(endpoint(rundir, "udp-in"))
-        self.wg_out = [self._push(endpoint(rundir, f"wg-{k}-in")) for k in range(self.ctx.wg_workers)]
+        self.udp_out = UDP_IN.connect(loop, rundir)
+        self.wg_out = [WG_IN.connect(loop, rundir, k=k) for k in range(self.ctx.wg_workers)]
         self.netmap_sub = NetmapSubscription(loop, rundir, self.counters, self._on_netmap)
         self.disco_batches: Batcher[tuple[bytes, int]] = Batcher(
             UDP_IN_CODEC, lambda d, p: DiscoReceived(peer_key=d[0], region=d[1], packets=p))
@@ -96,12 +82,6 @@ class DerpService:
             WG_IN_CODEC, lambda d, p: DerpReceived(peer_key=d[0], region=d[1], packets=p))
         loop.on_iteration_end(self._end_of_iteration)
         svc.on_stop.append(self.close_all)
-
-    def _push(self, address: str) -> zmq.Socket[Any]:
-        sock = self.loop.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, PUSH_HWM)
-        sock.connect(address)
-        return sock
 
     # -- start: keys ---------------------------------------------------------------------
 
@@ -205,7 +185,7 @@ class DerpService:
             self.log.info("derp_status", home_region=status.home_region, connected=list(status.connected),
                           state=status.state)
         self._last_status = status
-        send_bounded(self.pub, DERP_PUB_CODEC.encode(status), self.counters, counter="derp_status_dropped")
+        DERP_PUB.send(self.pub, status, self.counters)
 
     # -- data ---------------------------------------------------------------------------
 
@@ -237,11 +217,11 @@ class DerpService:
                 self._send_wg(batch)
 
     def _send_disco(self, batch: EncodedBatch[tuple[bytes, int]]) -> None:
-        send_bounded(self.udp_out, batch.data, self.counters, counter="derp_to_udp_dropped", weight=batch.packets)
+        UDP_IN.send_encoded(self.udp_out, batch.data, self.counters, weight=batch.packets)
 
     def _send_wg(self, batch: EncodedBatch[tuple[bytes, int]]) -> None:
         sock = self.wg_out[owner(batch.dest[0], len(self.wg_out))]
-        send_bounded(sock, batch.data, self.counters, counter="derp_to_wg_dropped", weight=batch.packets)
+        WG_IN.send_encoded(sock, batch.data, self.counters, weight=batch.packets)
 
     def _end_of_iteration(self) -> None:
         for batch in self.disco_batches.flush():

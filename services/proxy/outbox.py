@@ -4,7 +4,8 @@ Socket: one PUSH per worker k, connected lazily (on the first packet for one of 
 peers) to ``ipc://<rundir>/wg-<k>-in.sock``; messages ``ToPeer(peer_key, packets)``
 (`WG_IN_CODEC`). Packets are batched per peer and flushed at the end of every loop
 iteration (a full batch goes out at once); a send that finds the worker's queue full
-(``SNDHWM`` messages) is dropped and counted in ``wg_send_dropped`` (packets).
+(``DATA_HWM`` messages, shared/channels.py) is dropped and counted in ``wg_in.dropped``
+(packets).
 
 Ownership: the proxy's loop thread.
 """
@@ -15,19 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from sunbeam.shared.channels import WG_IN
 from sunbeam.shared.messages.dataplane import WG_IN_CODEC, ToPeer
 from sunbeam.shared.runtime import (
     Batcher,
     Counters,
     ServiceLoop,
-    endpoint,
-    send_bounded,
 )
 from sunbeam.shared.sharding import owner
 
 __all__ = ["WgOutbox"]
 
-SNDHWM = 1000
 
 
 class WgOutbox:
@@ -55,14 +54,11 @@ class WgOutbox:
 
     def _send(self, peer_key: bytes, data: bytes, packets: int) -> None:
         sock = self._socket(owner(peer_key, self.workers))
-        if send_bounded(sock, data, self.counters, counter="wg_send_dropped", weight=packets):
+        if WG_IN.send_encoded(sock, data, self.counters, weight=packets):
             self.counters.incr("wg_sent_packets", packets)
 
     def _socket(self, worker: int) -> zmq.Socket[Any]:
         sock = self._socks.get(worker)
         if sock is None:
-            sock = self.loop.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, SNDHWM)
-            sock.connect(endpoint(self.rundir, f"wg-{worker}-in"))
-            self._socks[worker] = sock
+            sock = self._socks[worker] = WG_IN.connect(self.loop, self.rundir, k=worker)
         return sock

@@ -18,16 +18,16 @@ import os
 from typing import Any
 
 import zmq
+from sunbeam.shared.channels import PROXY_PING
 from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.messages.ping import (
     PING_REPLY_CODEC,
     PING_REQUEST_CODEC,
-    PING_SOCKET,
     PingPeer,
     PingResult,
 )
 from sunbeam.shared.proto.ip import EchoReplied
-from sunbeam.shared.runtime import TimerHandle, endpoint
+from sunbeam.shared.runtime import TimerHandle
 from sunbeam.shared.runtime.service import Service
 
 from .pingrun import PingRun
@@ -46,8 +46,7 @@ class PingServer:
         self.pending: dict[tuple[int, int], PingRun] = {}
         """The echo awaiting its reply, keyed by (identifier, sequence)."""
         self._timer: TimerHandle | None = None
-        self.sock: zmq.Socket[Any] = self.loop.socket(zmq.REP)
-        self.loop.bind(self.sock, endpoint(svc.context.runtime_dir, PING_SOCKET))
+        self.sock: zmq.Socket[Any] = PROXY_PING.bind(self.loop, svc.context.runtime_dir)
         self.loop.on_readable(self.sock, self._on_request)
         plane.on_echo_reply = self._on_echo_reply
 

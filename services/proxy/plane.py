@@ -18,15 +18,14 @@ Ownership: the proxy's loop thread.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import zmq
+from sunbeam.shared.channels import PROXY_IN
 from sunbeam.shared.messages.dataplane import PROXY_IN_CODEC, FromPeer
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
 from sunbeam.shared.proto.ip import EchoReplied, IpResponder, Reply
 from sunbeam.shared.proto.ip.unreachable import Unreachable
-from sunbeam.shared.runtime import RateLimitedLog, decoding_handler, endpoint
+from sunbeam.shared.runtime import RateLimitedLog, decoding_handler
 from sunbeam.shared.runtime.service import Service
 
 from .outbox import WgOutbox
@@ -42,8 +41,6 @@ def _is_tcp(packet: bytes) -> bool:
     version = packet[0] >> 4
     return (version == 4 and packet[9] == 6) or (version == 6 and len(packet) >= 40 and packet[6] == 6)
 
-IN_SOCKET = "proxy-in"
-RCVHWM = 1000
 
 
 class IpPlane:
@@ -65,9 +62,7 @@ class IpPlane:
         """Set by the TCP engine: our tailnet addresses (without prefix length) changed."""
         self.on_netmap: list[Callable[[Netmap], None]] = []
 
-        self.pull: zmq.Socket[Any] = svc.loop.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
-        svc.loop.bind(self.pull, endpoint(rundir, IN_SOCKET))
+        self.pull = PROXY_IN.bind(svc.loop, rundir)
         svc.loop.on_readable(self.pull, decoding_handler(PROXY_IN_CODEC, self._from_peer, svc.counters,
                                                          bad_log=self.bad_log, counter="proxy_in_bad_message"))
 

@@ -27,17 +27,26 @@ import socket
 from typing import Any
 
 import zmq
-
+from sunbeam.shared.channels import DERP_IN, UDP_PUB, WG_IN
 from sunbeam.shared.keys import from_text, to_text
-from sunbeam.shared.messages.dataplane import DERP_IN_CODEC, UDP_PUB_CODEC, WG_IN_CODEC, DerpSend, PeerPath, UdpStatus
+from sunbeam.shared.messages.dataplane import (
+    DerpSend,
+    PeerPath,
+    UdpStatus,
+)
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap_sub import NetmapSubscription
-from sunbeam.shared.proto.disco import NONCE_LEN, CallMeMaybe, DiscoBoxes, Message, Ping, Pong
+from sunbeam.shared.proto.disco import (
+    NONCE_LEN,
+    CallMeMaybe,
+    DiscoBoxes,
+    Message,
+    Ping,
+    Pong,
+)
 from sunbeam.shared.proto.discopaths import DiscoPaths, Output, PeerInfo
 from sunbeam.shared.proto.stun import StunError, binding_request, parse_response
-from sunbeam.shared.runtime import send_bounded
 from sunbeam.shared.runtime.coretimer import CoreTimer
-from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import owner
 
@@ -65,8 +74,7 @@ class PathFinder:
         self.stun_round: list[str] = []
         loop = svc.loop
         self.timer = CoreTimer(loop, self.core.next_timer, loop.now, self._on_timer)
-        self.pub = loop.socket(zmq.PUB)
-        loop.bind(self.pub, endpoint(svc.context.runtime_dir, "udp-pub"))
+        self.pub = UDP_PUB.bind(loop, svc.context.runtime_dir)
         self.netmap = NetmapSubscription(loop, svc.context.runtime_dir, self.counters, self.on_netmap)
         self.refresh_endpoints()
         self._stun_periodic()
@@ -160,8 +168,8 @@ class PathFinder:
                 self.counters.incr("disco.ping_tx")
             else:
                 region = self.home.get(s.node_key, 0)
-                data = DERP_IN_CODEC.encode(DerpSend(peer_key=s.node_key, region=region, packets=[pkt]))
-                if send_bounded(self.derp_out, data, self.counters, counter="derp_in.dropped"):
+                if DERP_IN.send(self.derp_out, DerpSend(peer_key=s.node_key, region=region, packets=[pkt]),
+                                self.counters):
                     self.counters.incr("disco.call_me_maybe_tx")
         now = self.svc.loop.now()
         for update in out.paths:
@@ -170,7 +178,7 @@ class PathFinder:
                                   was=update.was or "derp", **self.core.describe(update.node_key, now))
             worker = owner(update.node_key, len(self.wg_out))
             msg = PeerPath(peer_key=update.node_key, addr=update.addr, until=update.until)
-            send_bounded(self.wg_out[worker], WG_IN_CODEC.encode(msg), self.counters, counter="wg_in.dropped")
+            WG_IN.send(self.wg_out[worker], msg, self.counters)
             if update.addr:
                 self.counters.incr("paths.trusted_updates")
             else:
@@ -197,7 +205,7 @@ class PathFinder:
         eps = self.endpoints()
         self.core.set_our_endpoints(eps)
         status = UdpStatus(port=self.udp.port, endpoints=tuple(eps[:16]))
-        send_bounded(self.pub, UDP_PUB_CODEC.encode(status), self.counters, counter="udp_status_dropped")
+        UDP_PUB.send(self.pub, status, self.counters)
 
     def _on_timer(self) -> None:
         self.emit(self.core.tick(self.svc.loop.now()))

@@ -4,7 +4,7 @@
 State owned by this process (its loop thread): the UDP socket (`udpsock.UdpSocket`), the
 disco key's precomputed boxes, the per-iteration batches to the workers.
 
-Sockets::
+Sockets (declared in shared/channels.py; what this service does with each)::
 
     UDP [::]:$SUNBEAM_UDP_PORT (0 = random; logged as ``udp_listening port=…``)
     udp-in      PULL bind     `UDP_IN_CODEC`:  UdpSend -> datagrams out;
@@ -39,9 +39,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import zmq
+from sunbeam.shared.channels import DERP_IN, UDP_IN, WG_IN
 from sunbeam.shared.messages.dataplane import (
-    DERP_IN_CODEC,
     UDP_IN_CODEC,
     WG_IN_CODEC,
     DerpSend,
@@ -66,8 +65,6 @@ from sunbeam.shared.runtime import (
     Batcher,
     RateLimitedLog,
     decoding_handler,
-    endpoint,
-    send_bounded,
 )
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import worker_of_index
@@ -79,7 +76,6 @@ from .wgroute import TRANSPORT_MIN_SIZE, route
 
 _TRANSPORT = b"\x04\x00\x00\x00"
 RECV_BUDGET = 256  # recvmsg calls per readable event; the poll is level-triggered
-PUSH_HWM = 1024  # messages (batches) queued per PUSH socket before drops
 SUPPRESSED_REPORT_S = 60.0
 
 
@@ -93,27 +89,19 @@ class UdpService:
         self.drops = RateLimitedLog(svc.log)
         rundir = svc.context.runtime_dir
         loop = svc.loop
-        self.wg_out = [self._push(endpoint(rundir, f"wg-{k}-in")) for k in range(self.workers)]
-        self.derp_out = self._push(endpoint(rundir, "derp-in"))
+        self.wg_out = [WG_IN.connect(loop, rundir, k=k) for k in range(self.workers)]
+        self.derp_out = DERP_IN.connect(loop, rundir)
         self.batcher: Batcher[tuple[int, str]] = Batcher(
             WG_IN_CODEC, lambda dest, packets, segments: UdpReceived(
                 src=dest[1], packets=packets, segments=segments if any(segments) else []),
             segmented=True)
-        udp_in = loop.socket(zmq.PULL)
-        udp_in.setsockopt(zmq.RCVHWM, PUSH_HWM)
-        loop.bind(udp_in, endpoint(rundir, "udp-in"))
+        udp_in = UDP_IN.bind(loop, rundir)
         loop.on_readable(udp_in, decoding_handler(UDP_IN_CODEC, self.on_udp_in, self.counters,
                                                   bad_log=self.drops, counter="udp_in.bad_message"))
         self.paths = PathFinder(svc, udp, boxes, node_key, self.wg_out, self.derp_out)
         loop.on_readable(udp, self.on_datagrams)
         loop.on_iteration_end(self.flush)
         loop.call_later(SUPPRESSED_REPORT_S, self._report_suppressed)
-
-    def _push(self, ep: str) -> zmq.Socket[Any]:
-        sock = self.svc.loop.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, PUSH_HWM)
-        sock.connect(ep)
-        return sock
 
     def drop(self, reason: str, **kv: Any) -> None:
         self.counters.incr(f"rx.drop.{reason}")
@@ -183,7 +171,7 @@ class UdpService:
             self._send_wg(batch.dest[0], batch.data, batch.packets)
 
     def _send_wg(self, worker: int, data: bytes, packets: int) -> None:
-        if send_bounded(self.wg_out[worker], data, self.counters, counter="wg_in.dropped", weight=packets):
+        if WG_IN.send_encoded(self.wg_out[worker], data, self.counters, weight=packets):
             self.counters.incr("rx.to_wg", packets)
 
     # -- from the other services -----------------------------------------------------
@@ -209,8 +197,8 @@ class UdpService:
                 replies.append(got.reply)
             self.paths.on_disco(got.sender, got.message, None)
         if replies:
-            data = DERP_IN_CODEC.encode(DerpSend(peer_key=msg.peer_key, region=msg.region, packets=replies))
-            if send_bounded(self.derp_out, data, self.counters, counter="derp_in.dropped", weight=len(replies)):
+            if DERP_IN.send(self.derp_out, DerpSend(peer_key=msg.peer_key, region=msg.region, packets=replies),
+                            self.counters, weight=len(replies)):
                 self.counters.incr("disco.pong_tx_derp", len(replies))
 
     def _count_disco(self, message: Any, suffix: str) -> None:

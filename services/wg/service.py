@@ -1,15 +1,12 @@
 """One WireGuard worker process: the sole owner of the peers that hash to it.
 
-Sockets (ipc in the runtime dir)::
-
-    wg-<k>-in     PULL (bind)   ToPeer | UdpReceived | DerpReceived     (WG_IN_CODEC)
-    control-pub   SUB           the netmap: which peers we own, their AllowedIPs,
-                                endpoints and home DERP region
-    udp-in        PUSH          UdpSend(dsts, msgs)        our WireGuard messages over UDP
-    derp-in       PUSH          DerpSend(key, region, msgs)  ... and over DERP
-    proxy-in      PUSH          FromPeer(key, ip packets)  decrypted, source-checked packets
-    wg-<j>-in     PUSH          UdpReceived(src, [init])   a handshake initiation that
-                                                             belongs to worker j
+Sockets (declared in shared/channels.py): binds ``wg-{k}-in`` (ToPeer from the proxy,
+UdpReceived from udp, DerpReceived from derp, PeerPath from udp's path finder, a
+forwarded initiation from another worker); sends UdpSend / PathWanted on ``udp-in``,
+DerpSend on ``derp-in``, FromPeer (decrypted, source-checked packets) on ``proxy-in``,
+and a handshake initiation that belongs to worker j on ``wg-{j}-in``; follows
+``control-pub`` for the netmap (which peers we own, their AllowedIPs, endpoints and home
+DERP region).
 
 Ownership: a peer belongs to worker ``owner(node_key, wg_workers)``; this worker's
 `Device` holds only those peers. Inbound messages reach the right worker without shared
@@ -50,13 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from sunbeam.shared.channels import DERP_IN, PROXY_IN, UDP_IN, WG_IN
 from sunbeam.shared.keys import from_text, to_text
 from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.messages.ctl import PeerStats
 from sunbeam.shared.messages.dataplane import (
-    DERP_IN_CODEC,
-    PROXY_IN_CODEC,
-    UDP_IN_CODEC,
     WG_IN_CODEC,
     DerpReceived,
     DerpSend,
@@ -75,9 +70,8 @@ from sunbeam.shared.proto.wireguard import (
     Device,
     split_segments,
 )
-from sunbeam.shared.runtime import RateLimitedLog, send_bounded
+from sunbeam.shared.runtime import RateLimitedLog
 from sunbeam.shared.runtime.coretimer import CoreTimer
-from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import owner
 
@@ -90,7 +84,6 @@ from .statsfile import (
     stats_path,
 )
 
-HWM = 4096
 MAX_BATCH = 256
 # Bytes of inbox messages taken per wakeup before our output goes on: draining up to 256
 # GRO-burst messages (megabytes) first held the proxy's input back until all were
@@ -190,25 +183,17 @@ class Worker:
         self.stats_saver = StatsSaver(z, stats_file, self._totals_snapshot, self.counters, self.noisy)
         self.stats_saver.start()
 
-        self.inbox = z.socket(zmq.PULL)
-        self.inbox.setsockopt(zmq.RCVHWM, HWM)
-        z.bind(self.inbox, endpoint(rundir, f"wg-{self.index}-in"))
+        self.inbox = WG_IN.bind(z, rundir, k=self.index)
         z.on_readable(self.inbox, self._on_inbox)
 
         self.netmap_sub = NetmapSubscription(z, rundir, self.counters, self._apply_netmap)
 
-        self.udp = self._push(endpoint(rundir, "udp-in"))
-        self.derp = self._push(endpoint(rundir, "derp-in"))
-        self.proxy = self._push(endpoint(rundir, "proxy-in"))
-        self.peers_out = {j: self._push(endpoint(rundir, f"wg-{j}-in")) for j in range(self.workers) if j != self.index}
+        self.udp = UDP_IN.connect(z, rundir)
+        self.derp = DERP_IN.connect(z, rundir)
+        self.proxy = PROXY_IN.connect(z, rundir)
+        self.peers_out = {j: WG_IN.connect(z, rundir, k=j) for j in range(self.workers) if j != self.index}
         z.on_iteration_end(self._flush)
         self.timer = CoreTimer(self.loop, self.device.next_timer, self.loop.now, self._on_timer)
-
-    def _push(self, ep: str) -> zmq.Socket[Any]:
-        sock = self.loop.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.connect(ep)
-        return sock
 
     # -- netmap -------------------------------------------------------------------------
 
@@ -385,23 +370,18 @@ class Worker:
         out, self.out = self.out, IterationBatches()
         for dsts, msgs in out.udp.items():
             for i in range(0, len(msgs), MAX_BATCH):
-                send_bounded(self.udp, UDP_IN_CODEC.encode(UdpSend(dsts=list(dsts), packets=msgs[i:i + MAX_BATCH])),
-                             self.counters, counter="udp_send_dropped")
+                UDP_IN.send(self.udp, UdpSend(dsts=list(dsts), packets=msgs[i:i + MAX_BATCH]), self.counters)
         for (key, region), msgs in out.derp.items():
             for i in range(0, len(msgs), MAX_BATCH):
-                send_bounded(self.derp, DERP_IN_CODEC.encode(DerpSend(peer_key=key, region=region,
-                                                                       packets=msgs[i:i + MAX_BATCH])),
-                             self.counters, counter="derp_send_dropped")
+                DERP_IN.send(self.derp, DerpSend(peer_key=key, region=region, packets=msgs[i:i + MAX_BATCH]),
+                             self.counters)
         for key, pkts in out.proxy.items():
             for i in range(0, len(pkts), MAX_BATCH):
-                send_bounded(self.proxy, PROXY_IN_CODEC.encode(FromPeer(peer_key=key, packets=pkts[i:i + MAX_BATCH])),
-                             self.counters, counter="proxy_send_dropped")
+                PROXY_IN.send(self.proxy, FromPeer(peer_key=key, packets=pkts[i:i + MAX_BATCH]), self.counters)
         for key in out.wanted:
-            send_bounded(self.udp, UDP_IN_CODEC.encode(PathWanted(peer_key=key)), self.counters,
-                         counter="udp_send_dropped")
+            UDP_IN.send(self.udp, PathWanted(peer_key=key), self.counters)
         for (target, src), pkts in out.forward.items():
-            send_bounded(self.peers_out[target], WG_IN_CODEC.encode(UdpReceived(src=src, packets=pkts)),
-                         self.counters, counter="forward_dropped")
+            WG_IN.send(self.peers_out[target], UdpReceived(src=src, packets=pkts), self.counters)
 
     # -- timers -------------------------------------------------------------------------
 

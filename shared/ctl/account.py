@@ -38,18 +38,14 @@ LOGOUT_TIMEOUT = 20.0
 
 def _ask(rundir: Path, request: Any, timeout: float) -> Any:
     """An `AccountReply`, or None when the control service did not answer."""
-    from sunbeam.services.control.account import (
-        ACCOUNT_REPLY_CODEC,
-        ACCOUNT_REQUEST_CODEC,
-        ACCOUNT_SOCKET,
-    )
-    from sunbeam.shared.runtime.rundir import endpoint
+    from ..channels import CONTROL_ACCOUNT
+    from ..messages.account import ACCOUNT_REPLY_CODEC, ACCOUNT_REQUEST_CODEC
 
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
     sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
-    sock.connect(endpoint(rundir, ACCOUNT_SOCKET))
+    sock.connect(CONTROL_ACCOUNT.endpoint(rundir))
     try:
         sock.send(ACCOUNT_REQUEST_CODEC.encode(request))
         return ACCOUNT_REPLY_CODEC.decode(sock.recv())
@@ -81,7 +77,7 @@ def login(ctx: Context, *, config: str | None, as_json: bool, timeout: float) ->
         if code and as_json:
             _json_line({"BackendState": "Stopped", "error": "connect failed (run without --json for the cause)"})
         return code
-    from sunbeam.services.control.account import LoginRequest
+    from ..messages.account import LoginRequest
 
     reply = _ask(rundir, LoginRequest(), timeout=5.0)
     if reply is None or not reply.ok:
@@ -125,7 +121,7 @@ def _wait_running(rundir: Path, timeout: float, say: Callable[[str], None], show
 
 
 def logout(rundir: Path) -> int:
-    from sunbeam.services.control.account import LogoutRequest
+    from ..messages.account import LogoutRequest
 
     if not rundir.is_dir() or daemon.running(rundir) is None:
         print("sunbeam-ctl: VPN: not running (start it with `sunbeam-ctl connect` to log out)")

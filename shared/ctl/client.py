@@ -13,10 +13,11 @@ from typing import Any
 
 import zmq
 
+from ..channels import CTL
 from ..messages.ctl import CTL_REPLY_CODEC, CTL_REQUEST_CODEC, CtlReply, CtlRequest
 from ..runtime.stale import SocketState, probe
 
-CTL_SUFFIX = "-ctl.sock"
+CTL_SUFFIX = CTL.name.format(service="") + ".sock"  # "-ctl.sock"
 
 
 class CtlTimeout(TimeoutError):

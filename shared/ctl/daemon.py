@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..channels import CTL
 from ..config import Context
 from ..messages.ctl import StatusReply, StatusRequest, StopRequest
 from ..messages.netmap import ControlStatus
@@ -197,7 +198,7 @@ class _LogMarks:
 
 
 def control_status(rundir: Path) -> ControlStatus | None:
-    path = rundir / "control-ctl.sock"
+    path = CTL.path(rundir, service="control")
     if probe(path) is not SocketState.LIVE:
         return None
     try:

@@ -45,10 +45,10 @@ from typing import Any
 
 import zmq
 
+from ..channels import PROXY_PING
 from ..messages.codec import BadMessage
 from ..messages.ctl import PeersReply, PeersRequest, PeerStats
 from ..netmap import Netmap, Peer
-from ..runtime.rundir import endpoint
 from .client import ask_each, discover
 from .watch import NetmapWatch
 
@@ -247,7 +247,6 @@ def ping_command(rundir: Path, target: str, count: int) -> int:
     from ..messages.ping import (
         PING_REPLY_CODEC,
         PING_REQUEST_CODEC,
-        PING_SOCKET,
         PingPeer,
     )
 
@@ -271,7 +270,7 @@ def ping_command(rundir: Path, target: str, count: int) -> int:
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int((count * 2.0 + 5) * 1000))
-    sock.connect(endpoint(rundir, PING_SOCKET))
+    sock.connect(PROXY_PING.endpoint(rundir))
     try:
         sock.send(PING_REQUEST_CODEC.encode(PingPeer(dst_ip=ip, count=count, timeout=2.0)))
         result = PING_REPLY_CODEC.decode(sock.recv())

@@ -14,11 +14,10 @@ from typing import Any
 
 import zmq
 
+from ..channels import CONTROL_PUB
 from ..messages.codec import BadMessage
 from ..messages.netmap import CONTROL_EVENT_CODEC, NetmapFollower
 from ..netmap import Netmap
-
-PUB_SOCKET = "control-pub.sock"
 
 
 class NetmapWatch:
@@ -27,7 +26,7 @@ class NetmapWatch:
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(f"ipc://{Path(rundir) / PUB_SOCKET}")
+        self.sock.connect(CONTROL_PUB.endpoint(rundir))
         self.follower = NetmapFollower()
         self.bad = 0
 

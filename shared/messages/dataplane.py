@@ -4,7 +4,7 @@ Every message carries a batch (``packets: list[bytes]``): one ZeroMQ message per
 never per packet, never multipart. Structs are ``array_like`` msgpack arrays
 ``[tag, field1, ...]``. Addresses are text: ``"1.2.3.4:41641"`` or ``"[fd00::1]:41641"``.
 
-Sockets (``ipc://<rundir>/<name>.sock``, bound by the receiving service)::
+The messages of each data socket (which process binds and connects each: shared/channels.py)::
 
     wg-<k>-in   PULL at WireGuard worker k   `WG_IN_CODEC`
         ToPeer(peer_key, packets)            proxy -> wg: IP packets to encrypt for a peer
@@ -27,6 +27,8 @@ Sockets (``ipc://<rundir>/<name>.sock``, bound by the receiving service)::
 
     udp-pub     PUB at the udp service       `UDP_PUB_CODEC`
         UdpStatus(port, endpoints)           udp -> control: our endpoints to advertise
+    derp-pub    PUB at the derp service      `DERP_PUB_CODEC`
+        DerpStatus(home_region, connected, state)  derp -> control: our home region
 
 ``peer_key`` is the remote node's 32-byte public key (its WireGuard static key).
 Limits (a violation decodes as `BadMessage`): `MAX_PACKETS_PER_BATCH` packets per batch,

@@ -20,9 +20,8 @@ from typing import Annotated
 import msgspec
 from .codec import Codec
 
-__all__ = ["PING_REPLY_CODEC", "PING_REQUEST_CODEC", "PING_SOCKET", "PingPeer", "PingResult"]
+__all__ = ["PING_REPLY_CODEC", "PING_REQUEST_CODEC", "PingPeer", "PingResult"]
 
-PING_SOCKET = "proxy-ping"
 MAX_COUNT = 100
 MAX_TIMEOUT = 60.0
 

@@ -50,16 +50,12 @@ from ..messages.ctl import (
 from .counters import Counters
 from .log import StructLogger, get_logger
 from .loop import ServiceLoop
-from .rundir import RundirError, endpoint, ensure_rundir
+from ..channels import CTL
+from .rundir import RundirError, ensure_rundir
 from .shutdown import Shutdown
 from .stale import AlreadyRunning
 
-__all__ = ["Service", "ctl_endpoint", "run_service"]
-
-
-def ctl_endpoint(rundir: Any, service: str) -> str:
-    """The ipc endpoint of a service's ctl REP socket."""
-    return endpoint(rundir, f"{service}-ctl")
+__all__ = ["Service", "run_service"]
 
 
 @dataclass
@@ -154,8 +150,7 @@ def _run(ident: str, ctx: Context, worker: int | None, setup: Callable[[Service]
         loop = ServiceLoop(ident, shutdown, log=log, counters=counters)
         svc = Service(ident, ctx, loop, log, counters, worker)
         with loop:
-            ctl = loop.socket(zmq.REP)
-            loop.bind(ctl, ctl_endpoint(rundir, ident))
+            ctl = CTL.bind(loop, rundir, service=ident)
             loop.on_readable(ctl, lambda s: _serve_ctl(svc, s))
             if setup is not None:
                 setup(svc)
