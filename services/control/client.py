@@ -23,18 +23,18 @@ service in Error with the reason, and it does not retry on its own. A reason is 
 at most ``MAX_REASON`` printable characters (`httpanswer.printable`), whatever the server
 put in the text it quotes: ``sunbeam-ctl`` prints it to a terminal.
 
-The TCP connect is non-blocking (``CONNECT_TIMEOUT``): a server host that drops our SYNs
-does not stall the loop. After it the socket is in blocking mode with a timeout: it is read
-only after the poller says it is readable, and what we write is small (requests), so
-neither call blocks for long. Still blocking (issue 19): resolving the host name, the first
-``/key`` fetch (later reconnects reuse the key) and the TLS handshake.
+Nothing here blocks the loop (`status` is answered and restarted services get their netmap
+while the server hangs): the first ``/key`` fetch (`keyfetch.KeyFetch`; later reconnects
+reuse the key) and the TS2021 connection are opened by `Dialer` (the name resolved on a
+helper thread, the connect and the TLS handshake waited for by the poller,
+``CONNECT_TIMEOUT`` each), and what the socket cannot take at once waits in ``_out`` until
+it is writable.
 
 Owned by the control service's loop thread (everything here).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import ssl
@@ -60,14 +60,16 @@ from sunbeam.shared.proto.ts2021 import (
     StreamReset,
 )
 from sunbeam.shared.runtime.backoff import ReconnectBackoff
+from sunbeam.shared.runtime.dial import Dialer
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.runtime.tlsctx import client_context, untrusted_reason
 
 from . import calls, lastderp
+from .keyfetch import KeyFetch
 from .publication import Publication
 from .registrar import Registrar
-from .serverkey import ServerKeyError, fetch_server_key
+from .serverkey import ServerKeyError
 from .state import State
 
 IO_TIMEOUT = 10.0
@@ -154,7 +156,8 @@ class ControlClient:
         self.backoff = ReconnectBackoff(base=1.0, cap=RETRY_CAP, unreachable_cap=UNREACHABLE_CAP)
         self.answered = False  # the server sent something on this attempt
         self.sock: socket.socket | None = None
-        self._addresses: list[tuple[Any, ...]] = []  # getaddrinfo results not tried yet
+        self._dialing: Dialer | KeyFetch | None = None  # a connection being opened (never blocking the loop)
+        self._out = bytearray()  # bytes for the server that its socket could not take yet
         self.conn: ControlConnection | None = None
         self.streams: dict[int, Any] = {}
         self.builder = NetmapBuilder()
@@ -169,86 +172,62 @@ class ControlClient:
         self.loop.call_later(0, self.connect)
 
     def connect(self) -> None:
-        if self.loop.shutdown.is_set or self.sock is not None:
+        if self.loop.shutdown.is_set or self.sock is not None or self._dialing is not None:
             return
         if self.registrar.waiting_for_login:
             return self.registrar.wait_for_login(self.registrar.flow.why)
         self.counters.incr("connect_attempts")
         self.answered = False
-        try:
-            if self.server_key is None:
-                self.server_key = fetch_server_key(self.ctx.control_url, self.me.capability_version, IO_TIMEOUT,
-                                                   self.tls)
-                self._server_answered()
-            self._addresses = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except ServerKeyError as exc:
+        if self.server_key is None:  # the first attempt: the server's Noise key (later ones reuse it)
+            self._dialing = KeyFetch(self.loop, self.ctx.control_url, self.me.capability_version, self.tls,
+                                     connect_timeout=CONNECT_TIMEOUT, timeout=IO_TIMEOUT,
+                                     on_key=self._on_server_key, on_error=self._on_key_error)
+            return self._dialing.start()
+        self._dial()
+
+    def _on_server_key(self, key: bytes) -> None:
+        self._dialing = None
+        self.server_key = key
+        self._server_answered()
+        self._dial()
+
+    def _on_key_error(self, exc: Exception, answered: bool) -> None:
+        self._dialing = None
+        if answered:
             self._server_answered()
-            if exc.permanent:
-                return self.fail_permanently(str(exc))
-            return self.retry_later(str(exc))
-        except ssl.SSLCertVerificationError as exc:  # the user must trust the CA (ca_file) or fix the URL
-            self._server_answered()
+        if isinstance(exc, ServerKeyError):
+            return self.fail_permanently(str(exc)) if exc.permanent else self.retry_later(str(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError):  # the user must trust the CA (ca_file) or fix the URL
             return self.fail_permanently(untrusted_reason(f"{self.host}:{self.port}", exc))
-        except OSError as exc:
-            return self.retry_later(self._unreachable(exc.strerror or str(exc)))
-        self._connect_next(None)
+        self.retry_later(self._unreachable(getattr(exc, "strerror", None) or str(exc)))
 
     def _unreachable(self, why: str) -> str:
         return f"control server {self.host}:{self.port} unreachable: {why}"
 
-    def _connect_next(self, error: str | None) -> None:
-        """Start a non-blocking connect to the next address; ``error``: the last one's."""
-        while self._addresses:
-            family, kind, proto, _name, addr = self._addresses.pop(0)
-            sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            code = sock.connect_ex(addr)
-            if code in (0, errno.EINPROGRESS):
-                self.sock = sock
-                self.loop.on_writable(sock, self._on_connect_done)
-                self._idle_timer = self.loop.call_later(CONNECT_TIMEOUT, self._connect_timed_out)
-                return
-            sock.close()
-            error = os.strerror(code)
-        self.retry_later(self._unreachable(error or "no address"))
+    def _dial(self) -> None:
+        """The TS2021 connection: TCP (and TLS for https) without blocking the loop."""
+        self._dialing = Dialer(self.loop, self.host, self.port, tls=self.tls if self.url.scheme == "https" else None,
+                             connect_timeout=CONNECT_TIMEOUT, on_done=self._on_dialed, on_error=self._on_dial_error)
+        self._dialing.start()
 
-    def _connect_failed(self, error: str) -> None:
-        """This address did not take the connection: close it, try the next one."""
-        sock, self.sock = self.sock, None
-        self._cancel_idle()
-        if sock is not None:
-            self.loop.remove_writer(sock)
-            sock.close()
-        self._connect_next(error)
+    def _on_dial_error(self, reason: str, answered: bool,
+                       cert_error: ssl.SSLCertVerificationError | None = None) -> None:
+        self._dialing = None
+        if "timed out" in reason:
+            self.counters.incr("connect_timeout")
+        if cert_error is not None:
+            return self.fail_permanently(untrusted_reason(f"{self.host}:{self.port}", cert_error))
+        if answered:
+            self._server_answered()  # a TLS alert: the server is there
+            return self.retry_later(reason)
+        self.retry_later(self._unreachable(reason))
 
-    def _connect_timed_out(self) -> None:
-        self._idle_timer = None
-        self.counters.incr("connect_timeout")
-        self._connect_failed("connect timed out")
-
-    def _on_connect_done(self, sock: socket.socket) -> None:
-        self.loop.remove_writer(sock)
-        if sock is not self.sock:
-            return
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            return self._connect_failed(os.strerror(code))
-        self._cancel_idle()
-        self._addresses = []
-        try:
-            sock.setblocking(True)
-            if self.url.scheme == "https":
-                sock.settimeout(IO_TIMEOUT)
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-                self.sock = sock
-                self._server_answered()
-            sock.settimeout(IO_TIMEOUT)
-        except ssl.SSLCertVerificationError as exc:
-            return self.fail_permanently(untrusted_reason(f"{self.host}:{self.port}", exc))
-        except OSError as exc:  # ssl.SSLError included
-            if not isinstance(exc, (ssl.SSLEOFError, ConnectionError, TimeoutError)):
-                self._server_answered()  # a TLS alert or a bad certificate; not closed, reset or silent
-            return self.drop_connection(f"TLS with {self.host}:{self.port} failed: {exc}")
+    def _on_dialed(self, sock: socket.socket) -> None:
+        self._dialing = None
+        if isinstance(sock, ssl.SSLSocket):
+            self._server_answered()
+        self.sock = sock
+        self._out = bytearray()
         assert self.server_key is not None
         initiator = Initiator(machine_private=self.me.keys.machine.private_bytes(), server_public=self.server_key,
                               version=self.me.capability_version, ephemeral_private=os.urandom(32))
@@ -272,7 +251,10 @@ class ControlClient:
             except OSError:
                 pass
         self.sock, self.conn = None, None
-        self._addresses = []
+        self._out = bytearray()
+        if self._dialing is not None:
+            self._dialing.cancel()
+            self._dialing = None
         self.streams.clear()
         self._cancel_idle()
         self._cancel_announce()
@@ -312,12 +294,26 @@ class ControlClient:
     def flush(self) -> None:
         if self.sock is None or self.conn is None:
             return
-        data = self.conn.data_to_send()
-        if data:
+        self._out += self.conn.data_to_send()
+        self._write_out()
+
+    def _write_out(self, _source: Any = None) -> None:
+        """As much of ``_out`` as the socket takes now; the rest when it is writable."""
+        sock = self.sock
+        if sock is None:
+            return
+        while self._out:
             try:
-                self.sock.sendall(data)
+                sent = sock.send(self._out)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                break
             except OSError as exc:
-                self.drop_connection(f"send failed: {exc}")
+                return self.drop_connection(f"send failed: {exc}")
+            del self._out[:sent]
+        if self._out:
+            self.loop.on_writable(sock, self._write_out)
+        else:
+            self.loop.remove_writer(sock)
 
     def _on_readable(self, _source: Any) -> None:
         sock, conn = self.sock, self.conn

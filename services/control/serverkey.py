@@ -14,11 +14,12 @@ object)::
 
 from __future__ import annotations
 
-import http.client
 import json
+import socket
 import ssl
 from urllib.parse import urlsplit
 
+import h11
 from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.proto.httpanswer import NOT_CONTROL_SERVER, describe_answer, excerpt
 from sunbeam.shared.runtime.tlsctx import client_context
@@ -49,39 +50,102 @@ def parse_key_response(body: bytes) -> bytes:
         raise ServerKeyError(f"the server's public key is invalid: {excerpt(str(exc))}", permanent=False) from None
 
 
-def fetch_server_key(control_url: str, capability_version: int, timeout: float,
-                     tls: ssl.SSLContext | None = None) -> bytes:
-    """Raises ServerKeyError (the server answered, but not with a key) or OSError (no answer)."""
+def key_path(control_url: str, capability_version: int) -> str:
+    return f"{urlsplit(control_url).path.rstrip('/')}/key?v={capability_version}"
+
+
+def where(control_url: str) -> str:
+    """The /key URL as shown to the user (no user:password)."""
     url = urlsplit(control_url)
-    where = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path.rstrip('/')}/key"  # no user:password
-    conn: http.client.HTTPConnection
-    if url.scheme == "https":
-        conn = http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout,
-                                           context=tls or client_context(None))
-    else:
-        conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
-    try:
-        conn.request("GET", f"{url.path.rstrip('/')}/key?v={capability_version}")
-        resp = conn.getresponse()
-        body = resp.read(MAX_BODY)
-    except http.client.RemoteDisconnected:  # closed without a word: nobody answered (an OSError)
-        raise
-    except http.client.HTTPException as exc:
-        not_http = f" {NOT_CONTROL_SERVER}" if isinstance(exc, http.client.BadStatusLine) else ""
-        raise ServerKeyError(f"malformed HTTP answer from {where}:{not_http} "
-                             f"({exc.__class__.__name__}: '{excerpt(str(exc))}')", permanent=False) from None
-    finally:
-        conn.close()
-    if resp.status == 200:
+    return f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path.rstrip('/')}/key"
+
+
+class KeyAnswer:
+    """Sans-IO: the request's bytes, then the server's bytes in; ``feed`` returns the key
+    once the answer is complete, None while it is not. Raises ServerKeyError when the
+    server answered, but not with a key, and `Unanswered` when it closed without a word."""
+
+    def __init__(self, control_url: str, capability_version: int) -> None:
+        self.control_url, self.capability_version = control_url, capability_version
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_BODY)
+        host = urlsplit(control_url).netloc.rpartition("@")[2]
+        request = h11.Request(method="GET", target=key_path(control_url, capability_version),
+                              headers=[("Host", host), ("Accept", "application/json"), ("Connection", "close")])
+        self.request = self._conn.send(request) + (self._conn.send(h11.EndOfMessage()) or b"")
+        self.got_bytes = False
+        self._status = 0
+        self._reason = ""
+        self._body = bytearray()
+        self._head = b""  # the answer's first bytes, to show what a server that is no HTTP server said
+
+    def feed(self, data: bytes) -> bytes | None:
+        """``data`` from the server (b"" at its end of stream)."""
+        if len(self._head) < 200:
+            self._head += data[:200 - len(self._head)]
+        self.got_bytes = self.got_bytes or bool(data)
+        if not data and not self.got_bytes:
+            raise Unanswered("closed the connection without an answer")
+        self._conn.receive_data(data)
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError:
+                said = excerpt(self._head.split(b"\r\n", 1)[0].decode("latin-1"))
+                raise ServerKeyError(f"malformed HTTP answer from {where(self.control_url)}: {NOT_CONTROL_SERVER} "
+                                     f"(it said: '{said}')", permanent=False) from None
+            if event is h11.NEED_DATA:
+                if not data:  # the end of the stream before the end of the answer
+                    raise ServerKeyError(f"incomplete HTTP answer from {where(self.control_url)}", permanent=False)
+                return None
+            if isinstance(event, h11.Response):
+                self._status, self._reason = event.status_code, event.reason.decode("latin-1")
+            elif isinstance(event, h11.Data):
+                if len(self._body) + len(event.data) > MAX_BODY:
+                    return self._answer()  # enough to tell what it is
+                self._body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return self._answer()
+
+    def _answer(self) -> bytes:
+        return interpret_answer(self._status, self._reason, bytes(self._body), self.control_url,
+                                self.capability_version)
+
+
+class Unanswered(OSError):
+    """The server closed the connection without sending a byte: nobody answered."""
+
+
+def interpret_answer(status: int, reason: str, body: bytes, control_url: str, capability_version: int) -> bytes:
+    """The key from a complete answer, or ServerKeyError in one line."""
+    source = where(control_url)
+    if status == 200:
         try:
             return parse_key_response(body)
         except ServerKeyError as exc:
-            raise ServerKeyError(describe_answer(200, resp.reason, body, source=where, hint=str(exc)),
+            raise ServerKeyError(describe_answer(200, reason, body, source=source, hint=str(exc)),
                                  permanent=exc.permanent) from None
     hint: str | None = None
-    if resp.status == 400 and "version" in body[:300].decode(errors="replace").lower():
+    if status == 400 and "version" in body[:300].decode(errors="replace").lower():
         hint = f"the server refuses capability version {capability_version}"
-    elif resp.status == 404:
+    elif status == 404:
         hint = NOT_CONTROL_SERVER
-    raise ServerKeyError(describe_answer(resp.status, resp.reason, body, source=where, hint=hint),
-                         permanent=400 <= resp.status < 500 and resp.status not in (408, 429))
+    raise ServerKeyError(describe_answer(status, reason, body, source=source, hint=hint),
+                         permanent=400 <= status < 500 and status not in (408, 429))
+
+
+def fetch_server_key(control_url: str, capability_version: int, timeout: float,
+                     tls: ssl.SSLContext | None = None) -> bytes:
+    """Blocking: the same request and answer as `KeyAnswer` (for tools and tests; the
+    control service fetches without blocking, keyfetch.py). Raises ServerKeyError (the
+    server answered, but not with a key) or OSError (no answer)."""
+    url = urlsplit(control_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    answer = KeyAnswer(control_url, capability_version)
+    with socket.create_connection((url.hostname or "", port), timeout=timeout) as raw:
+        sock = (tls or client_context(None)).wrap_socket(raw, server_hostname=url.hostname) \
+            if url.scheme == "https" else raw
+        sock.sendall(answer.request)
+        while True:
+            key = answer.feed(sock.recv(65536))
+            if key is not None:
+                return key

@@ -2,11 +2,11 @@
 
 Lifecycle of an attempt (``gen`` numbers attempts; callbacks of an older one are ignored)::
 
-    connecting   non-blocking TCP connect, completion polled by a timer (the service loop
-                 only watches readability), at most CONNECT_TIMEOUT
-    tls          (https control URL only) non-blocking TLS handshake, SNI = HostName,
-                 verified with the service's context (system store + ``ca_file``,
-                 `sunbeam.shared.runtime.tlsctx`) unless the node says InsecureForTests
+    connecting   `Dialer` (shared/runtime/dial.py): the name resolved off the loop, a
+                 non-blocking TCP connect, then (https control URL only) a non-blocking
+                 TLS handshake, SNI = HostName, verified with the service's context
+                 (system store + ``ca_file``, `sunbeam.shared.runtime.tlsctx`) unless the
+                 node says InsecureForTests; at most CONNECT_TIMEOUT each
     handshake    GET /derp upgrade, ServerKey, ClientInfo, ServerInfo; at most
                  HANDSHAKE_TIMEOUT; packets queued meanwhile wait in the core
     connected    NotePreferred(true) went out right after ClientInfo if this is home
@@ -31,9 +31,7 @@ Owned by the derp service's loop thread.
 
 from __future__ import annotations
 
-import errno
 import os
-import select
 import socket
 import ssl
 from collections.abc import Callable
@@ -52,6 +50,7 @@ from sunbeam.shared.proto.derp import (
 )
 from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.counters import Counters
+from sunbeam.shared.runtime.dial import Dialer
 from sunbeam.shared.runtime.log import RateLimitedLog, StructLogger
 from sunbeam.shared.runtime.loop import ServiceLoop
 from sunbeam.shared.runtime.tlsctx import insecure_context, untrusted_reason
@@ -63,7 +62,6 @@ HANDSHAKE_TIMEOUT = 15.0
 PING_INTERVAL = 30.0
 READ_TIMEOUT = 120.0
 WRITE_RETRY = 0.005
-CONNECT_POLL = 0.005
 MAX_BACKLOG = 1 << 20
 RECV_SIZE = 1 << 16
 RCVBUF = 4 << 20
@@ -92,6 +90,7 @@ class RegionConnection:
         self.gen = 0
         self.last_read = 0.0
         self._timers: dict[str, Any] = {}
+        self._dialer: Dialer | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -161,70 +160,49 @@ class RegionConnection:
         self.state = "connecting"
         self.answered = False
         self.counters.incr("derp_connect_attempts")
-        d = self.dial
-        try:
-            family, addr = _resolve(d.host, d.port)
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            return self._fail(f"cannot resolve {d.host}: {exc}")
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # A deep receive buffer absorbs bursts: the DERP server queues only a few dozen
-        # packets per client and drops the rest while our socket is full.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        self.sock = sock
+        d, gen = self.dial, self.gen
         self.core = DerpClientCore(self._private, nonce=os.urandom(24))
         if self.preferred:
             self.core.note_preferred(True)
         self.out = bytearray()
-        err = sock.connect_ex(addr)
-        if err not in (0, errno.EINPROGRESS):
-            return self._fail(f"connect to {d.host}:{d.port} failed: {os.strerror(err)}")
-        gen = self.gen
-        self._arm("deadline", CONNECT_TIMEOUT, lambda: self._fail(f"connect to {d.host}:{d.port} timed out"), gen)
-        self._poll_connected(gen)
+        tls = (insecure_context() if d.insecure else self.tls) if d.tls else None
+        self._dialer = Dialer(self.loop, d.host, d.port, tls=tls, server_name=d.server_name,
+                              connect_timeout=CONNECT_TIMEOUT, prepare=_tune,
+                              on_done=lambda sock: self._dialed(sock, gen),
+                              on_error=lambda reason, answered, cert_error=None:
+                              self._dial_failed(reason, answered, cert_error, gen))
+        self._dialer.start()
         self.on_state(self)
 
-    def _poll_connected(self, gen: int) -> None:
-        if gen != self.gen or self.sock is None:
+    def _dialed(self, sock: socket.socket, gen: int) -> None:
+        if gen != self.gen:
+            sock.close()
             return
-        _, writable, _ = select.select([], [self.sock], [], 0)
-        if not writable:
-            self._arm("poll", CONNECT_POLL, lambda: self._poll_connected(gen), gen)
-            return
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            return self._fail(f"connect to {self.dial.host}:{self.dial.port} failed: {os.strerror(err)}")
-        if self.dial.tls:
-            ctx = insecure_context() if self.dial.insecure else self.tls
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.dial.server_name,
-                                        do_handshake_on_connect=False)
-            self.state = "tls"
-            self.loop.on_readable(self.sock, lambda _s: self._tls_step(gen))
-            return self._tls_step(gen)
+        self._dialer = None
+        self.sock = sock
+        if isinstance(sock, ssl.SSLSocket) and not self.answered:  # its certificate came
+            self.answered = True
+            self.backoff.answered()
         self._start_derp(gen)
 
-    def _tls_step(self, gen: int) -> None:
-        if gen != self.gen or not isinstance(self.sock, ssl.SSLSocket) or self.state != "tls":
+    def _dial_failed(self, reason: str, answered: bool, cert_error: ssl.SSLCertVerificationError | None,
+                     gen: int) -> None:
+        if gen != self.gen:
             return
-        try:
-            self.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            return  # the readable handler calls again
-        except ssl.SSLWantWriteError:
-            self._arm("poll", CONNECT_POLL, lambda: self._tls_step(gen), gen)
-            return
-        except ssl.SSLCertVerificationError as exc:
-            d = self.dial
+        self._dialer = None
+        if answered and not self.answered:
+            self.answered = True
+            self.backoff.answered()
+        d = self.dial
+        if cert_error is not None:
             where = f"{d.host}:{d.port}" if d.server_name == d.host else f"{d.server_name} ({d.host}:{d.port})"
-            return self._fail(untrusted_reason(where, exc))
-        except (OSError, ssl.SSLError) as exc:
-            return self._fail(f"TLS with {self.dial.server_name} failed: {exc}")
-        self._start_derp(gen)
+            return self._fail(untrusted_reason(where, cert_error))
+        if reason.startswith(("TLS", "cannot resolve")):
+            return self._fail(reason)
+        self._fail(f"connect to {d.host}:{d.port} failed: {reason}")
 
     def _start_derp(self, gen: int) -> None:
         assert self.core is not None and self.sock is not None
-        self._cancel("deadline")
         self.state = "handshake"
         self.last_read = self.loop.now()
         self.out += self.core.upgrade_request(self.dial.server_name)
@@ -332,6 +310,9 @@ class RegionConnection:
                 self.sock.close()
             except OSError:
                 pass
+        if self._dialer is not None:
+            self._dialer.cancel()
+            self._dialer = None
         self.sock, self.core = None, None
         self.out = bytearray()
 
@@ -353,8 +334,8 @@ class RegionConnection:
             handle.cancel()
 
 
-def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
-    """(family, sockaddr) for ``host``: an IP literal at once, a name via getaddrinfo."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, _type, _proto, _name, addr = infos[0]
-    return family, addr
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # A deep receive buffer absorbs bursts: the DERP server queues only a few dozen
+    # packets per client and drops the rest while our socket is full.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
