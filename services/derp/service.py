@@ -36,7 +36,7 @@ from sunbeam.shared.messages.dataplane import (
     DiscoReceived,
 )
 from sunbeam.shared.netmap import Netmap
-from sunbeam.shared.netmap_sub import NetmapSubscription
+from sunbeam.shared.netmap.follow import NetmapSubscription
 from sunbeam.shared.proto.derp import DISCO_MAGIC
 from sunbeam.shared.runtime.batching import Batcher, EncodedBatch
 from sunbeam.shared.runtime.log import RateLimitedLog

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from sunbeam.shared.channels import PROXY_IN
 from sunbeam.shared.messages.dataplane import PROXY_IN_CODEC, FromPeer
 from sunbeam.shared.netmap import Netmap
-from sunbeam.shared.netmap_sub import NetmapSubscription
+from sunbeam.shared.netmap.follow import NetmapSubscription
 from sunbeam.shared.proto.ip import EchoReplied, IpResponder, Reply
 from sunbeam.shared.proto.ip.unreachable import Unreachable
 from sunbeam.shared.runtime import RateLimitedLog, decoding_handler

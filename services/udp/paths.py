@@ -35,7 +35,7 @@ from sunbeam.shared.messages.dataplane import (
     UdpStatus,
 )
 from sunbeam.shared.netmap import Netmap
-from sunbeam.shared.netmap_sub import NetmapSubscription
+from sunbeam.shared.netmap.follow import NetmapSubscription
 from sunbeam.shared.proto.disco import (
     NONCE_LEN,
     CallMeMaybe,

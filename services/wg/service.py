@@ -63,7 +63,7 @@ from sunbeam.shared.messages.dataplane import (
     UdpSend,
 )
 from sunbeam.shared.netmap import Netmap
-from sunbeam.shared.netmap_sub import NetmapSubscription
+from sunbeam.shared.netmap.follow import NetmapSubscription
 from sunbeam.shared.proto.wireguard import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,

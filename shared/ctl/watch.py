@@ -16,8 +16,9 @@ import zmq
 
 from ..channels import CONTROL_PUB
 from ..messages.codec import BadMessage
-from ..messages.netmap import CONTROL_EVENT_CODEC, NetmapFollower
+from ..messages.netmap import CONTROL_EVENT_CODEC
 from ..netmap import Netmap
+from ..netmap.follow import NetmapFollower
 
 
 class NetmapWatch:

@@ -11,7 +11,7 @@ later with defaults stay compatible):
 
 ``seq`` numbers the netmap changes of one control-service process, +1 per delta; a
 snapshot carries the seq of the last change it includes. PUB drops messages for slow or
-late subscribers, so `NetmapFollower` applies a delta only if its seq is exactly the next
+late subscribers, so a follower (shared/netmap/follow.py) applies a delta only if its seq is exactly the next
 one; on any gap (or a control-service restart, which restarts seq) it waits for the next
 snapshot and sets ``needs_snapshot`` so its service can ask for one.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..netmap import Netmap, NetmapChange, apply_change
+from ..netmap import Netmap, NetmapChange
 from .codec import Codec
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "ControlEvent",
     "ControlStatus",
     "NetmapDelta",
-    "NetmapFollower",
     "NetmapSnapshot",
 ]
 
@@ -87,36 +86,3 @@ class ControlStatus(_ControlEvent, frozen=True):
 ControlEvent = NetmapSnapshot | NetmapDelta | ControlStatus
 
 CONTROL_EVENT_CODEC: Codec[ControlEvent] = Codec(ControlEvent)
-
-
-class NetmapFollower:
-    """Subscriber side: rebuilds the control service's netmap from `ControlEvent`s.
-
-    Owned by each subscribing service (one per SUB socket).
-    """
-
-    def __init__(self) -> None:
-        self.netmap: Netmap | None = None
-        self.seq: int | None = None
-        self.needs_snapshot = True
-        """True until a snapshot arrives, and from a seq gap until the next one; deltas
-        are ignored meanwhile (``netmap`` keeps the last good, now stale, value)."""
-        self.status: ControlStatus | None = None
-        self.gaps = 0
-
-    def apply(self, event: ControlEvent) -> Netmap | None:
-        """The new netmap if ``event`` changed it, else None (status, gap, no base)."""
-        if isinstance(event, NetmapSnapshot):
-            self.netmap, self.seq, self.needs_snapshot = event.netmap, event.seq, False
-            return self.netmap
-        if isinstance(event, NetmapDelta):
-            if self.needs_snapshot or self.netmap is None or self.seq is None or event.seq != self.seq + 1:
-                if not self.needs_snapshot:
-                    self.gaps += 1
-                self.needs_snapshot = True  # .netmap stays readable, but stale
-                return None
-            self.netmap = apply_change(self.netmap, event.to_change())
-            self.seq = event.seq
-            return self.netmap
-        self.status = event
-        return None

@@ -31,7 +31,6 @@ from sunbeam.shared.messages.netmap import (
     CONTROL_EVENT_CODEC,
     ControlStatus,
     NetmapDelta,
-    NetmapFollower,
     NetmapSnapshot,
 )
 from sunbeam.shared.messages.ping import (
@@ -41,6 +40,7 @@ from sunbeam.shared.messages.ping import (
     PingResult,
 )
 from sunbeam.shared.netmap import NetmapBuilder
+from sunbeam.shared.netmap.follow import NetmapFollower
 from sunbeam.shared.proto import tailcfg
 
 from tests.proto.test_tailcfg import HEADSCALE_FULL_MAP

@@ -7,16 +7,15 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sunbeam.shared.messages.codec import BadMessage
 from sunbeam.shared.messages.netmap import (
     CONTROL_EVENT_CODEC,
     ControlStatus,
     NetmapDelta,
-    NetmapFollower,
     NetmapSnapshot,
 )
 from sunbeam.shared.netmap import Netmap, NetmapBuilder, NetmapChange, apply_change
+from sunbeam.shared.netmap.follow import NetmapFollower
 from sunbeam.shared.proto import tailcfg as t
 
 

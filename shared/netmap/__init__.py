@@ -45,7 +45,14 @@ from typing import Any
 
 import msgspec
 
-from .proto.tailcfg import DERPMap, DNSConfig, FilterRule, MapResponse, Node, UserProfile
+from ..proto.tailcfg import (
+    DERPMap,
+    DNSConfig,
+    FilterRule,
+    MapResponse,
+    Node,
+    UserProfile,
+)
 
 __all__ = [
     "MalformedNode",
