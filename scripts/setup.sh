@@ -21,7 +21,7 @@ if ((${#need_apt[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sunbeam.refnet, zmq, msgspec, nacl, h2, h11, zstandard, supervisor, pytest, hypothesis, pytest_timeout, mypy' 2>/dev/null \
+if ! "$PY" -c 'import sunbeam.refnet, sunbeam.ctl, zmq, msgspec, nacl, h2, h11, zstandard, supervisor, pytest, hypothesis, pytest_timeout, mypy' 2>/dev/null \
    || [ "$("$PY" -c 'import sunbeam.shared, os; print(os.path.realpath(os.path.dirname(sunbeam.shared.__file__)))')" != "$(realpath shared)" ]; then
     echo "==> pip install -e .[test]" >&2
     "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sunbeam.services.control.expiry import flag, flag_change, flag_netmap, is_expired
-from sunbeam.shared.ctl.peers import format_table, peer_rows
+from sunbeam.ctl.peers import format_table, peer_rows
 from sunbeam.shared.netmap import Netmap, NetmapChange, Peer
 
 NOW = 1_800_000_000.0

@@ -54,7 +54,7 @@ def test_pipeline_runs_restarts_and_stops_cleanly(env):
         assert "stale_socket_removed" in (rundir / "wg-1.log").read_text()
 
         # a stop request: acknowledged, the service exits 0 and is not restarted
-        from sunbeam.shared.ctl.client import request
+        from sunbeam.ctl.client import request
         from sunbeam.shared.messages.ctl import Ack, StopRequest
         reply = request(rundir / "derp-ctl.sock", StopRequest(reason="test"))
         assert isinstance(reply, Ack)
@@ -63,7 +63,7 @@ def test_pipeline_runs_restarts_and_stops_cleanly(env):
             time.sleep(0.05)
         assert not (rundir / "derp-ctl.sock").exists()
         # supervisord saw the exit as expected (status 0): EXITED, which it does not restart
-        from sunbeam.shared.ctl.daemon import supervisor_records
+        from sunbeam.ctl.daemon import supervisor_records
 
         def derp_record() -> dict:
             return next(r for r in supervisor_records(rundir) or [] if r["name"] == "derp")

@@ -17,7 +17,7 @@ import time
 import pytest
 import zmq
 from sunbeam.services.wg.statsfile import Totals, decode, encode, stats_path
-from sunbeam.shared.ctl.client import request
+from sunbeam.ctl.client import request
 from sunbeam.shared.keys import load_or_create, public_from_private
 from sunbeam.shared.messages.ctl import (
     HealthRequest,

@@ -14,7 +14,7 @@ import time
 import pytest
 import zmq
 
-from sunbeam.shared.ctl.client import request
+from sunbeam.ctl.client import request
 from sunbeam.shared.keys import load_or_create, public_from_private
 from sunbeam.shared.messages.ctl import HealthRequest, PeersReply, PeersRequest
 from sunbeam.shared.messages.dataplane import (

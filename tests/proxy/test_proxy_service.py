@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from sunbeam.shared.ctl.client import request
+from sunbeam.ctl.client import request
 from sunbeam.shared.messages.ctl import HealthRequest
 from sunbeam.shared.messages.dataplane import (
     PROXY_IN_CODEC,

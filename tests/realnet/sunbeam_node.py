@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sunbeam.shared.ctl.watch import NetmapWatch
+from sunbeam.ctl.watch import NetmapWatch
 
 
 class SunbeamNode:

@@ -122,7 +122,7 @@ def test_sunbeam_ctl_ping_by_name(refnet_derp, node):
 def test_peers_and_ping_report_the_derp_path(refnet_derp, node, capsys):
     import json
 
-    from sunbeam.shared.ctl.peers import peers_command, ping_command
+    from sunbeam.ctl.peers import peers_command, ping_command
 
     for peer in refnet_derp["peers"]:  # a session with each peer, its traffic over DERP
         _answered_ping(node, peer)

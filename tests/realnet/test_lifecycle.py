@@ -14,7 +14,7 @@ import time
 
 import pytest
 from sunbeam.refnet.blobs import blob_sha256
-from sunbeam.shared.ctl.daemon import process_alive
+from sunbeam.ctl.daemon import process_alive
 from sunbeam.shared.keys import from_text
 from sunbeam.shared.sharding import owner
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from sunbeam.shared.ctl.daemon import running
+from sunbeam.ctl.daemon import running
 
 from .sunbeam_node import SunbeamNode, until_ok, wait_for
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sunbeam.shared.ctl.daemon import process_alive
+from sunbeam.ctl.daemon import process_alive
 from sunbeam.shared.keys import KEYS_FILE
 
 from .sunbeam_node import wait_for

@@ -13,7 +13,7 @@ import pytest
 from sunbeam.refnet import netns, network
 from sunbeam.refnet.blobs import blob_sha256
 from sunbeam.refnet.cli import fetch_via_socks
-from sunbeam.shared.ctl.daemon import process_alive
+from sunbeam.ctl.daemon import process_alive
 
 pytestmark = pytest.mark.realnet
 

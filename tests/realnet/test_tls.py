@@ -27,7 +27,7 @@ import pytest
 from sunbeam.refnet import tlscerts
 from sunbeam.refnet.blobs import blob_sha256, iter_blob
 from sunbeam.refnet.cli import describe
-from sunbeam.shared.ctl.daemon import process_alive
+from sunbeam.ctl.daemon import process_alive
 
 from .sunbeam_node import SunbeamNode, until_ok
 

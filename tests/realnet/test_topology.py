@@ -26,7 +26,7 @@ from sunbeam.refnet.blobs import blob_sha256
 from sunbeam.refnet.cli import fetch_via_socks
 from sunbeam.refnet.install import install
 from sunbeam.refnet.tailscale import Peer
-from sunbeam.shared.ctl.daemon import process_alive
+from sunbeam.ctl.daemon import process_alive
 from sunbeam.shared.proto.stun import binding_request, parse_response
 
 pytestmark = pytest.mark.realnet

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from sunbeam.shared.ctl.client import request
+from sunbeam.ctl.client import request
 from sunbeam.shared.keys import from_text, public_from_private
 from sunbeam.shared.messages.ctl import HealthRequest
 from sunbeam.shared.messages.dataplane import (

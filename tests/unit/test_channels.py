@@ -110,7 +110,7 @@ def test_no_socket_name_is_written_outside_the_channels_module():
     literal = re.compile(r"""["'](wg-\{?\w*\}?-in|udp-in|derp-in|proxy-in|udp-pub|derp-pub|control-pub|"""
                          r"""control-account|proxy-ping|(control|derp|udp|proxy|wg-\d+)-ctl)(\.sock)?["']""")
     found = []
-    for folder in ("services", "shared"):
+    for folder in ("services", "shared", "ctl"):
         for path in (ROOT / folder).rglob("*.py"):
             if path.name == "channels.py":
                 continue

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from sunbeam.shared.config import load_config
-from sunbeam.shared.ctl import cli
-from sunbeam.shared.ctl.daemon import exposed_listeners
-from sunbeam.shared.ctl.output import ReaderGone
-from sunbeam.shared.ctl.peers import close_matches, find_peer
+from sunbeam.ctl import cli
+from sunbeam.ctl.daemon import exposed_listeners
+from sunbeam.ctl.output import ReaderGone
+from sunbeam.ctl.peers import close_matches, find_peer
 from sunbeam.shared.netmap import Netmap, Peer
 
 
@@ -94,7 +94,7 @@ def test_permission_denied_is_one_line():
         (private / "run").mkdir(mode=0o700, parents=True)
         os.chmod(private, 0o700)
         # import first: root's Python installation may not be readable by nobody
-        code = ("import os, sys, supervisor.xmlrpc; from sunbeam.shared.ctl.cli import main; "
+        code = ("import os, sys, supervisor.xmlrpc; from sunbeam.ctl.cli import main; "
                 "os.setgid(65534); os.setuid(65534); sys.exit(main(['status']))")
         env = _env_of(base / "home") | {"SUNBEAM_RUNTIME_DIR": str(private / "run"), "SUNBEAM_CONTROL_URL": "http://x"}
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
@@ -108,7 +108,7 @@ def test_permission_denied_is_one_line():
 def test_an_unreadable_home_is_a_config_error_not_a_traceback(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("this test switches to an unprivileged uid and needs root", pytrace=False)
-    code = ("import os, sys; from sunbeam.shared.ctl.cli import main; os.setgid(65534); os.setuid(65534); "
+    code = ("import os, sys; from sunbeam.ctl.cli import main; os.setgid(65534); os.setuid(65534); "
             "sys.exit(main(['status']))")
     res = subprocess.run([sys.executable, "-c", code], env=_env_of(tmp_path / "home"), capture_output=True,
                          text=True, timeout=30)
@@ -133,12 +133,12 @@ def test_reader_gone_keeps_going_silently():
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["status", "--json"], ["supervisord-conf"]])
 def test_closed_stdout_gives_no_traceback_and_the_same_exit_code(tmp_path, args):
     env = _env_of(tmp_path)
-    expected = subprocess.run([sys.executable, "-m", "sunbeam.shared.ctl.cli", *args], env=env,
+    expected = subprocess.run([sys.executable, "-m", "sunbeam.ctl.cli", *args], env=env,
                               capture_output=True, timeout=30).returncode
     r, w = os.pipe()
     os.close(r)
     try:
-        res = subprocess.run([sys.executable, "-m", "sunbeam.shared.ctl.cli", *args], env=env, stdout=w,
+        res = subprocess.run([sys.executable, "-m", "sunbeam.ctl.cli", *args], env=env, stdout=w,
                              stderr=subprocess.PIPE, text=True, timeout=30)
     finally:
         os.close(w)
@@ -203,7 +203,7 @@ def test_close_matches(typed, suggested):
 
 def test_connect_forgets_exactly_the_last_runs_counts(tmp_path):
     from sunbeam.services.wg.statsfile import STATS_GLOB
-    from sunbeam.shared.ctl.daemon import PER_RUN_FILES, forget_last_run
+    from sunbeam.ctl.daemon import PER_RUN_FILES, forget_last_run
 
     assert STATS_GLOB in PER_RUN_FILES
     keep = ["wg-0-ctl.sock", "wg-0.log", "control.log", "supervisord.out"]

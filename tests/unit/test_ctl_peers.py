@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from sunbeam.shared.ctl.peers import (
+from sunbeam.ctl.peers import (
     find_peer,
     format_ago,
     format_bytes,

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPPED = {"shared": "sunbeam.shared", "services": "sunbeam.services", "refnet": "sunbeam.refnet"}
+MAPPED = {"ctl": "sunbeam.ctl", "shared": "sunbeam.shared", "services": "sunbeam.services", "refnet": "sunbeam.refnet"}
 
 
 def _pyproject() -> dict:
@@ -54,7 +54,7 @@ def test_the_wheel_carries_supervisord_conf(tmp_path):
     import sys
     import zipfile
 
-    from sunbeam.shared.ctl.daemon import supervisord_conf
+    from sunbeam.ctl.daemon import supervisord_conf
 
     assert supervisord_conf().read_bytes() == (ROOT / "supervisord.conf").read_bytes()
     src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 from sunbeam.services.control.publication import Publication
 from sunbeam.shared.config.model import Address, Context, Listener
-from sunbeam.shared.ctl.status import (
+from sunbeam.ctl.status import (
     ProcInfo,
     count_spawns,
     format_duration,

@@ -14,11 +14,11 @@ from typing import Any
 
 import zmq
 
-from ..channels import CONTROL_PUB
-from ..messages.codec import BadMessage
-from ..messages.netmap import CONTROL_EVENT_CODEC
-from ..netmap import Netmap
-from ..netmap.follow import NetmapFollower
+from ..shared.channels import CONTROL_PUB
+from ..shared.messages.codec import BadMessage
+from ..shared.messages.netmap import CONTROL_EVENT_CODEC
+from ..shared.netmap import Netmap
+from ..shared.netmap.follow import NetmapFollower
 
 
 class NetmapWatch:

@@ -13,9 +13,9 @@ from typing import Any
 
 import zmq
 
-from ..channels import CTL
-from ..messages.ctl import CTL_REPLY_CODEC, CTL_REQUEST_CODEC, CtlReply, CtlRequest
-from ..runtime.stale import SocketState, probe
+from ..shared.channels import CTL
+from ..shared.messages.ctl import CTL_REPLY_CODEC, CTL_REQUEST_CODEC, CtlReply, CtlRequest
+from ..shared.runtime.stale import SocketState, probe
 
 CTL_SUFFIX = CTL.name.format(service="") + ".sock"  # "-ctl.sock"
 

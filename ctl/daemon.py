@@ -48,13 +48,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..channels import CTL
-from ..config import Context
-from ..messages.ctl import StatusReply, StatusRequest, StopRequest
-from ..messages.netmap import ControlStatus
-from ..runtime.portcheck import check_listeners
-from ..runtime.rundir import ensure_rundir
-from ..runtime.stale import SocketState, probe
+from ..shared.channels import CTL
+from ..shared.config import Context
+from ..shared.messages.ctl import StatusReply, StatusRequest, StopRequest
+from ..shared.messages.netmap import ControlStatus
+from ..shared.runtime.portcheck import check_listeners
+from ..shared.runtime.rundir import ensure_rundir
+from ..shared.runtime.stale import SocketState, probe
 from .client import CtlTimeout, discover, request
 
 CONNECT_TIMEOUT = 20.0  # a healthy connect takes 1-3 s; past this the cause line says what is wrong
@@ -71,7 +71,7 @@ def supervisord_conf() -> Path:
     explicit = os.environ.get("SUNBEAM_SUPERVISORD_CONF")
     if explicit:
         return Path(explicit)
-    return Path(__file__).resolve().parents[1] / "supervisord.conf"
+    return Path(__file__).resolve().parents[1] / "shared" / "supervisord.conf"
 
 
 def expected_services(workers: int) -> list[str]:

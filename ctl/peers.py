@@ -45,10 +45,10 @@ from typing import Any
 
 import zmq
 
-from ..channels import PROXY_PING
-from ..messages.codec import BadMessage
-from ..messages.ctl import PeersReply, PeersRequest, PeerStats
-from ..netmap import Netmap, Peer
+from ..shared.channels import PROXY_PING
+from ..shared.messages.codec import BadMessage
+from ..shared.messages.ctl import PeersReply, PeersRequest, PeerStats
+from ..shared.netmap import Netmap, Peer
 from .client import ask_each, discover
 from .watch import NetmapWatch
 
@@ -244,7 +244,7 @@ def _peer_path(rundir: Path, key: str) -> str | None:
 def ping_command(rundir: Path, target: str, count: int) -> int:
     """``sunbeam-ctl ping PEER [-c COUNT]``; returns the exit code."""
     # the proxy owns the IP layer: it sends the echoes and matches the replies
-    from ..messages.ping import (
+    from ..shared.messages.ping import (
         PING_REPLY_CODEC,
         PING_REQUEST_CODEC,
         PingPeer,

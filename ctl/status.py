@@ -74,10 +74,10 @@ from typing import Any
 
 import msgspec
 
-from ..config import Context
-from ..messages.ctl import ServiceHealth, StatusReply, StatusRequest
-from ..messages.netmap import ControlStatus
-from ..netmap import Netmap
+from ..shared.config import Context
+from ..shared.messages.ctl import ServiceHealth, StatusReply, StatusRequest
+from ..shared.messages.netmap import ControlStatus
+from ..shared.netmap import Netmap
 from .client import ask_each, discover
 from .daemon import SERVICES, supervisor_records, supervisord_pid
 from .watch import read_netmap

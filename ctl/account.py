@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq
 
-from ..config import Context
-from ..messages.codec import BadMessage
-from ..messages.netmap import ControlStatus
+from ..shared.config import Context
+from ..shared.messages.codec import BadMessage
+from ..shared.messages.netmap import ControlStatus
 from . import daemon
 
 LOGIN_POLL = 0.1
@@ -38,8 +38,8 @@ LOGOUT_TIMEOUT = 20.0
 
 def _ask(rundir: Path, request: Any, timeout: float) -> Any:
     """An `AccountReply`, or None when the control service did not answer."""
-    from ..channels import CONTROL_ACCOUNT
-    from ..messages.account import ACCOUNT_REPLY_CODEC, ACCOUNT_REQUEST_CODEC
+    from ..shared.channels import CONTROL_ACCOUNT
+    from ..shared.messages.account import ACCOUNT_REPLY_CODEC, ACCOUNT_REQUEST_CODEC
 
     sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -77,7 +77,7 @@ def login(ctx: Context, *, config: str | None, as_json: bool, timeout: float) ->
         if code and as_json:
             _json_line({"BackendState": "Stopped", "error": "connect failed (run without --json for the cause)"})
         return code
-    from ..messages.account import LoginRequest
+    from ..shared.messages.account import LoginRequest
 
     reply = _ask(rundir, LoginRequest(), timeout=5.0)
     if reply is None or not reply.ok:
@@ -121,7 +121,7 @@ def _wait_running(rundir: Path, timeout: float, say: Callable[[str], None], show
 
 
 def logout(rundir: Path) -> int:
-    from ..messages.account import LogoutRequest
+    from ..shared.messages.account import LogoutRequest
 
     if not rundir.is_dir() or daemon.running(rundir) is None:
         print("sunbeam-ctl: VPN: not running (start it with `sunbeam-ctl connect` to log out)")

@@ -34,9 +34,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, ConfigNotFound, Context, load_config
-from ..config.load import default_runtime_dir
-from ..runtime.rundir import RundirError
+from ..shared.config import ConfigError, ConfigNotFound, Context, load_config
+from ..shared.config.load import default_runtime_dir
+from ..shared.runtime.rundir import RundirError
 from . import account, daemon, output
 from .peers import peers_command, ping_command
 from .status import netmap_command, status_command
