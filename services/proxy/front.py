@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sunbeam.shared.config import Listener
@@ -91,7 +90,7 @@ class Front:
         self.forward_request = False
         self.conn_id: int | None = None
         self.target = ""
-        self.started = time.monotonic()
+        self.started = self.side.loop.now()
 
     def start(self) -> None:
         if self.parser is None:  # forward
@@ -135,7 +134,7 @@ class Front:
     def _open(self, host: str, port: int) -> None:
         side = self.side
         self.target = f"{host}:{port}"
-        self.started = time.monotonic()
+        self.started = self.side.loop.now()
         ip = side.names.resolve(host)
         if ip is None:
             return self._fail("unknown_name")
@@ -157,7 +156,7 @@ class Front:
     def _timeout(self) -> None:
         self.timer = None
         if self.conn_id is not None:
-            self.side.engine.stack.abort(self.conn_id, time.monotonic())
+            self.side.engine.stack.abort(self.conn_id, self.side.loop.now())
         self._fail("timeout")
 
     # engine callbacks until the splice takes over ------------------------------------------------
@@ -166,7 +165,7 @@ class Front:
         if self.timer is not None:
             self.timer.cancel()
         assert self.conn_id is not None
-        self.side.log.debug("conn_up", conn=self.conn_id, ms=round((time.monotonic() - self.started) * 1000, 1))
+        self.side.log.debug("conn_up", conn=self.conn_id, ms=round((self.side.loop.now() - self.started) * 1000, 1))
         if isinstance(self.parser, socks5.Socks5Server):
             self.parser.reply(socks5.Reply.SUCCEEDED)
             self._flush_parser()
@@ -211,7 +210,7 @@ class Front:
         failure = FAILURES[reason]
         self.side.counters.incr(f"connect_failed_{reason}")
         self.side.log.debug("conn_failed", conn=self.conn_id, listener=self.kind, target=self.target,
-                            reason=reason, ms=round((time.monotonic() - self.started) * 1000, 1))
+                            reason=reason, ms=round((self.side.loop.now() - self.started) * 1000, 1))
         if isinstance(self.parser, socks5.Socks5Server):
             self.parser.reply(failure.socks)
             self._flush_parser()

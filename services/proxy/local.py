@@ -28,7 +28,6 @@ import errno
 import ipaddress
 import socket
 import sys
-import time
 from typing import Any
 
 from sunbeam.shared.config import Listener
@@ -159,7 +158,7 @@ class LocalSide:
             self.counters.incr("inbound_accepted")
             self.log.debug("inbound_up", conn=req.conn_id, src=f"{req.src[0]}:{req.src[1]}", dst=f"{dst_ip}:{dst_port}",
                            target=f"{target[0]}:{target[1]}")
-            splice.started = time.monotonic()
+            splice.started = self.loop.now()
             self.engine.adopt(req.conn_id, splice)
             splice.conn_id = req.conn_id
 

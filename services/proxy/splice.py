@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -94,7 +93,7 @@ class Splice:
             self.local_eof = True
             self._read_local(False)
             if not self.up and self.conn_id is not None:
-                self.stack.shutdown(self.conn_id, time.monotonic())
+                self.stack.shutdown(self.conn_id, self.loop.now())
             return
         self.up = self.transform(data) if self.transform is not None else data
         self._push_up()
@@ -102,13 +101,13 @@ class Splice:
     def _push_up(self) -> None:
         if self.conn_id is None or not self.up:
             return
-        n = self.stack.send(self.conn_id, self.up, time.monotonic())
+        n = self.stack.send(self.conn_id, self.up, self.loop.now())
         self.bytes_up += n
         self.up = self.up[n:]
         if self.up:
             self._read_local(False)  # wait for Writable
         elif self.local_eof:
-            self.stack.shutdown(self.conn_id, time.monotonic())
+            self.stack.shutdown(self.conn_id, self.loop.now())
         else:
             self._read_local(True)
 
@@ -185,7 +184,7 @@ class Splice:
     def _abort_both(self, reason: str) -> None:
         self.ended = f"aborted: {reason}"
         if self.conn_id is not None:
-            self.stack.abort(self.conn_id, time.monotonic())
+            self.stack.abort(self.conn_id, self.loop.now())
         self._close_local(reset=True)
 
     def _close_local(self, reset: bool = False) -> None:
@@ -202,5 +201,5 @@ class Splice:
         self.sock.close()
         if self.started is not None and self.log is not None:
             self.log.debug("conn_closed", conn=self.conn_id, how=self.ended, up=self.bytes_up, down=self.bytes_down,
-                           s=round(time.monotonic() - self.started, 3))
+                           s=round(self.loop.now() - self.started, 3))
         self.on_done(self)

@@ -17,7 +17,6 @@ loop thread.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -67,7 +66,7 @@ class TcpEngine:
         self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER)
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
-        self.timer = CoreTimer(self.loop, self.stack.next_timer, time.monotonic, self._on_timer)
+        self.timer = CoreTimer(self.loop, self.stack.next_timer, self.loop.now, self._on_timer)
         self.gauges: dict[str, Callable[[], int]] = {"tcp_open": lambda: len(self.stack.connections()),
                                                      "tcp_handlers": lambda: len(self.handlers)}
         """Values reported with the counters: connections the stack holds (TIME-WAIT
@@ -83,15 +82,15 @@ class TcpEngine:
     # -- inputs ---------------------------------------------------------------------------
 
     def receive(self, packets: list[bytes]) -> None:
-        self.stack.receive(packets, time.monotonic())
+        self.stack.receive(packets, self.loop.now())
 
     def unreachable(self, u: Unreachable) -> None:
         """A TSMP reject / ICMP unreachable: a connect waiting on that flow fails at once."""
         if u.proto == PROTO_TCP:
-            self.stack.reject(u.local, u.local_port, u.remote, u.remote_port, u.reason, time.monotonic())
+            self.stack.reject(u.local, u.local_port, u.remote, u.remote_port, u.reason, self.loop.now())
 
     def connect(self, src_ip: str, dst: tuple[str, int], handler: ConnHandler) -> int:
-        conn_id = self.stack.connect(src_ip, dst, time.monotonic())
+        conn_id = self.stack.connect(src_ip, dst, self.loop.now())
         self.handlers[conn_id] = handler
         return conn_id
 
@@ -109,7 +108,7 @@ class TcpEngine:
                 break
             for ev in events:
                 self._dispatch(ev)
-        packets = self.stack.poll(time.monotonic())
+        packets = self.stack.poll(self.loop.now())
         if packets:
             unrouted = self.plane.send_many(packets)
             if unrouted:
@@ -139,5 +138,5 @@ class TcpEngine:
             handler.on_closed()
 
     def _on_timer(self) -> None:
-        self.stack.handle_timer(time.monotonic())
+        self.stack.handle_timer(self.loop.now())
         self.pump()
