@@ -50,7 +50,7 @@ from ..shared.messages.codec import BadMessage
 from ..shared.messages.ctl import PeersReply, PeersRequest, PeerStats
 from ..shared.netmap import Netmap, Peer
 from .client import ask_each, discover
-from .watch import NetmapWatch
+from .watch import read_netmap
 
 __all__ = ["close_matches", "collect_stats", "find_peer", "format_ago", "format_bytes", "format_path", "format_table", "peer_rows",
            "peers_command", "ping_command", "via"]
@@ -178,13 +178,7 @@ def find_peer(netmap: Netmap, target: str) -> tuple[Peer, str] | None:
 # -- I/O ----------------------------------------------------------------------------------------
 
 def _read_netmap(rundir: Path) -> Netmap | None:
-    watch = NetmapWatch(rundir)
-    try:
-        return watch.wait_for(lambda nm: True, NETMAP_TIMEOUT)
-    except TimeoutError:
-        return None
-    finally:
-        watch.close()
+    return read_netmap(rundir, NETMAP_TIMEOUT)
 
 
 def collect_stats(rundir: Path) -> tuple[list[PeerStats], list[str]]:

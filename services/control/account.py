@@ -1,17 +1,9 @@
 """The control service's account socket: ``sunbeam-ctl login`` and ``sunbeam-ctl logout``.
 
 Socket: ``control-account`` (shared/channels.py), ROUTER bound by the control service
-(clients use REQ); the messages are in shared/messages/account.py:
-
-    request          reply
-    --------------   -------------------------------------------------------------
-    `LoginRequest`   `AccountReply` at once: ok (a login started, or one is pending:
-                     its URL follows in ``ControlStatus.auth_url``), or ok with
-                     state Running (already logged in)
-    `LogoutRequest`  `AccountReply` when the server answered the logout (ok), or at
-                     once when there is no connection to send it on (not ok); after
-                     an ok the node is logged out at the server and the service sends
-                     nothing until the next login
+(clients use REQ); the requests and replies are in shared/messages/account.py. After an ok
+logout the node is logged out at the server and the service sends nothing until the next
+login.
 
 ROUTER rather than REP: a logout is answered after a round trip to the server, and the
 loop must neither block nor stop reading meanwhile.
