@@ -30,7 +30,7 @@ from .account import AccountServer
 from .calls import Identity
 from .client import ControlClient
 from .publication import Publication
-from .publisher import NetmapPublisher
+from .pubsocket import NetmapPublisher
 
 
 class KeysUnusable(SystemExit):

@@ -15,7 +15,7 @@ from sunbeam.shared.netmap import Netmap, NetmapBuilder, NetmapChange
 from sunbeam.shared.runtime.log import StructLogger
 
 from .expiry import flag_change, flag_netmap
-from .publisher import NetmapPublisher
+from .pubsocket import NetmapPublisher
 from .state import State, check_transition
 
 

@@ -1,7 +1,7 @@
 """sunbeam-proxy as a process: netmap from a fake control XPUB, packets through its sockets.
 
 No network: the test plays the control service (an XPUB at ``control-pub.sock`` answering
-each subscription with a `NetmapSnapshot`, as services/control/publisher.py does) and the
+each subscription with a `NetmapSnapshot`, as services/control/pubsocket.py does) and the
 single WireGuard worker (PUSH into ``proxy-in``, PULL bound at ``wg-0-in``).
 """
 

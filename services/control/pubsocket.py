@@ -1,4 +1,5 @@
-"""The control service's PUB side: netmap and status for every other service.
+"""`NetmapPublisher`, the control service's ``control-pub`` socket (what goes out on it is
+`publication.Publication`'s): netmap and status for every other service.
 
 Socket: XPUB bound at ``ipc://<rundir>/control-pub.sock``; messages are `ControlEvent`
 (one frame each, `CONTROL_EVENT_CODEC`): `NetmapSnapshot`, `NetmapDelta`, `ControlStatus`.
