@@ -60,7 +60,7 @@ from sunbeam.shared.proto.ts2021 import (
     StreamReset,
 )
 from sunbeam.shared.runtime.backoff import ReconnectBackoff
-from sunbeam.shared.runtime.dial import Dialer
+from sunbeam.shared.runtime.dial import Dialer, send_available
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.runtime.tlsctx import client_context, untrusted_reason
@@ -302,14 +302,10 @@ class ControlClient:
         sock = self.sock
         if sock is None:
             return
-        while self._out:
-            try:
-                sent = sock.send(self._out)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                return self.drop_connection(f"send failed: {exc}")
-            del self._out[:sent]
+        try:
+            send_available(sock, self._out)
+        except OSError as exc:
+            return self.drop_connection(f"send failed: {exc}")
         if self._out:
             self.loop.on_writable(sock, self._write_out)
         else:

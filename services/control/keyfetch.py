@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from sunbeam.shared.runtime.dial import Dialer
+from sunbeam.shared.runtime.dial import Dialer, send_available
 
 from .serverkey import KeyAnswer, ServerKeyError
 
@@ -68,16 +68,12 @@ class KeyFetch:
 
     def _write(self, _source: Any = None) -> None:
         sock = self.sock
-        while self.out and not self.done:
-            try:
-                n = sock.send(self.out)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                return self._fail(exc)
-            del self.out[:n]
         if self.done:
             return
+        try:
+            send_available(sock, self.out)
+        except OSError as exc:
+            return self._fail(exc)
         if self.out:
             self.loop.on_writable(sock, self._write)
         else:

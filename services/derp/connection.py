@@ -50,7 +50,7 @@ from sunbeam.shared.proto.derp import (
 )
 from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.counters import Counters
-from sunbeam.shared.runtime.dial import Dialer
+from sunbeam.shared.runtime.dial import Dialer, send_available
 from sunbeam.shared.runtime.log import RateLimitedLog, StructLogger
 from sunbeam.shared.runtime.loop import ServiceLoop
 from sunbeam.shared.runtime.tlsctx import insecure_context, untrusted_reason
@@ -141,14 +141,10 @@ class RegionConnection:
         if self.core is None or self.sock is None or self.state not in ("handshake", "connected"):
             return
         self.out += self.core.data_to_send()
-        while self.out:
-            try:
-                n = self.sock.send(self.out)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                return self._fail(f"send failed: {exc}")
-            del self.out[:n]
+        try:
+            send_available(self.sock, self.out)
+        except OSError as exc:
+            return self._fail(f"send failed: {exc}")
         if self.out and "write" not in self._timers:
             gen = self.gen
             self._timers["write"] = self.loop.call_later(WRITE_RETRY, lambda: self._write_retry(gen))

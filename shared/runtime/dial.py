@@ -33,9 +33,21 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Dialer"]
+__all__ = ["Dialer", "send_available"]
 
 Address = tuple[int, tuple[Any, ...]]  # (family, sockaddr)
+
+
+def send_available(sock: socket.socket, out: bytearray) -> None:
+    """Send as much of ``out`` as the non-blocking ``sock`` (TLS or not) takes now and
+    remove it from ``out``; what is left waits for the caller's next try. A socket error
+    (other than "would block") propagates as OSError."""
+    while out:
+        try:
+            sent = sock.send(out)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        del out[:sent]
 
 
 class Dialer:
