@@ -10,6 +10,10 @@ Failures and what the client is told (SOCKS5 reply code, HTTP status); each is c
 
     unknown_name       no peer or MagicDNS name matches               4 host unreachable   502
     no_peer            a tailnet address no node has                  4 host unreachable   502
+    no_exit_node       outside the tailnet, no exit_node configured   3 net unreachable    502
+    exit_node_unusable exit_node names no peer offering an exit       3 net unreachable    502
+    routes_not_accepted  a peer's subnet route covers it, but
+                       accept_routes is off                           3 net unreachable    502
     no_route           an address outside the tailnet no peer routes  3 net unreachable    502
     no_source_address  we have no tailnet address of that family      3 net unreachable    502
     no_free_port       every local port toward it is taken (`ports`)  1 general failure    503
@@ -39,6 +43,7 @@ from .splice import Splice
 
 if TYPE_CHECKING:
     from .local import LocalSide
+    from .routing import RouteTable
 
 __all__ = ["CONNECT_TIMEOUT", "FAILURES", "Front"]
 
@@ -59,6 +64,12 @@ FAILURES = {
     "unknown_name": Failure(socks5.Reply.HOST_UNREACHABLE, 502, "no tailnet node has that name"),
     "no_peer": Failure(socks5.Reply.HOST_UNREACHABLE, 502, "no tailnet node has that address"),
     "no_route": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502, "no tailnet peer routes that address"),
+    "no_exit_node": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502,
+                            "not a tailnet address, and no exit node is set (exit_node in the config)"),
+    "exit_node_unusable": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502,
+                                  "the configured exit node is not usable (sunbeam-ctl exit-node list)"),
+    "routes_not_accepted": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502,
+                                   "a peer routes that subnet, but accept_routes is off"),
     "no_source_address": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502, "we have no tailnet address of that family"),
     "no_free_port": Failure(socks5.Reply.GENERAL_FAILURE, 503, "no free local port toward that destination"),
     "denied": Failure(socks5.Reply.NOT_ALLOWED, 403, "the tailnet policy does not allow this connection"),
@@ -71,9 +82,18 @@ _RESET_AS = {"reset": "refused", "keepalive": "timeout"}
 """Stack `Reset` reasons that are not names in FAILURES."""
 
 
-def unrouted_reason(ip: str) -> str:
+def unrouted_reason(ip: str, routes: RouteTable | None = None) -> str:
+    """Why no peer takes ``ip`` (see the table in the module docstring)."""
     addr = ipaddress.ip_address(ip)
-    return "no_peer" if any(addr in net for net in TAILNET) else "no_route"
+    if any(addr in net for net in TAILNET):
+        return "no_peer"
+    if routes is None:
+        return "no_route"
+    if routes.unaccepted_route(ip) is not None:
+        return "routes_not_accepted"
+    if routes.exit.problem is not None:
+        return "exit_node_unusable"
+    return "no_exit_node" if routes.exit.peer is None else "no_route"
 
 
 class Front:
@@ -139,7 +159,7 @@ class Front:
         if ip is None:
             return self._fail("unknown_name")
         if side.engine.plane.routes.lookup(ip) is None:
-            return self._fail(unrouted_reason(ip))
+            return self._fail(unrouted_reason(ip, side.engine.plane.routes))
         src = side.source_for(ip)
         if src is None:
             return self._fail("no_source_address")

@@ -9,7 +9,7 @@ Sockets:
   TCP engine (``on_unreachable``), everything else is counted (``ip.*``); malformed
   packets also get a rate-limited ``ip_drop`` log line per peer and reason.
 - ``control-pub`` SUB (connected): the netmap, followed with `NetmapSubscription`. Our addresses come from ``self_node.addresses``, routes from the
-  peers' ``allowed_ips``. On a seq gap the SUB re-subscribes, which makes the control
+  peers' ``allowed_ips`` (with the context's ``accept_routes`` and ``exit_node``). On a seq gap the SUB re-subscribes, which makes the control
   service re-send its snapshot.
 
 Ownership: the proxy's loop thread.
@@ -51,6 +51,7 @@ class IpPlane:
         self.outbox = WgOutbox(svc.loop, rundir, svc.context.wg_workers, svc.counters)
         self.responder = IpResponder(counters=svc.counters)
         self.routes = RouteTable()
+        self._exit_logged: object = None
         self.bad_log = RateLimitedLog(svc.log)
         self.on_echo_reply: Callable[[EchoReplied], None] = lambda _reply: None
         """Set by the ping server."""
@@ -77,12 +78,21 @@ class IpPlane:
     def apply_netmap(self, netmap: Netmap) -> None:
         addresses = netmap.self_node.addresses if netmap.self_node is not None else ()
         self.responder.set_addresses(addresses)
-        self.routes = RouteTable.from_netmap(netmap)
+        ctx = self.svc.context
+        self.routes = RouteTable.from_netmap(netmap, accept_routes=ctx.accept_routes, exit_node=ctx.exit_node)
         self.on_addresses([a.split("/")[0] for a in addresses])
         for callback in self.on_netmap:
             callback(netmap)
         self.counters.incr("netmap_applied")
         self.svc.log.debug("netmap", addresses=list(addresses), peers=len(netmap.peers), routes=self.routes.size)
+        exit_node = self.routes.exit
+        seen = (exit_node.peer.id if exit_node.peer else None, exit_node.problem)
+        if seen != self._exit_logged:
+            self._exit_logged = seen
+            if exit_node.problem:
+                self.svc.log.warning("exit_node_unusable", reason=exit_node.problem)
+            elif exit_node.peer is not None:
+                self.svc.log.info("exit_node", peer=exit_node.peer.name.rstrip("."), id=exit_node.peer.id)
 
     # -- packets -----------------------------------------------------------------------
 

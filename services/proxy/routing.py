@@ -1,6 +1,8 @@
 """Where a packet we originate goes: longest-prefix match over the peers' AllowedIPs.
 
-Built from the netmap (``Peer.allowed_ips``, ``Peer.key``); the answer is the peer's
+Built from the netmap (``Peer.allowed_ips`` as `routed_prefixes` keeps them: subnet routes
+only with ``accept_routes``, a default route only for the chosen exit node, see
+shared/netmap/routes.py; ``Peer.key``); the answer is the peer's
 32-byte node key, and ``owner(key, wg_workers)`` (shared/sharding.py) names the WireGuard
 worker whose ``wg-<k>-in`` socket takes it. The table is the WireGuard device's own
 `AllowedIPs` (shared/proto/wireguard/allowedips.py) filled in netmap order, so a prefix
@@ -24,6 +26,7 @@ from collections.abc import Iterable
 
 from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.netmap import Netmap
+from sunbeam.shared.netmap.routes import ExitChoice, choose_exit_node, routed_prefixes, subnet_routes
 from sunbeam.shared.proto.wireguard.allowedips import AllowedIPs
 
 __all__ = ["RouteTable", "self_address_for"]
@@ -41,17 +44,37 @@ class RouteTable:
             self._table.set(key, prefixes)
         self.size = sum(len(t) for fam in (self._table.v4, self._table.v6) for t in fam.tables.values())
         self._cache: dict[str | bytes, bytes | None] = {}
+        self.exit = ExitChoice(None, None)
+        """The exit node in use (or why the configured one is not)."""
+        self.unaccepted: tuple[tuple[str, str], ...] = ()
+        """``(prefix, peer name)`` of subnet routes left out because accept_routes is off."""
 
     @classmethod
-    def from_netmap(cls, netmap: Netmap) -> RouteTable:
+    def from_netmap(cls, netmap: Netmap, *, accept_routes: bool = False, exit_node: str | None = None) -> RouteTable:
+        exit_choice = choose_exit_node(netmap, exit_node)
         routes: list[tuple[str, bytes]] = []
+        unaccepted: list[tuple[str, str]] = []
         for peer in netmap.peers:
             try:
                 key = from_text("nodekey:", peer.key)
             except KeyFormatError:  # the netmap builder validated it; stay safe anyway
                 continue
-            routes.extend((prefix, key) for prefix in peer.allowed_ips)
-        return cls(routes)
+            prefixes = routed_prefixes(peer, accept_routes=accept_routes, exit_node=exit_choice.peer)
+            routes.extend((prefix, key) for prefix in prefixes)
+            if not accept_routes:
+                unaccepted.extend((prefix, peer.name.rstrip(".") or str(peer.id)) for prefix in subnet_routes(peer))
+        table = cls(routes)
+        table.exit = exit_choice
+        table.unaccepted = tuple(unaccepted)
+        return table
+
+    def unaccepted_route(self, dst: str) -> str | None:
+        """The peer whose subnet route (left out: accept_routes is off) covers ``dst``, if any."""
+        addr = ipaddress.ip_address(dst)
+        for prefix, name in self.unaccepted:
+            if addr in ipaddress.ip_network(prefix, strict=False):
+                return name
+        return None
 
     def lookup(self, dst: str | bytes) -> bytes | None:
         """The node key of the peer that ``dst`` (text or packed) routes to, or None."""

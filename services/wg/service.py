@@ -64,6 +64,7 @@ from sunbeam.shared.messages.dataplane import (
 )
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap.follow import NetmapSubscription
+from sunbeam.shared.netmap.routes import choose_exit_node, routed_prefixes
 from sunbeam.shared.proto.wireguard import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -198,6 +199,8 @@ class Worker:
     # -- netmap -------------------------------------------------------------------------
 
     def _apply_netmap(self, netmap: Netmap) -> None:
+        ctx = self.svc.context
+        exit_node = choose_exit_node(netmap, ctx.exit_node).peer
         wanted: dict[bytes, Any] = {}
         for peer in netmap.peers:
             try:
@@ -213,7 +216,7 @@ class Worker:
                 self.device.remove_peer(key)
                 del self.routes[key]
         for key, peer in wanted.items():
-            self.device.set_peer(key, peer.allowed_ips)
+            self.device.set_peer(key, routed_prefixes(peer, accept_routes=ctx.accept_routes, exit_node=exit_node))
             route = self.routes.setdefault(key, PeerRoute())
             route.endpoints, route.home_derp = tuple(peer.endpoints), peer.home_derp
         self.counters.incr("netmap_updates")

@@ -32,6 +32,7 @@ _MAX_CA_BYTES = 16 * 1024 * 1024
 CONTEXT_KEYS: tuple[str, ...] = (
     "control_url", "auth_key", "auth_key_file", "hostname", "state_dir", "runtime_dir",
     "ephemeral", "wg_workers", "log_level", "capability_version", "ca_file", "listeners",
+    "accept_routes", "exit_node", "dns_forward",
 )
 
 
@@ -183,6 +184,23 @@ def parse_address(value: object, where: str, *, min_port: int = 0) -> Address:
     return Address(host=clean_host, port=int(port_text))
 
 
+def parse_exit_node(value: object, where: str) -> str | None:
+    """A peer's name (short, MagicDNS FQDN or host name) or tailnet IP; "" = none."""
+    if not isinstance(value, str):
+        fail(where, f"expected a peer's name or tailnet IP, got {describe(value)}")
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.rstrip(".")
+    if len(name) > 253 or not name or not all(is_dns_label(label) for label in name.split(".")):
+        fail(where, f"expected a peer's name or tailnet IP, got {describe(value)}")
+    return name.lower()
+
+
 def parse_field(key: str, value: object, where: str, *, from_env: bool,
                 base: Path, env: Mapping[str, str]) -> object:
     """Parse one context value (any key of CONTEXT_KEYS except ``listeners``)."""
@@ -194,8 +212,10 @@ def parse_field(key: str, value: object, where: str, *, from_env: bool,
         return parse_path(value, where, base, env)
     if key == "hostname":
         return parse_hostname(value, where)
-    if key == "ephemeral":
+    if key in ("ephemeral", "accept_routes", "dns_forward"):
         return parse_bool(value, where, from_env=from_env)
+    if key == "exit_node":
+        return parse_exit_node(value, where)
     if key == "wg_workers":
         return parse_int(value, where, 1, MAX_WG_WORKERS, from_env=from_env)
     if key == "log_level":

@@ -6,6 +6,7 @@ Each listener table has a ``kind`` and the keys that kind needs::
     kind = "http"     listen = "127.0.0.1:8080"                        # HTTP CONNECT proxy
     kind = "forward"  listen = "127.0.0.1:16579"  target = "peer-a:80" # local port -> tailnet
     kind = "inbound"  port = 22                   target = "127.0.0.1:22" # tailnet port -> local
+    kind = "dns"      listen = "127.0.0.1:5353"                        # tailnet DNS (UDP + TCP)
 
 ``listen`` is ``host:port`` (IPv6 in brackets, ``[::1]:1080``; port 0-65535, 0 = any
 free port); ``target`` is ``host:port`` with a host name or IP and port 1-65535;
@@ -27,6 +28,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "http": ("listen",),
     "forward": ("listen", "target"),
     "inbound": ("port", "target"),
+    "dns": ("listen",),
 }
 
 
@@ -56,6 +58,7 @@ def parse_listener(table: object, where: str) -> Listener:
 
 def _overlaps(a: Address, b: Address) -> bool:
     return a.port != 0 and a.port == b.port and a.host == b.host
+
 
 
 def parse_listeners(value: object, where: str) -> tuple[Listener, ...]:

@@ -16,6 +16,9 @@ The file (``tomllib``) holds named contexts; see ``example.EXAMPLE_TOML`` for a 
     log_level = "info"             # debug | info | warning | error
     capability_version = 130       # >= 113 (Headscale 0.29 minimum)
     ca_file = "~/.config/sunbeam/ca.pem"    # optional: a CA to trust besides the system store
+    accept_routes = false          # use the subnet routes peers advertise
+    exit_node = "gateway"          # optional: a peer's name or tailnet IP for non-tailnet traffic
+    dns_forward = false            # forward non-tailnet names to the netmap's resolvers
 
     [[contexts.home.listeners]]    # see listeners.py
     kind = "socks5"
@@ -65,6 +68,9 @@ ENV_VARS: dict[str, str] = {
     "SUNBEAM_EPHEMERAL": "ephemeral",
     "SUNBEAM_CAPABILITY_VERSION": "capability_version",
     "SUNBEAM_CA_FILE": "ca_file",
+    "SUNBEAM_ACCEPT_ROUTES": "accept_routes",
+    "SUNBEAM_EXIT_NODE": "exit_node",
+    "SUNBEAM_DNS_FORWARD": "dns_forward",
 }
 _CONTEXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", re.ASCII)
 _MAX_FILE_BYTES = 1024 * 1024

@@ -8,7 +8,15 @@ TOML file, after environment overrides and defaults; the format is documented in
 * ``socks5`` / ``http``: a proxy on the local ``listen`` address;
 * ``forward``: ``listen`` locally, forward each connection to ``target`` on the tailnet;
 * ``inbound``: tailnet peers connecting to ``port`` on our tailnet address reach the
-  local ``target``.
+  local ``target``;
+* ``dns``: a DNS server (UDP and TCP) on the local ``listen`` address answering for
+  tailnet names.
+
+Routing beyond the tailnet's own addresses, as tailscale's ``--accept-routes`` and
+``--exit-node``: ``accept_routes`` uses the subnet routes peers advertise (off by
+default); ``exit_node`` (a peer's name or tailnet IP) carries every destination outside
+the tailnet. ``dns_forward`` lets the dns listener (and the proxies, for names outside
+the tailnet) forward other names to the netmap's resolvers through the tunnel.
 
 The auth key is a :class:`Secret`: its repr and str are ``<redacted>``, so printing or
 logging a Context never shows it; call :meth:`Secret.reveal` where the key is sent.
@@ -23,8 +31,8 @@ import msgspec
 
 from ..runtime.secret import Secret
 
-ListenerKind = Literal["socks5", "http", "forward", "inbound"]
-LISTENER_KINDS: tuple[str, ...] = ("socks5", "http", "forward", "inbound")
+ListenerKind = Literal["socks5", "http", "forward", "inbound", "dns"]
+LISTENER_KINDS: tuple[str, ...] = ("socks5", "http", "forward", "inbound", "dns")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 DEFAULT_WG_WORKERS = 2
@@ -46,7 +54,7 @@ class Address(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Listener(msgspec.Struct, frozen=True, kw_only=True):
-    """One proxy service. ``listen`` is set for socks5/http/forward, ``port`` for
+    """One proxy service. ``listen`` is set for socks5/http/forward/dns, ``port`` for
     inbound; ``target`` is set for forward and inbound only."""
 
     kind: ListenerKind
@@ -69,6 +77,9 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = DEFAULT_LOG_LEVEL
     capability_version: int = DEFAULT_CAPABILITY_VERSION
     listeners: tuple[Listener, ...] = ()
+    accept_routes: bool = False  # use peers' subnet routes (tailscale --accept-routes)
+    exit_node: str | None = None  # a peer's name or tailnet IP: where non-tailnet traffic goes
+    dns_forward: bool = False  # forward non-tailnet names to the netmap's resolvers
     ca_file: Path | None = None  # a CA to trust besides the system store (https control URLs)
     auth_key_file: Path | None = None  # where auth_key was read from, if a file
     config_path: Path | None = None  # the file this came from; None if env-only

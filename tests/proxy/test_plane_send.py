@@ -25,7 +25,7 @@ class RecordingOutbox:
 
 def _plane() -> tuple[IpPlane, RecordingOutbox]:
     plane = object.__new__(IpPlane)
-    plane.routes = RouteTable.from_netmap(NETMAP)
+    plane.routes = RouteTable.from_netmap(NETMAP, accept_routes=True)
     plane.counters = Counters()
     plane.outbox = RecordingOutbox()  # type: ignore[assignment]
     return plane, plane.outbox  # type: ignore[return-value]

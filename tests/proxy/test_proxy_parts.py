@@ -65,15 +65,19 @@ def test_a_duplicate_prefix_goes_where_the_wireguard_device_sends_it():
 
 def _netmap():
     me = SelfNode(id=1, key="nodekey:" + "11" * 32, addresses=(f"{OURS4}/32", f"{OURS6}/128"))
-    peer = Peer(id=2, key="nodekey:" + B.hex(), addresses=(f"{PEER4}/32",),
+    peer = Peer(id=2, key="nodekey:" + B.hex(), addresses=(f"{PEER4}/32", f"{PEER6}/128"),
                 allowed_ips=(f"{PEER4}/32", f"{PEER6}/128", "192.168.7.0/24"))
     return Netmap(self_node=me, peers=(peer,))
 
 
 def test_routes_and_source_from_netmap():
     nm = _netmap()
-    table = RouteTable.from_netmap(nm)
+    table = RouteTable.from_netmap(nm)  # accept_routes off: the subnet is left out, and said so
+    assert table.lookup(PEER4) == B and table.lookup("192.168.7.200") is None and table.lookup(PEER6) == B
+    assert table.unaccepted_route("192.168.7.200") == "2" and table.unaccepted_route("192.168.8.1") is None
+    table = RouteTable.from_netmap(nm, accept_routes=True)
     assert table.lookup(PEER4) == B and table.lookup("192.168.7.200") == B and table.lookup(PEER6) == B
+    assert table.unaccepted_route("192.168.7.200") is None
     assert table.lookup(OURS4) is None
     assert self_address_for(nm, PEER4) == OURS4
     assert self_address_for(nm, PEER6) == OURS6

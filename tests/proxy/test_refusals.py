@@ -133,7 +133,7 @@ def test_the_peers_refusal_reaches_the_client_at_once(proxy, answer, socks_code,
 
 @pytest.mark.parametrize("ip, socks_code, counter", [
     ("100.64.99.99", 4, "connect_failed_no_peer"),   # a tailnet address nobody has
-    ("192.0.2.1", 3, "connect_failed_no_route"),     # outside the tailnet, no peer routes it
+    ("192.0.2.1", 3, "connect_failed_no_exit_node"),  # outside the tailnet, no exit node set
 ])
 def test_an_address_no_peer_routes_is_refused_before_any_packet(proxy, ip, socks_code, counter):
     client = socks_connect(proxy.socks, ip, 80)

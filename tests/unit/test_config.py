@@ -55,6 +55,7 @@ def test_full_example_round_trip(tmp_path: Path) -> None:
             Listener(kind="socks5", listen=Address(host="127.0.0.1", port=1080)),
             Listener(kind="forward", listen=Address(host="127.0.0.1", port=16579),
                      target=Address(host="peer-a", port=80)),
+            Listener(kind="dns", listen=Address(host="127.0.0.1", port=5353)),
             Listener(kind="inbound", port=22, target=Address(host="127.0.0.1", port=22)),
         ),
         config_path=path,
@@ -248,4 +249,23 @@ def test_env_var_names() -> None:
     assert sorted(ENV_VARS) == sorted([
         "SUNBEAM_CONTROL_URL", "SUNBEAM_AUTH_KEY", "SUNBEAM_AUTH_KEY_FILE", "SUNBEAM_HOSTNAME",
         "SUNBEAM_STATE_DIR", "SUNBEAM_RUNTIME_DIR", "SUNBEAM_WG_WORKERS", "SUNBEAM_LOG_LEVEL",
-        "SUNBEAM_EPHEMERAL", "SUNBEAM_CAPABILITY_VERSION", "SUNBEAM_CA_FILE"])
+        "SUNBEAM_EPHEMERAL", "SUNBEAM_CAPABILITY_VERSION", "SUNBEAM_CA_FILE",
+        "SUNBEAM_ACCEPT_ROUTES", "SUNBEAM_EXIT_NODE", "SUNBEAM_DNS_FORWARD"])
+
+
+def test_routing_keys(tmp_path: Path) -> None:
+    key_file(tmp_path / "k")
+    base = 'control_url = "http://h"\nauth_key_file = "k"\n'
+    ctx = load_config(str(write(tmp_path, "[contexts.a]\n" + base)), env=base_env(tmp_path))
+    assert (ctx.accept_routes, ctx.exit_node, ctx.dns_forward) == (False, None, False)
+    text = base + 'accept_routes = true\nexit_node = "Gateway.tailnet.test."\ndns_forward = true\n'
+    ctx = load_config(str(write(tmp_path, "[contexts.a]\n" + text)), env=base_env(tmp_path))
+    assert (ctx.accept_routes, ctx.exit_node, ctx.dns_forward) == (True, "gateway.tailnet.test", True)
+    env = base_env(tmp_path, SUNBEAM_EXIT_NODE="fd7a:115c:a1e0:0::5", SUNBEAM_ACCEPT_ROUTES="no")
+    ctx = load_config(str(write(tmp_path, "[contexts.a]\n" + text)), env=env)
+    assert (ctx.accept_routes, ctx.exit_node) == (False, "fd7a:115c:a1e0::5")
+    for bad, msg in (('exit_node = "a b"', "peer's name or tailnet IP"), ("exit_node = 3", "peer's name"),
+                     ('accept_routes = "yes"', "expected true or false")):
+        path = write(tmp_path, "[contexts.a]\n" + base + bad + "\n")
+        with pytest.raises(ConfigError, match=msg):
+            load_config(str(path), env=base_env(tmp_path))
