@@ -268,10 +268,11 @@ def down(name: str = DEFAULT_NAME, *, grace: float = 5.0) -> list[str]:
         deadline = time.monotonic() + grace
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-    if state.get("hosts"):  # the second host's namespaces (topology.py)
-        from . import topology
+    if state.get("hosts"):  # the second host's and the gateway's namespaces (topology.py, gateway.py)
+        from . import gateway, topology
 
         done += topology.cleanup(name, state)
+        done += gateway.cleanup(name)
     if netns.exists(name):
         netns.delete(name)
         done.append(f"deleted netns {name}")

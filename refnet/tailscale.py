@@ -56,10 +56,11 @@ class Peer:
     ns: str
     derp_only: bool = False
     ca_file: Path | None = None  # the network's CA when it serves TLS
+    label: str | None = None  # the name (hostname, state dir) instead of peer-<index>
 
     @property
     def name(self) -> str:
-        return f"peer-{self.index}"
+        return self.label or f"peer-{self.index}"
 
     @property
     def statedir(self) -> Path:

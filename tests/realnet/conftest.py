@@ -57,6 +57,23 @@ def refnet_hosts():
     network.down(name)
 
 
+@pytest.fixture(scope="session")
+def refnet_gateway():
+    """One tailscaled peer in A, and a real tailscaled "gateway" in its own namespace that
+    advertises 192.168.77.0/24 and an exit node, both approved; behind it a LAN host and an
+    "internet" host nothing in A reaches without the tunnel (sunbeam.refnet.gateway)."""
+    from sunbeam.refnet import gateway
+
+    _require_root()
+    name = f"sbgw-{os.getpid()}"
+    info = network.up(1, name=name, derp_only=False, hosts=True, log=lambda m: print(f"[refnet] {m}"))
+    try:
+        gateway.attach(info, log=lambda m: print(f"[refnet] {m}"))
+        yield info
+    finally:
+        network.down(name)
+
+
 def _attached(info: dict, kind: str):
     from sunbeam.refnet import topology
 
