@@ -20,6 +20,11 @@ the first wins. Names are unique in a tailnet, so ties only arise among OS hostn
 A node answers with one of its own addresses (``Addresses``, not routed subnets):
 the first of the preferred family (``family_pref`` 4 or 6), else the first of the other.
 
+For the dns listener (dnsanswer.py) the table also answers `lookup_name` (names only, no
+IP literals), `reverse` (a tailnet address -> the node's MagicDNS name, else the first
+ExtraRecords name of it), `has_names_under` (an empty non-terminal: a name that exists
+only as the parent of others, e.g. the base domain) and `domain` (the base domain).
+
 Ownership: the proxy's loop thread builds a `NameTable` per netmap (like `RouteTable`);
 `resolve` is the one-shot form.
 
@@ -106,6 +111,10 @@ class NameTable:
         self._label: dict[str, tuple[str, ...]] = {}
         self._hostname: dict[str, tuple[str, ...]] = {}
         self._suffixes: list[str] = []
+        self._reverse: dict[str, str] = {}
+        self._parents: set[str] = set()
+        self.domain: str | None = None
+        """The tailnet's MagicDNS base domain (``netmap.domain``, normalised), if any."""
 
     @classmethod
     def from_netmap(cls, netmap: Netmap) -> NameTable:
@@ -118,6 +127,8 @@ class NameTable:
             if fqdn := _norm(node.name):
                 table._fqdn.setdefault(fqdn, addrs)
                 table._label.setdefault(fqdn.split(".", 1)[0], addrs)
+                for addr in addrs:
+                    table._reverse.setdefault(addr, fqdn)
             if node.hostname and (hostname := _norm(node.hostname)):
                 table._hostname.setdefault(hostname, addrs)
         dns = netmap.dns
@@ -126,16 +137,25 @@ class NameTable:
             want = {"A": 4, "AAAA": 6}.get(record.type.upper(), ip.version if ip else 0)
             if ip is not None and ip.version == want and (name := _norm(record.name)):
                 table._extra.setdefault(name, []).append(str(ip))
+                table._reverse.setdefault(str(ip), name)
+        for name in [*table._fqdn, *table._extra]:
+            labels = name.split(".")
+            table._parents.update(".".join(labels[i:]) for i in range(1, len(labels)))
         suffixes = [netmap.domain or "", *((dns.domains if dns else None) or ())]
         for suffix in map(_norm, suffixes):
             if suffix and suffix not in table._suffixes:
                 table._suffixes.append(suffix)
+        table.domain = _norm(netmap.domain or "") or None
         return table
 
     def lookup(self, host: str) -> tuple[str, ...]:
         """All addresses ``host`` names, in the node's order; () when unknown."""
         if (ip := _ip(host)) is not None:
             return (str(ip),)
+        return self.lookup_name(host)
+
+    def lookup_name(self, host: str) -> tuple[str, ...]:
+        """As `lookup`, for names only: an IP literal is no name (``()``)."""
         name = _norm(host)
         if not name:
             return ()
@@ -150,6 +170,17 @@ class NameTable:
                 if hit := self._extra.get(f"{short}.{suffix}"):
                     return tuple(hit)
         return ()
+
+    def reverse(self, ip: str) -> str | None:
+        """The name of tailnet address ``ip`` (normalised, no trailing dot): the MagicDNS name
+        of the node that has it (our node first, then peers by id), else the first
+        ExtraRecords name with that value; None when nothing has it."""
+        addr = _ip(ip)
+        return self._reverse.get(str(addr)) if addr is not None else None
+
+    def has_names_under(self, name: str) -> bool:
+        """Whether some MagicDNS or ExtraRecords name lies strictly below ``name``."""
+        return _norm(name) in self._parents
 
     def resolve(self, host: str, family_pref: int = 4) -> str | None:
         """One address for ``host`` (the preferred family first), or None when unknown."""

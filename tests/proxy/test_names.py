@@ -120,3 +120,20 @@ def test_parse_target_rejects(text):
 def test_is_valid_host():
     assert all(map(is_valid_host, ["peer-1", "a.b.c.", "_svc.x", "100.64.0.1", "::1", "fd7a::1"]))
     assert not any(map(is_valid_host, ["", ".", "a..b", "a b", "a\x00", "fe80::1%eth0", "a/b", "é", "a" * 255]))
+
+
+def test_the_dns_listeners_view():
+    """What dnsanswer.py asks of the table: names only, reverse, parents, the base domain."""
+    table = NameTable.from_netmap(NETMAP)
+    assert table.domain == "tailnet.test" and NameTable().domain is None
+    assert table.lookup_name("peer-1") == ("100.64.0.1", "fd7a:115c:a1e0::1")
+    assert table.lookup_name("100.64.0.1") == () and table.lookup("100.64.0.1") == ("100.64.0.1",)
+    assert table.reverse("100.64.0.1") == "peer-1.tailnet.test"
+    assert table.reverse("FD7A:115C:A1E0::0002") == "peer-2.tailnet.test"
+    assert table.reverse("100.64.0.9") == "me.tailnet.test"               # our own node
+    assert table.reverse("100.64.0.50") == "db.tailnet.test"              # ExtraRecords: no node has it
+    assert table.reverse("100.64.0.77") is None and table.reverse("not an ip") is None
+    assert table.reverse("10.0.0.1") is None                              # a subnet route is no name
+    assert table.has_names_under("tailnet.test") and table.has_names_under("Tailnet.Test.")
+    assert table.has_names_under("test") and not table.has_names_under("peer-1.tailnet.test")
+    assert not table.has_names_under("other.test") and not table.has_names_under("")
