@@ -36,7 +36,6 @@ answered); 1 not running, no netmap, a worker or the proxy did not answer, no re
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 import time
@@ -50,6 +49,7 @@ from ..shared.messages.codec import BadMessage
 from ..shared.messages.ctl import PeersReply, PeersRequest, PeerStats
 from ..shared.netmap import Netmap, Peer
 from .client import ask_each, discover
+from .lookup import close_matches, find_peer, unknown_peer
 from .watch import read_netmap
 
 __all__ = ["close_matches", "collect_stats", "find_peer", "format_ago", "format_bytes", "format_path", "format_table", "peer_rows",
@@ -139,42 +139,6 @@ def format_table(rows: list[dict[str, Any]], now: float) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def _names(peer: Peer) -> set[str]:
-    """What a peer answers to: hostname, MagicDNS FQDN and its first label (lower case)."""
-    fqdn = peer.name.lower().rstrip(".")
-    return {n for n in ((peer.hostname or "").lower(), fqdn, fqdn.split(".")[0]) if n}
-
-
-def close_matches(netmap: Netmap, target: str, limit: int = 3) -> list[str]:
-    """Peer names and addresses that look like ``target`` (a typo, a prefix, another case)."""
-    want = target.lower().rstrip(".")
-    shown: dict[str, str] = {}  # candidate -> how to show it
-    for p in netmap.peers:
-        for name in _names(p):
-            shown.setdefault(name, p.hostname or name)
-        for a in p.addresses:
-            ip = a.split("/")[0]
-            shown.setdefault(ip, ip)
-    prefixed = sorted(c for c in shown if len(want) >= 2 and c.startswith(want))
-    fuzzy = difflib.get_close_matches(want, list(shown), n=limit, cutoff=0.75)
-    out: list[str] = []
-    for c in [*prefixed, *fuzzy]:
-        if shown[c] not in out:
-            out.append(shown[c])
-    return out[:limit]
-
-
-def find_peer(netmap: Netmap, target: str) -> tuple[Peer, str] | None:
-    """The peer called ``target`` (hostname, MagicDNS name or one of its IPs) and the IP to
-    ping: ``target`` itself when it is an IP, else the peer's first address."""
-    want = target.lower().rstrip(".")
-    for p in netmap.peers:
-        ips = [a.split("/")[0] for a in p.addresses]
-        if ips and (want in _names(p) or target in ips):
-            return p, (target if target in ips else ips[0])
-    return None
-
-
 # -- I/O ----------------------------------------------------------------------------------------
 
 def _read_netmap(rundir: Path) -> Netmap | None:
@@ -253,11 +217,7 @@ def ping_command(rundir: Path, target: str, count: int) -> int:
         return 1
     found = find_peer(netmap, target)
     if found is None:
-        similar = close_matches(netmap, target)
-        hint = f"; did you mean {' or '.join(similar)}?" if similar else (
-            f"; peers: {', '.join(sorted(p.hostname or p.name for p in netmap.peers)[:8])}" if netmap.peers
-            else "; the netmap has no peers")
-        print(f"sunbeam-ctl: no peer called {target!r}{hint}")
+        print(f"sunbeam-ctl: {unknown_peer(netmap, target)}")
         return 1
     peer, ip = found
     name = peer.hostname or peer.name
