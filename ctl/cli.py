@@ -9,10 +9,12 @@
                                                   registers); starts sunbeam if needed
     sunbeam-ctl ... logout                        log out at the server, then stop
     sunbeam-ctl ... status [--json]               VPN state and each service's health
-    sunbeam-ctl ... peers [--json]                peers: addresses, online, path, handshake, bytes
+    sunbeam-ctl ... peers [--json]                peers: addresses, online, path, handshake, bytes,
+                                                  routes (subnets, exit node; used or not)
     sunbeam-ctl ... ip [PEER] [-4|-6] [--json]    our tailnet addresses, or a peer's (name or IP)
     sunbeam-ctl ... whois IP [--json]             the node that owns a tailnet IP (its user, tags),
                                                   or the peer that routes it
+    sunbeam-ctl ... exit-node list [--json]       peers that offer an exit node; which one we use
     sunbeam-ctl ... netmap [--json]               the netmap the control service publishes
     sunbeam-ctl ... ping PEER [-c N]              ICMP echo to a peer (name or IP), with the path
     sunbeam-ctl ... stop | disconnect             stop every service and supervisord
@@ -20,7 +22,7 @@
     sunbeam-ctl --version
 
 ``--config`` / ``--context`` may also follow the subcommand. Without a config file the
-commands that only look (status, peers, netmap, ping, ip, whois, stop) look in the default context's
+commands that only look (status, peers, netmap, ping, ip, whois, exit-node, stop) look in the default context's
 runtime directory, so they say "not running" rather than fail. Every ``--json`` prints
 JSON, whatever the outcome. Output to a closed pipe is dropped without changing what the
 command does (output.py).
@@ -41,6 +43,7 @@ from ..shared.config import ConfigError, ConfigNotFound, Context, load_config
 from ..shared.config.load import default_runtime_dir
 from ..shared.runtime.rundir import RundirError
 from . import account, daemon, output
+from .exitnode import exit_node_list_command
 from .lookup import ip_command, whois_command
 from .peers import peers_command, ping_command
 from .status import netmap_command, status_command
@@ -78,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("logout", parents=[common], help="log this node out at the server, then stop sunbeam")
     sub.add_parser("status", parents=[common, as_json], help="show the VPN state and each service's health")
     sub.add_parser("netmap", parents=[common, as_json], help="show the netmap the control service publishes")
-    sub.add_parser("peers", parents=[common, as_json], help="peers: addresses, online, path, handshake, bytes")
+    sub.add_parser("peers", parents=[common, as_json], help="peers: addresses, online, path, handshake, bytes, routes")
     p_ip = sub.add_parser("ip", parents=[common, as_json], help="our tailnet addresses, or a peer's")
     p_ip.add_argument("peer", nargs="?", metavar="PEER",
                       help="a node's short name, MagicDNS name, OS hostname or IP (default: this node)")
@@ -88,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     p_whois = sub.add_parser("whois", parents=[common, as_json],
                              help="the node (and its user) that owns a tailnet IP, or the peer that routes it")
     p_whois.add_argument("ip", metavar="IP", help="a tailnet IP (IP:port and [IPv6]:port are accepted too)")
+    p_exit = sub.add_parser("exit-node", parents=[common], help="exit nodes: `exit-node list`")
+    exit_sub = p_exit.add_subparsers(dest="exit_cmd", required=True, metavar="ACTION", help="list")
+    exit_sub.add_parser("list", parents=[common, as_json],
+                        help="the peers that offer an exit node, and which one the context uses")
     p_ping = sub.add_parser("ping", parents=[common], help="ICMP echo to a peer through the tunnel")
     p_ping.add_argument("peer", metavar="PEER", help="a peer's hostname, MagicDNS name or tailnet IP")
     p_ping.add_argument("-c", "--count", type=int, default=3, metavar="N", help="echoes to send (1-100, default 3)")
@@ -145,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "netmap":
             return netmap_command(rundir, args.json)
         if args.cmd == "peers":
-            return peers_command(rundir, args.json)
+            return peers_command(rundir, args.json, ctx)
         if args.cmd == "ip":
             return ip_command(rundir, args.peer, args.family, args.json)
         if args.cmd == "whois":
             return whois_command(rundir, args.ip, args.json, accept_routes=bool(ctx and ctx.accept_routes),
                                  exit_node=ctx.exit_node if ctx else None)
+        if args.cmd == "exit-node":
+            return exit_node_list_command(rundir, args.json, exit_node=ctx.exit_node if ctx else None)
         if args.cmd == "ping":
             return ping_command(rundir, args.peer, max(1, min(args.count, 100)))
         return daemon.stop(rundir)

@@ -9,20 +9,26 @@ Two sources, joined by node key:
 
 The table, sorted by name (a peer no worker reported shows ``-`` / ``never``)::
 
-    NAME    ADDRESSES                      ONLINE  PATH                   LAST HANDSHAKE  RX       TX
-    peer-1  100.64.0.1, fd7a:115c:a1e0::1  yes     DERP(999)              12s ago         1.2 KiB  880 B
-    peer-2  100.64.0.2                     no      direct 10.0.0.2:41641  never           0 B      0 B
-    peer-3  100.64.0.4                     expired -                      never           0 B      0 B
+    NAME    ADDRESSES                      ONLINE  PATH                   LAST HANDSHAKE  RX       TX     ROUTES
+    peer-1  100.64.0.1, fd7a:115c:a1e0::1  yes     DERP(999)              12s ago         1.2 KiB  880 B  -
+    peer-2  100.64.0.2                     no      direct 10.0.0.2:41641  never           0 B      0 B    192.168.1.0/24 (not accepted); exit node (in use)
+    peer-3  100.64.0.4                     expired -                      never           0 B      0 B    -
 
 A peer whose node key expired shows ``expired`` in the ONLINE column: the control service
 publishes it without routes (services/control/expiry.py), so nothing is sent to it.
+
+ROUTES (exitnode.py `format_routes`): the subnet routes the peer offers, ``accepted`` or
+not (the context's ``accept_routes``), and ``exit node`` when it offers one, ``(in use)``
+when it is the context's ``exit_node``.
 
 ``--json``: a list of objects, one per peer, raw numbers: ``name``, ``id``, ``key``,
 ``addresses`` (without prefix length), ``online`` (true/false/null = unknown), ``expired``
 (its node key expired: nothing is sent to it), ``key_expiry`` (RFC 3339 or null), ``path``
 (``"direct"`` | ``"derp"`` | ``""``), ``endpoint``, ``derp_region``, ``worker`` (null: no
 worker reported it), ``last_handshake`` (unix seconds, 0 = never), ``handshake_age``
-(seconds, null = never), ``rx_bytes``, ``tx_bytes``.
+(seconds, null = never), ``rx_bytes``, ``tx_bytes``; ``subnet_routes`` (the prefixes it
+offers), ``offers_exit``, ``exit_node`` (it is the exit node we use), ``routes_in_use``
+(the prefixes beyond its own addresses we route to it).
 
 ``ping PEER``: the proxy (REP ``proxy-ping``) sends the ICMP echoes and times the replies;
 then the worker owning the peer says which path it arrives on; one line per echo::
@@ -45,10 +51,13 @@ from typing import Any
 import zmq
 
 from ..shared.channels import PROXY_PING
+from ..shared.config import Context
 from ..shared.messages.codec import BadMessage
 from ..shared.messages.ctl import PeersReply, PeersRequest, PeerStats
 from ..shared.netmap import Netmap, Peer
+from ..shared.netmap.routes import choose_exit_node
 from .client import ask_each, discover
+from .exitnode import format_routes, route_facts
 from .lookup import close_matches, find_peer, unknown_peer
 from .watch import read_netmap
 
@@ -57,7 +66,7 @@ __all__ = ["close_matches", "collect_stats", "find_peer", "format_ago", "format_
 
 NETMAP_TIMEOUT = 5.0
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
-_HEADER = ("NAME", "ADDRESSES", "ONLINE", "PATH", "LAST HANDSHAKE", "RX", "TX")
+_HEADER = ("NAME", "ADDRESSES", "ONLINE", "PATH", "LAST HANDSHAKE", "RX", "TX", "ROUTES")
 
 
 # -- human formatting -----------------------------------------------------------------------
@@ -104,9 +113,11 @@ def format_path(path: str, endpoint: str, derp_region: int) -> str:
 
 # -- the join (pure) --------------------------------------------------------------------------
 
-def peer_rows(netmap: Netmap, stats: list[PeerStats], now: float) -> list[dict[str, Any]]:
+def peer_rows(netmap: Netmap, stats: list[PeerStats], now: float, *, accept_routes: bool = False,
+              exit_peer: Peer | None = None) -> list[dict[str, Any]]:
     """One dict per netmap peer, sorted by name: the netmap's facts joined with the
-    worker's `PeerStats` of the same key (stats for keys not in the netmap are left out)."""
+    worker's `PeerStats` of the same key (stats for keys not in the netmap are left out),
+    and its routes (`route_facts`: offered, and used with ``accept_routes`` / ``exit_peer``)."""
     by_key = {s.key: s for s in stats}
     rows: list[dict[str, Any]] = []
     for p in netmap.peers:
@@ -120,6 +131,7 @@ def peer_rows(netmap: Netmap, stats: list[PeerStats], now: float) -> list[dict[s
             "derp_region": s.derp_region if s else 0, "worker": s.worker if s else None,
             "last_handshake": hs, "handshake_age": max(0.0, now - hs) if hs else None,
             "rx_bytes": s.rx_bytes if s else 0, "tx_bytes": s.tx_bytes if s else 0,
+            **route_facts(p, accept_routes=accept_routes, exit_peer=exit_peer),
         })
     rows.sort(key=lambda r: (r["name"].lower(), r["id"]))
     return rows
@@ -133,7 +145,7 @@ def format_table(rows: list[dict[str, Any]], now: float) -> str:
             r["name"], ", ".join(r["addresses"]) or "-",
             "expired" if r.get("expired") else {True: "yes", False: "no", None: "?"}[r["online"]],
             format_path(r["path"], r["endpoint"], r["derp_region"]), format_ago(r["last_handshake"], now),
-            format_bytes(r["rx_bytes"]), format_bytes(r["tx_bytes"]),
+            format_bytes(r["rx_bytes"]), format_bytes(r["tx_bytes"]), format_routes(r),
         ))
     widths = [max(len(row[i]) for row in cells) for i in range(len(_HEADER))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
@@ -168,8 +180,9 @@ def _not_running(why: str, as_json: bool) -> int:
     return 1
 
 
-def peers_command(rundir: Path, as_json: bool) -> int:
-    """``sunbeam-ctl peers [--json]``; returns the exit code."""
+def peers_command(rundir: Path, as_json: bool, ctx: Context | None = None) -> int:
+    """``sunbeam-ctl peers [--json]``; returns the exit code. ``ctx`` (None: no config)
+    says which routes we use."""
     if not any(f.live for f in discover(Path(rundir))):
         return _not_running("VPN: not running", as_json)
     netmap = _read_netmap(rundir)
@@ -178,7 +191,8 @@ def peers_command(rundir: Path, as_json: bool) -> int:
                             as_json)
     stats, failed = collect_stats(rundir)
     now = time.time()
-    rows = peer_rows(netmap, stats, now)
+    exit_peer = choose_exit_node(netmap, ctx.exit_node if ctx else None).peer
+    rows = peer_rows(netmap, stats, now, accept_routes=bool(ctx and ctx.accept_routes), exit_peer=exit_peer)
     if as_json:
         print(json.dumps(rows, indent=2))
     elif rows:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import msgspec
 import pytest
+from sunbeam.ctl import cli
 from sunbeam.ctl.peers import (
     find_peer,
     format_ago,
@@ -104,17 +108,18 @@ def test_peer_rows_join_by_key_and_sort_by_name():
     assert peer1 == {"name": "peer-1", "id": 1, "key": K1, "addresses": ["100.64.0.1", "fd7a:115c:a1e0::1"],
                      "online": True, "expired": False, "key_expiry": None, "path": "derp", "endpoint": "",
                      "derp_region": 999, "worker": 1,
-                     "last_handshake": NOW - 12, "handshake_age": 12.0, "rx_bytes": 1229, "tx_bytes": 880}
+                     "last_handshake": NOW - 12, "handshake_age": 12.0, "rx_bytes": 1229, "tx_bytes": 880,
+                     "subnet_routes": [], "offers_exit": False, "exit_node": False, "routes_in_use": []}
     assert alpha["worker"] is None and alpha["path"] == "" and alpha["handshake_age"] is None
     assert alpha["online"] is None and alpha["last_handshake"] == 0.0
     assert zeta["path"] == "direct" and zeta["endpoint"] == "10.0.0.3:41641" and zeta["online"] is False
     lines = format_table(rows, NOW).splitlines()
-    assert lines[0].split() == ["NAME", "ADDRESSES", "ONLINE", "PATH", "LAST", "HANDSHAKE", "RX", "TX"]
-    assert lines[1].split() == ["alpha.tail.example.", "100.64.0.2", "?", "-", "never", "0", "B", "0", "B"]
+    assert lines[0].split() == ["NAME", "ADDRESSES", "ONLINE", "PATH", "LAST", "HANDSHAKE", "RX", "TX", "ROUTES"]
+    assert lines[1].split() == ["alpha.tail.example.", "100.64.0.2", "?", "-", "never", "0", "B", "0", "B", "-"]
     assert lines[2].split() == ["peer-1", "100.64.0.1,", "fd7a:115c:a1e0::1", "yes", "DERP(999)", "12s", "ago",
-                                "1.2", "KiB", "880", "B"]
+                                "1.2", "KiB", "880", "B", "-"]
     assert lines[3].split() == ["zeta", "100.64.0.3", "no", "direct", "10.0.0.3:41641", "3m", "ago",
-                                "3.0", "GiB", "0", "B"]
+                                "3.0", "GiB", "0", "B", "-"]
     # columns line up: each header starts where its cells start
     col = lines[0].index("PATH")
     assert lines[2][col:].startswith("DERP(999)") and lines[3][col:].startswith("direct 10.0.0.3:41641")
@@ -122,7 +127,8 @@ def test_peer_rows_join_by_key_and_sort_by_name():
 
 def test_peer_rows_empty():
     assert peer_rows(Netmap(), [PeerStats(key=K1)], NOW) == []
-    assert format_table([], NOW).split() == ["NAME", "ADDRESSES", "ONLINE", "PATH", "LAST", "HANDSHAKE", "RX", "TX"]
+    assert format_table([], NOW).split() == ["NAME", "ADDRESSES", "ONLINE", "PATH", "LAST", "HANDSHAKE", "RX", "TX",
+                                             "ROUTES"]
 
 
 def test_find_peer_by_hostname_dns_name_or_ip():
@@ -132,3 +138,61 @@ def test_find_peer_by_hostname_dns_name_or_ip():
     assert find_peer(nm, "alpha")[1] == "100.64.0.2"
     assert find_peer(nm, "fd7a:115c:a1e0::1") == (nm.peers[1], "fd7a:115c:a1e0::1")
     assert find_peer(nm, "nobody") is None and find_peer(nm, "100.64.0.9") is None
+
+
+# -- routes: what each peer offers, and whether the context uses it ------------------------------
+
+def _routing_netmap() -> Netmap:
+    def peer(i: int, name: str, *extra: str) -> Peer:
+        own = (f"100.64.0.{i}/32",)
+        return Peer(id=i, key=f"nodekey:{i:064x}", name=f"{name}.tail.example.", hostname=name, addresses=own,
+                    allowed_ips=own + extra, online=True)
+
+    return Netmap(peers=(peer(1, "plain"), peer(2, "router", "192.168.77.0/24"),
+                         peer(3, "gateway", "10.9.0.0/16", "0.0.0.0/0", "::/0")))
+
+
+@pytest.fixture()
+def peers_running(monkeypatch, tmp_path):
+    """`peers` against a live-looking rundir: the netmap above, no worker stats; config from env."""
+    from sunbeam.ctl import peers
+    from sunbeam.ctl.client import Found
+
+    for var in [v for v in os.environ if v.startswith("SUNBEAM_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("SUNBEAM_CONTROL_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("SUNBEAM_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("SUNBEAM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(peers, "discover", lambda rundir: [Found("control", tmp_path / "control-ctl.sock", True)])
+    monkeypatch.setattr(peers, "_read_netmap", lambda rundir: _routing_netmap())
+    monkeypatch.setattr(peers, "collect_stats", lambda rundir: ([], []))
+    return monkeypatch
+
+
+def test_peers_shows_routes_not_used_by_default(peers_running, capsys):
+    assert cli.main(["peers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "ROUTES"
+    col = lines[0].index("ROUTES")
+    assert [line[col:] for line in lines[1:]] == ["10.9.0.0/16 (not accepted); exit node", "-",
+                                                 "192.168.77.0/24 (not accepted)"]
+
+
+def test_peers_shows_accepted_routes_and_the_exit_node_in_use(peers_running, capsys):
+    peers_running.setenv("SUNBEAM_ACCEPT_ROUTES", "true")
+    peers_running.setenv("SUNBEAM_EXIT_NODE", "gateway")
+    assert cli.main(["peers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    col = lines[0].index("ROUTES")
+    assert lines[1][col:] == "10.9.0.0/16 (accepted); exit node (in use)"
+    assert lines[3][col:] == "192.168.77.0/24 (accepted)"
+    assert cli.main(["peers", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["gateway"]["subnet_routes"] == ["10.9.0.0/16"] and rows["gateway"]["offers_exit"] is True
+    assert rows["gateway"]["exit_node"] is True
+    assert rows["gateway"]["routes_in_use"] == ["10.9.0.0/16", "0.0.0.0/0", "::/0"]
+    assert rows["router"]["routes_in_use"] == ["192.168.77.0/24"] and rows["router"]["exit_node"] is False
+    assert rows["plain"]["subnet_routes"] == [] and rows["plain"]["routes_in_use"] == []
+    # the keys from before are all still there
+    assert {"name", "id", "key", "addresses", "online", "path", "rx_bytes", "tx_bytes"} <= set(rows["plain"])
