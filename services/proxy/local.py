@@ -9,6 +9,13 @@ Listener kinds (config ``[[contexts.X.listeners]]``):
     inbound  tailnet peers connecting to our tailnet address on ``port`` reach local
              ``target`` (as tailscaled's userspace mode does), if the netmap's packet
              filter allows it; otherwise the SYN is answered with RST
+    dns      tailnet names over DNS, UDP and TCP on ``listen``      -> `dnsserver.DnsServer`
+             (answers: dnsanswer.py; other names, with ``dns_forward``: ``side.dns``)
+
+``side.dns`` (`dnsforward.DnsForwarder`) asks the netmap's resolvers through the tunnel;
+it exists whatever the listeners (the proxies may use it for names outside the tailnet)
+and fails every call unless ``dns_forward`` is on. ``side.zone`` is the dns listeners'
+view of the current netmap (`dnsanswer.Zone`, built with ``side.names``).
 
 Per local connection a `Front` (front.py) parses the proxy request (if any), resolves the
 target, opens a tailnet TCP connection from our address of the same family, answers the
@@ -36,6 +43,9 @@ from sunbeam.shared.proto.tcp import ConnectionRequest
 from sunbeam.shared.runtime.portcheck import open_listener, problem
 from sunbeam.shared.runtime.service import Service
 
+from .dnsanswer import Zone
+from .dnsforward import DnsForwarder
+from .dnsserver import DnsServer
 from .filter import PacketFilter
 from .front import Front
 from .names import NameTable
@@ -55,6 +65,9 @@ class LocalSide:
         self.engine = engine
         self.counters = svc.counters
         self.names = NameTable()
+        self.dns = DnsForwarder(engine, self.source_for, enabled=svc.context.dns_forward)
+        self.zone = Zone(NameTable(), forward=self.dns.enabled)
+        self.dns_servers: list[DnsServer] = []
         self.filter = PacketFilter(None)
         self.addresses: list[str] = []
         self.inbound: dict[int, tuple[str, int]] = {}
@@ -83,6 +96,8 @@ class LocalSide:
 
     def _on_netmap(self, netmap: Netmap) -> None:
         self.names = NameTable.from_netmap(netmap)
+        self.zone = Zone.from_netmap(netmap, self.names, forward=self.dns.enabled)
+        self.dns.set_netmap(netmap)
         if netmap.packet_filter != self.filter.source:  # a changed filter: count its bad entries once
             self.filter = PacketFilter(netmap.packet_filter)
             if bad := self.filter.bad_entries:
@@ -101,6 +116,11 @@ class LocalSide:
             self.log.info("listening", kind="inbound", port=listener.port, target=str(listener.target))
             return
         assert listener.listen is not None
+        if listener.kind == "dns":
+            server = DnsServer(self, listener)
+            self.dns_servers.append(server)
+            self.listen_socks.extend(server.sockets)
+            return
         sock = open_listener(listener.listen)
         self.listen_socks.append(sock)
         self.loop.on_readable(sock, lambda s: self._accept(s, listener))

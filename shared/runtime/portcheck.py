@@ -6,12 +6,17 @@ TIME_WAIT is not refused; ``listen(256)``): the proxy serves on what it returns,
 `check_listeners` binds each address the same way and closes it at once, so a check that
 passes means the proxy's own bind would have (barring a race with another program).
 
-No listener kind listens on UDP (SOCKS5 UDP ASSOCIATE is refused), and ``inbound``
-listeners listen on the tailnet, inside our TCP stack: neither is checked here.
+A ``dns`` listener serves UDP and TCP on the same address: `open_dns` opens both (with
+port 0, one free port both protocols have). Its UDP socket (`open_udp`) gets no
+``SO_REUSEADDR``: on Linux that would let it share a port with another UDP server that set
+it too, splitting the queries between them instead of failing. No other kind listens on
+UDP (SOCKS5 UDP ASSOCIATE is refused); ``inbound`` listeners listen on the tailnet, inside
+our TCP stack, and are not checked here.
 
 `problem` turns a failed bind into the one line the user sees::
 
     listener socks5 cannot listen on 127.0.0.1:1080: address already in use
+    listener dns cannot listen on 127.0.0.1:5353: address already in use (UDP)
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from collections.abc import Iterable
 
 from ..config import Address, Listener
 
-__all__ = ["BACKLOG", "check_listeners", "open_listener", "problem"]
+__all__ = ["BACKLOG", "UdpBindError", "check_listeners", "open_dns", "open_listener", "open_udp", "problem"]
 
 BACKLOG = 256
+PORT_ZERO_TRIES = 16
+"""A dns listener on port 0: TCP ports tried until UDP has the same one free."""
+
+
+class UdpBindError(OSError):
+    """The UDP half of a dns listener failed (`problem` says so)."""
 
 
 def open_listener(listen: Address) -> socket.socket:
@@ -40,6 +51,35 @@ def open_listener(listen: Address) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def open_udp(listen: Address) -> socket.socket:
+    """A non-blocking UDP socket bound to ``listen`` (no SO_REUSEADDR); raises OSError."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((listen.host, listen.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_dns(listen: Address) -> tuple[socket.socket, socket.socket]:
+    """``(tcp, udp)`` sockets on ``listen``, the same port (port 0: one free for both).
+    Raises OSError, `UdpBindError` when only UDP failed; nothing stays open then."""
+    for attempt in range(PORT_ZERO_TRIES if listen.port == 0 else 1):
+        tcp = open_listener(listen)
+        port = tcp.getsockname()[1]
+        try:
+            return tcp, open_udp(Address(host=listen.host, port=port))
+        except OSError as exc:
+            tcp.close()
+            if listen.port == 0 and exc.errno == errno.EADDRINUSE and attempt + 1 < PORT_ZERO_TRIES:
+                continue
+            raise UdpBindError(exc.errno, exc.strerror) from exc
+    raise AssertionError("unreachable")
 
 
 def _why(listen: Address, exc: OSError) -> str:
@@ -60,7 +100,8 @@ def _why(listen: Address, exc: OSError) -> str:
 def problem(listener: Listener, exc: OSError) -> str:
     """The one line for ``listener`` failing to listen with ``exc``."""
     assert listener.listen is not None
-    return f"listener {listener.kind} cannot listen on {listener.listen}: {_why(listener.listen, exc)}"
+    udp = " (UDP)" if isinstance(exc, UdpBindError) else ""
+    return f"listener {listener.kind} cannot listen on {listener.listen}: {_why(listener.listen, exc)}{udp}"
 
 
 def check_listeners(listeners: Iterable[Listener]) -> list[str]:
@@ -71,7 +112,8 @@ def check_listeners(listeners: Iterable[Listener]) -> list[str]:
         if listener.listen is None:  # inbound: on the tailnet, nothing to bind here
             continue
         try:
-            open_listener(listener.listen).close()
+            for sock in open_dns(listener.listen) if listener.kind == "dns" else (open_listener(listener.listen),):
+                sock.close()
         except OSError as exc:
             problems.append(problem(listener, exc))
     return problems

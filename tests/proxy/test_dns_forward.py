@@ -1,0 +1,207 @@
+"""The dns listener's forwarder (services/proxy/dnsforward.py): which resolvers, and the real
+sunbeam-proxy forwarding a query over its own TCP through the tunnel.
+
+The process test plays the control service and the WireGuard worker as
+tests/proxy/test_refusals.py does; the resolver is a peer's tailnet address, and the test
+answers the proxy's TCP segments itself (SYN-ACK, the DNS reply, or a RST).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rrset
+import pytest
+from sunbeam.services.proxy.dnsforward import addresses, resolvers_for
+from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
+from sunbeam.shared.netmap import Netmap, Peer, SelfNode
+from sunbeam.shared.proto.ip.headers import addr_bytes
+from sunbeam.shared.proto.tailcfg import DNSConfig, Resolver
+from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, RST, SYN, build_packet, parse_packet
+
+from ..ip.vectors import OURS4, OURS6, PEER4
+from .test_proxy_service import PEER_KEY, Harness
+
+N = dns.name.from_text
+
+
+def test_resolvers_for_picks_routes_then_resolvers_then_fallback():
+    config = DNSConfig(resolvers=[Resolver(addr="203.0.113.53"), Resolver(addr="203.0.113.54:5353"),
+                                  Resolver(addr="https://dns.example/dns-query"), Resolver(addr="[2001:db8::53]:53"),
+                                  Resolver(addr="2001:db8::54"), Resolver(addr="203.0.113.53")],
+                       fallback_resolvers=[Resolver(addr="198.51.100.1")],
+                       routes={"corp.example.": [Resolver(addr="10.0.0.53")],
+                               "eu.corp.example": [Resolver(addr="10.1.0.53")],
+                               "tailnet.test": [], "64.100.in-addr.arpa.": None})
+    assert resolvers_for(config, N("www.example.com")) == [("203.0.113.53", 53), ("203.0.113.54", 5353),
+                                                             ("2001:db8::53", 53)]  # at most 3, no repeats
+    assert resolvers_for(config, N("a.corp.example")) == [("10.0.0.53", 53)]
+    assert resolvers_for(config, N("a.EU.corp.example")) == [("10.1.0.53", 53)]  # the longest suffix
+    assert resolvers_for(config, N("x.tailnet.test"))[0] == ("203.0.113.53", 53)  # an empty route: no resolver
+    assert resolvers_for(DNSConfig(fallback_resolvers=[Resolver(addr="198.51.100.1")]), N("a.b")) == [
+        ("198.51.100.1", 53)]
+    assert resolvers_for(DNSConfig(resolvers=[Resolver(addr="1.2.3.4:0"), Resolver(addr="x:53")]), N("a.b")) == []
+    assert resolvers_for(None, N("a.b")) == [] and resolvers_for(DNSConfig(), N("a.b")) == []
+
+
+def test_addresses_of_a_reply():
+    reply = dns.message.make_response(dns.message.make_query("www.example.com", "A"))
+    reply.answer.append(dns.rrset.from_text("www.example.com", 60, "IN", "CNAME", "web.example.com."))
+    reply.answer.append(dns.rrset.from_text("web.example.com", 60, "IN", "A", "203.0.113.7", "203.0.113.8"))
+    reply.answer.append(dns.rrset.from_text("web.example.com", 60, "IN", "AAAA", "2001:db8::7"))
+    assert addresses(reply) == ["203.0.113.7", "203.0.113.8", "2001:db8::7"] and addresses(None) == []
+
+
+# -- the real proxy ---------------------------------------------------------------------------------
+
+NETMAP = Netmap(
+    self_node=SelfNode(id=1, key="nodekey:" + "11" * 32, name="us.tailnet.test.",
+                       addresses=(f"{OURS4}/32", f"{OURS6}/128")),
+    peers=(Peer(id=2, key="nodekey:" + PEER_KEY.hex(), name="resolver.tailnet.test.", addresses=(f"{PEER4}/32",),
+                allowed_ips=(f"{PEER4}/32",)),),
+    domain="tailnet.test",
+    dns=DNSConfig(resolvers=[Resolver(addr=f"{PEER4}:53")],
+                  routes={"unrouted.example": [Resolver(addr="192.0.2.53")]}),
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def proxy(tmp_path):
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    port = _free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[contexts.t]
+control_url = "http://127.0.0.1:9"
+auth_key = "tskey-unit-test"
+runtime_dir = "{rundir}"
+state_dir = "{tmp_path / 'state'}"
+wg_workers = 1
+log_level = "debug"
+dns_forward = true
+[[contexts.t.listeners]]
+kind = "dns"
+listen = "127.0.0.1:{port}"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
+    env.update(SUNBEAM_CONFIG=str(cfg))
+    h = Harness(rundir, env)
+    h.dns = ("127.0.0.1", port)
+    try:
+        assert h.pub.poll(15000), "the proxy never subscribed to control-pub"
+        assert h.pub.recv()[:1] == b"\x01"
+        h.pub.send(CONTROL_EVENT_CODEC.encode(NetmapSnapshot(seq=1, netmap=NETMAP)))
+        h.wait_counter("netmap_applied", 1)
+        yield h
+    finally:
+        h.close()
+
+
+def _segments(proxy: Harness, timeout: float = 5.0):
+    for pkt in proxy.to_peer(timeout).packets:
+        yield parse_packet(pkt)
+
+
+def _syn(proxy: Harness):
+    (seg,) = [s for s in _segments(proxy) if s.flags & SYN]
+    assert seg.dport == 53 and seg.dst == addr_bytes(PEER4) and seg.src == addr_bytes(OURS4)
+    return seg
+
+
+def play_resolver(proxy: Harness, answer_ip: str) -> dns.message.Message:
+    """Accept the proxy's connection, read its query, answer it; the query it sent."""
+    syn = _syn(proxy)
+    iss = 7000
+    proxy.from_peer(build_packet(syn.dst, syn.src, 53, syn.sport, iss, syn.seq + 1, SYN | ACK, 65535))
+    data = b""
+    deadline = time.monotonic() + 5
+    while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+        assert time.monotonic() < deadline, f"the query never came whole: {data!r}"
+        for seg in _segments(proxy):
+            if seg.payload and seg.seq == syn.seq + 1 + len(data):
+                data += bytes(seg.payload)
+    query = dns.message.from_wire(data[2:])
+    reply = dns.message.make_response(query, recursion_available=True)
+    reply.answer.append(dns.rrset.from_text(query.question[0].name, 120, "IN", "A", answer_ip))
+    wire = reply.to_wire(prepend_length=True)
+    proxy.from_peer(build_packet(syn.dst, syn.src, 53, syn.sport, iss + 1, syn.seq + 1 + len(data),
+                                 ACK | PSH | FIN, 65535, payload=wire))
+    return query
+
+
+def ask_udp(proxy: Harness, name: str, qid: int, then=lambda: None) -> dns.message.Message:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.sendto(dns.message.make_query(name, "A", id=qid, use_edns=0).to_wire(), proxy.dns)
+        then()
+        return dns.message.from_wire(s.recv(65535))
+
+
+def test_a_name_outside_the_tailnet_is_forwarded_through_the_tunnel(proxy):
+    seen = []
+    reply = ask_udp(proxy, "WWW.Example.com", 4242, lambda: seen.append(play_resolver(proxy, "203.0.113.7")))
+    assert reply.id == 4242 and reply.rcode() == dns.rcode.NOERROR
+    assert reply.flags & dns.flags.RA and not reply.flags & dns.flags.AA
+    assert [r.address for r in reply.answer[0]] == ["203.0.113.7"] and reply.answer[0].ttl == 120
+    assert reply.question[0].name.to_text() == "WWW.Example.com."
+    (upstream,) = seen
+    assert upstream.question[0].name == dns.name.from_text("www.example.com") and upstream.edns == 0
+    counters = proxy.wait_counter("dns_forward_noerror", 1)
+    assert counters["dns_upstream_ok"] == 1 and counters["dns_forward"] == 1
+    # a tailnet name never leaves: answered at once, with RA since forwarding is on
+    local = ask_udp(proxy, "resolver", 1)
+    assert [r.address for r in local.answer[0]] == [PEER4]
+    assert local.flags & dns.flags.RA and local.flags & dns.flags.AA
+
+
+def test_a_resolver_that_refuses_gives_servfail_at_once(proxy):
+    def refuse():
+        syn = _syn(proxy)
+        proxy.from_peer(build_packet(syn.dst, syn.src, 53, syn.sport, 0, syn.seq + 1, RST | ACK, 0))
+
+    start = time.monotonic()
+    reply = ask_udp(proxy, "down.example.com", 5, refuse)
+    assert reply.rcode() == dns.rcode.SERVFAIL and reply.id == 5
+    assert time.monotonic() - start < 3
+    counters = proxy.wait_counter("dns_forward_servfail", 1)
+    assert counters["dns_upstream_refused"] == 1
+
+
+def test_an_unrouted_resolver_gives_servfail_without_a_packet(proxy):
+    reply = ask_udp(proxy, "a.unrouted.example", 6)
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert proxy.wait_counter("dns_upstream_no_route", 1)
+    assert not proxy.wg.poll(300), "a packet went out toward an unrouted resolver"
+
+
+def test_a_silent_resolver_times_out(proxy):
+    start = time.monotonic()
+    reply = ask_udp(proxy, "slow.example.com", 8, lambda: _syn(proxy))  # the SYN is never answered
+    took = time.monotonic() - start
+    assert reply.rcode() == dns.rcode.SERVFAIL and 5 < took < 9
+    assert proxy.wait_counter("dns_upstream_timeout", 1)
+
+
+def test_tcp_clients_are_forwarded_too(proxy):
+    with socket.create_connection(proxy.dns, timeout=10) as s:
+        s.sendall(dns.message.make_query("tcp.example.com", "A", id=77).to_wire(prepend_length=True))
+        play_resolver(proxy, "203.0.113.77")
+        head = s.recv(2)
+        body = b""
+        while len(body) < int.from_bytes(head, "big"):
+            body += s.recv(65535)
+    reply = dns.message.from_wire(body)
+    assert reply.id == 77 and [r.address for r in reply.answer[0]] == ["203.0.113.77"]
