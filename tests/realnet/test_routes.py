@@ -10,6 +10,7 @@ accept_routes and exit_node = "gateway". Every transfer is sha256-checked.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import struct
 import subprocess
@@ -188,3 +189,25 @@ def test_unapproved_routes_stop_being_used_at_the_next_netmap(refnet_gateway, no
     assert ok.returncode == 0, "re-approved exit node not used again"
     assert until_ok(lambda: _curl(refnet_gateway, "--fail", *_socks("routes"), f"{LAN_URL}/whoami",
                                   timeout=20)).returncode == 0
+
+
+def _ctl_json(node: SunbeamNode, *args: str) -> dict | list:
+    res = node.ctl(*args, "--json")
+    assert res.stdout.strip(), res.stderr
+    return json.loads(res.stdout)
+
+
+def test_cli_shows_routes_exit_nodes_and_who_routes_an_address(refnet_gateway, nodes):
+    doc = _ctl_json(nodes["exit"], "exit-node", "list")
+    assert [(e["name"], e["in_use"]) for e in doc["exit_nodes"]] == [(gateway.NAME, True)], doc
+    assert doc["problem"] is None and doc["configured"] == gateway.NAME
+    doc = _ctl_json(nodes["plain"], "exit-node", "list")
+    assert [(e["name"], e["in_use"]) for e in doc["exit_nodes"]] == [(gateway.NAME, False)], doc
+    peers = _ctl_json(nodes["routes"], "peers")
+    gw = next(p for p in peers if p["name"].split(".")[0] == gateway.NAME)
+    assert gw["subnet_routes"] == [gateway.SUBNET] and gw["offers_exit"] is True, gw
+    lan = _ctl_json(nodes["routes"], "whois", gateway.LAN_HOST)
+    assert lan["node"] is None and {r["name"].split(".")[0] for r in lan["routed_by"]} == {gateway.NAME}, lan
+    assert sorted(r["kind"] for r in lan["routed_by"]) == ["exit", "subnet"], lan  # its subnet and its 0.0.0.0/0
+    text = nodes["plain"].ctl("peers").stdout
+    assert gateway.SUBNET in text, text
