@@ -18,7 +18,11 @@ in the namespace and a second host namespace behind a veth can both reach.
 
 The policy (`POLICY`) allows every connection except to TCP/UDP port `DENIED_PORT`
 (7777), so tests can prove that a connection the packet filter forbids is refused.
-MagicDNS base domain ``tailnet.test``.
+MagicDNS base domain ``tailnet.test``, with `EXTRA_RECORDS` (``dns.extra_records``, which
+Headscale hands out as ``DNSConfig.ExtraRecords``) and `NAMESERVER` as the global resolver
+with ``override_local_dns`` (``DNSConfig.Resolvers``): a DNS server that gateway.py puts
+behind the exit node. The tailscaled peers run with ``--accept-dns=false``, so neither
+changes them.
 
 TLS mode (``Headscale(..., tls=tlscerts.make(...))``, ``sunbeam-refnet up --tls``): the same
 port serves HTTPS with a certificate from the network's throwaway CA (``tls_cert_path`` /
@@ -44,6 +48,9 @@ CONTROL_PORT = 8080
 STUN_PORT = 3478
 CONTROL_URL = f"http://127.0.0.1:{CONTROL_PORT}"
 BASE_DOMAIN = "tailnet.test"
+NAMESERVER = "203.0.113.53"
+EXTRA_RECORDS = ({"name": f"grafana.{BASE_DOMAIN}", "type": "A", "value": "100.64.0.250"},
+                 {"name": f"grafana.{BASE_DOMAIN}", "type": "AAAA", "value": "fd7a:115c:a1e0::250"})
 DENIED_PORT = 7777
 POLICY = json.dumps({"acls": [{"action": "accept", "src": ["*"],
                                "dst": [f"*:1-{DENIED_PORT - 1}", f"*:{DENIED_PORT + 1}-65535"]}]}, indent=2)
@@ -104,9 +111,10 @@ policy:
 dns:
   magic_dns: true
   base_domain: {BASE_DOMAIN}
-  override_local_dns: false
+  override_local_dns: true
   nameservers:
-    global: []
+    global: ["{NAMESERVER}"]
+  extra_records: {json.dumps(list(EXTRA_RECORDS))}
 unix_socket: {workdir}/headscale.sock
 unix_socket_permission: "0770"
 logtail:
