@@ -22,7 +22,8 @@ configured ``exit_node``).
 ``hostname``, ``self``, ``addresses``, ``error`` (null when fine). ``whois``: ``ip``,
 ``node`` (name, hostname, id, stable_id, addresses, user {id, login_name, display_name},
 tags, online, self, expired; or null), ``routed_by`` (name, hostname, id, ip, kind
-"subnet"|"exit", prefix, in_use), ``error``.
+"subnet"|"exit", prefix, accepted: we use this route, in_use: it carries this address),
+``error``.
 
 Exit codes: 0 found; 1 not running, no netmap, nothing has that name or address;
 2 (``whois``) the argument is no IP address.
@@ -198,7 +199,9 @@ def _user(netmap: Netmap, user_id: int) -> dict[str, Any] | None:
 
 def _routes_to(netmap: Netmap, addr: Address, accept_routes: bool, exit_peer: Peer | None) -> list[dict[str, Any]]:
     """The peers whose subnet routes cover ``addr`` (longest prefix first), then the exit
-    nodes that would carry it (not for the tailnet's own ranges)."""
+    nodes that would carry it (not for the tailnet's own ranges). ``accepted``: we use that
+    route (accept_routes; the configured exit node); ``in_use``: it is the one that carries
+    ``addr`` (the first accepted: the longest prefix wins)."""
     subnets: list[tuple[int, dict[str, Any]]] = []
     exits: list[dict[str, Any]] = []
     in_tailnet = any(addr in net for net in TAILNET_RANGES)
@@ -208,13 +211,15 @@ def _routes_to(netmap: Netmap, addr: Address, accept_routes: bool, exit_peer: Pe
         for prefix in subnet_routes(p):
             net = ipaddress.ip_network(prefix, strict=False)
             if addr.version == net.version and addr in net:
-                subnets.append((net.prefixlen, {**base, "kind": "subnet", "prefix": prefix, "in_use": accept_routes}))
+                subnets.append((net.prefixlen, {**base, "kind": "subnet", "prefix": prefix, "accepted": accept_routes}))
         if offers_exit(p) and not in_tailnet:
             default = "0.0.0.0/0" if addr.version == 4 else "::/0"
             if default in p.allowed_ips:
-                in_use = exit_peer is not None and exit_peer.id == p.id
-                exits.append({**base, "kind": "exit", "prefix": default, "in_use": in_use})
-    return [entry for _, entry in sorted(subnets, key=lambda s: -s[0])] + exits
+                chosen = exit_peer is not None and exit_peer.id == p.id
+                exits.append({**base, "kind": "exit", "prefix": default, "accepted": chosen})
+    routes = [entry for _, entry in sorted(subnets, key=lambda s: -s[0])] + exits
+    carrier = next((r for r in routes if r["accepted"]), None)
+    return [{**r, "in_use": r is carrier} for r in routes]
 
 
 def whois(netmap: Netmap, addr: Address, *, accept_routes: bool = False,
@@ -236,6 +241,15 @@ def whois(netmap: Netmap, addr: Address, *, accept_routes: bool = False,
     return doc
 
 
+def _who(user: dict[str, Any] | None) -> str:
+    """``"alice@example.com (Alice), user id 1"``; the display name only when it differs."""
+    if user is None:
+        return "-"
+    login, display = user["login_name"], user["display_name"]
+    name = (login or "-") + (f" ({display})" if display and display != login else "")
+    return f"{name}, user id {user['id']}"
+
+
 def format_whois(doc: dict[str, Any]) -> str:
     """The text form of a `whois` object that found something."""
     node = doc["node"]
@@ -244,18 +258,19 @@ def format_whois(doc: dict[str, Any]) -> str:
         for r in doc["routed_by"]:
             what = "subnet route" if r["kind"] == "subnet" else "exit node"
             why = "accept_routes is off" if r["kind"] == "subnet" else "not the configured exit_node"
+            if r["accepted"] and not r["in_use"]:
+                why = "a more specific route wins"
             use = "in use" if r["in_use"] else f"not used: {why}"
             lines.append(f"  {r['name']} ({r['ip'] or '-'}): {what} {r['prefix']} ({use})")
         return "\n".join(lines)
-    user = node["user"]
-    who = (f"{user['login_name'] or '-'} ({user['display_name'] or '-'}), user id {user['id']}" if user else "-")
-    online = {True: "yes", False: "no", None: "-"}[node["online"]]
+    online = "this node" if node["self"] else {True: "yes", False: "no", None: "-"}[node["online"]]
+    stable = node["stable_id"] if node["stable_id"] not in ("", str(node["id"])) else None
     rows = [
         ("node", node["name"] + (" (this node)" if node["self"] else "")),
         ("hostname", node["hostname"] or "-"),
-        ("node id", f"{node['id']}" + (f" (stable id {node['stable_id']})" if node["stable_id"] else "")),
+        ("node id", f"{node['id']}" + (f" (stable id {stable})" if stable else "")),
         ("addresses", ", ".join(node["addresses"]) or "-"),
-        ("user", who),
+        ("user", _who(node["user"])),
         ("tags", ", ".join(node["tags"]) or "-"),
         ("online", "expired" if node["expired"] else online),
     ]

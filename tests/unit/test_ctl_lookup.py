@@ -186,6 +186,16 @@ def test_whois_a_peer_names_node_and_user():
     assert whois(NETMAP, ipaddress.ip_address("100.64.0.4"))["node"]["user"] is None  # no profile for it
 
 
+def test_whois_text_shows_a_name_once_and_no_stable_id_equal_to_the_id():
+    doc = whois(Netmap(self_node=ME, peers=(Peer(id=5, stable_id="5", key=_key(5), name="h.tail.example.",
+                                                 addresses=_own(5), user=3, online=None),),
+                       user_profiles=(UserProfile(id=3, login_name="refnet", display_name="refnet"),)),
+                ipaddress.ip_address("100.64.0.5"))
+    lines = lookup.format_whois(doc).splitlines()
+    assert lines[1:3] == ["hostname:  -", "node id:   5"]
+    assert lines[4] == "user:      refnet, user id 3" and lines[6] == "online:    -"
+
+
 def test_whois_our_own_address():
     node = whois(NETMAP, ipaddress.ip_address("100.64.0.10"))["node"]
     assert node["self"] is True and node["name"] == "laptop.tail.example" and node["online"] is None
@@ -201,8 +211,14 @@ def test_whois_a_routed_address_names_the_router_not_an_owner():
         ("gateway.tail.example", "exit", "0.0.0.0/0", False),
     ]
     used = whois(NETMAP, ipaddress.ip_address("192.168.1.1"), accept_routes=True, exit_peer=GATEWAY)["routed_by"]
-    assert [(r["prefix"], r["in_use"], r["ip"]) for r in used] == [("192.168.0.0/16", True, "100.64.0.2"),
-                                                                 ("0.0.0.0/0", True, "100.64.0.3")]
+    assert [(r["prefix"], r["accepted"], r["in_use"], r["ip"]) for r in used] == [
+        ("192.168.0.0/16", True, True, "100.64.0.2"), ("0.0.0.0/0", True, False, "100.64.0.3")]  # longest wins
+    text = lookup.format_whois({"ip": "192.168.1.1", "node": None, "routed_by": used})
+    assert text.splitlines()[1:] == [
+        "  router.tail.example (100.64.0.2): subnet route 192.168.0.0/16 (in use)",
+        "  gateway.tail.example (100.64.0.3): exit node 0.0.0.0/0 (not used: a more specific route wins)"]
+    outside = whois(NETMAP, ipaddress.ip_address("10.0.0.1"), accept_routes=False, exit_peer=GATEWAY)["routed_by"]
+    assert [(r["kind"], r["accepted"], r["in_use"]) for r in outside] == [("exit", True, True)]
     v6 = whois(NETMAP, ipaddress.ip_address("2001:db8::1"))["routed_by"]
     assert [(r["id"], r["prefix"]) for r in v6] == [(3, "::/0")]
     text = lookup.format_whois(doc)
@@ -224,7 +240,12 @@ def test_whois_command_text_json_and_exit_codes(running, capsys, monkeypatch):
                      "addresses: 100.64.0.1, fd7a:115c:a1e0::1", "user:      alice@example.com (Alice), user id 1",
                      "tags:      -", "online:    yes"]
     assert cli.main(["whois", "100.64.0.10"]) == 0
-    assert "node:      laptop.tail.example (this node)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "node:      laptop.tail.example (this node)" in out and "online:    this node" in out
+    assert cli.main(["whois", "100.64.0.2"]) == 0  # same login and display name: shown once; no stable id
+    out = capsys.readouterr().out.splitlines()
+    assert "user:      tagged-devices (Tagged Devices), user id 2" in out and "node id:   2" in out
+    assert "tags:      tag:router" in out and "online:    no" in out
     assert cli.main(["whois", "--json", "100.64.0.99"]) == 1
     out = capsys.readouterr()
     assert json.loads(out.out)["error"] == "no node has 100.64.0.99 and no peer routes it"
@@ -236,6 +257,8 @@ def test_whois_command_text_json_and_exit_codes(running, capsys, monkeypatch):
     monkeypatch.setenv("SUNBEAM_ACCEPT_ROUTES", "true")
     monkeypatch.setenv("SUNBEAM_EXIT_NODE", "gw")
     assert cli.main(["whois", "--json", "192.168.77.5"]) == 0
-    assert all(r["in_use"] for r in json.loads(capsys.readouterr().out)["routed_by"])
+    routes = json.loads(capsys.readouterr().out)["routed_by"]
+    assert [(r["prefix"], r["accepted"], r["in_use"]) for r in routes] == [
+        ("192.168.77.0/24", True, True), ("192.168.0.0/16", True, False), ("0.0.0.0/0", True, False)]
     assert cli.main(["whois", "192.168.77.5"]) == 0
     assert "subnet route 192.168.77.0/24 (in use)" in capsys.readouterr().out
