@@ -9,8 +9,8 @@ is ignored:
 2. a node's MagicDNS FQDN, ``Node.Name`` (``peer-1.tailnet.test.``);
 3. a name of ``DNSConfig.ExtraRecords`` (A / AAAA records control adds to MagicDNS);
 4. a short name: the host itself, or the host with one search suffix removed
-   (``peer-1.tailnet.test`` -> ``peer-1`` when ``netmap.domain`` or one of
-   ``DNSConfig.Domains`` is ``tailnet.test``), matched first against the first label of
+   (``peer-1.tailnet.test`` -> ``peer-1`` when the MagicDNS suffix, ``netmap.domain`` or
+   one of ``DNSConfig.Domains`` is ``tailnet.test``), matched first against the first label of
    each node's Name (what MagicDNS answers, as tailscaled's resolver does), then against
    each node's ``Hostinfo.Hostname`` (the OS hostname, case-insensitive).
 
@@ -23,7 +23,9 @@ the first of the preferred family (``family_pref`` 4 or 6), else the first of th
 For the dns listener (dnsanswer.py) the table also answers `lookup_name` (names only, no
 IP literals), `reverse` (a tailnet address -> the node's MagicDNS name, else the first
 ExtraRecords name of it), `has_names_under` (an empty non-terminal: a name that exists
-only as the parent of others, e.g. the base domain) and `domain` (the base domain).
+only as the parent of others, e.g. the base domain) and `domain` (the MagicDNS suffix: our
+node's name without its first label, as tailscaled's ``MagicDNSSuffix`` finds it; not
+``MapResponse.Domain``, which names the tailnet - Headscale sends its server's host name).
 
 Ownership: the proxy's loop thread builds a `NameTable` per netmap (like `RouteTable`);
 `resolve` is the one-shot form.
@@ -114,7 +116,7 @@ class NameTable:
         self._reverse: dict[str, str] = {}
         self._parents: set[str] = set()
         self.domain: str | None = None
-        """The tailnet's MagicDNS base domain (``netmap.domain``, normalised), if any."""
+        """The tailnet's MagicDNS suffix (``tailnet.test``), if our node has a name yet."""
 
     @classmethod
     def from_netmap(cls, netmap: Netmap) -> NameTable:
@@ -141,11 +143,12 @@ class NameTable:
         for name in [*table._fqdn, *table._extra]:
             labels = name.split(".")
             table._parents.update(".".join(labels[i:]) for i in range(1, len(labels)))
-        suffixes = [netmap.domain or "", *((dns.domains if dns else None) or ())]
+        me = _norm(netmap.self_node.name) if netmap.self_node else ""
+        table.domain = me.partition(".")[2] or None
+        suffixes = [table.domain or "", netmap.domain or "", *((dns.domains if dns else None) or ())]
         for suffix in map(_norm, suffixes):
             if suffix and suffix not in table._suffixes:
                 table._suffixes.append(suffix)
-        table.domain = _norm(netmap.domain or "") or None
         return table
 
     def lookup(self, host: str) -> tuple[str, ...]:

@@ -342,6 +342,15 @@ def test_seeded_fuzz_counts_every_query():
     assert drops.get("dns_drop_short", 0) > 100 and len(drops) >= 4, counters
 
 
+def test_the_zone_is_our_nodes_magicdns_suffix_whatever_netmap_domain_says():
+    # Headscale sends its server's host name as MapResponse.Domain, and no search domain here
+    zone = Zone.from_netmap(Netmap(self_node=MAP.self_node, peers=MAP.peers, domain="127.0.0.1"))
+    assert [z.to_text() for z in zone.local] == ["tailnet.test."]
+    assert ask("nosuch.tailnet.test", "A", zone)[1].rcode() == dns.rcode.NXDOMAIN
+    assert ask("nosuch.127.0.0.1", "A", zone)[1].rcode() == dns.rcode.REFUSED
+    assert values(ask("peer-1.tailnet.test", "A", zone)[1]) == {"100.64.0.1"}
+
+
 def test_zone_from_netmap():
     assert [z.to_text() for z in ZONE.local] == ["tailnet.test.", "64.100.in-addr.arpa.",
                                                  "0.e.1.a.c.5.1.1.a.7.d.f.ip6.arpa."]

@@ -126,6 +126,11 @@ def test_the_dns_listeners_view():
     """What dnsanswer.py asks of the table: names only, reverse, parents, the base domain."""
     table = NameTable.from_netmap(NETMAP)
     assert table.domain == "tailnet.test" and NameTable().domain is None
+    # the MagicDNS suffix comes from our node's name: Headscale's MapResponse.Domain is its host name
+    headscale = NameTable.from_netmap(Netmap(self_node=NETMAP.self_node, peers=NETMAP.peers, domain="127.0.0.1"))
+    assert headscale.domain == "tailnet.test" and headscale.lookup("my-laptop.tailnet.test") == (
+        "100.64.0.9", "fd7a:115c:a1e0::9")
+    assert NameTable.from_netmap(Netmap(peers=NETMAP.peers, domain="tailnet.test")).domain is None
     assert table.lookup_name("peer-1") == ("100.64.0.1", "fd7a:115c:a1e0::1")
     assert table.lookup_name("100.64.0.1") == () and table.lookup("100.64.0.1") == ("100.64.0.1",)
     assert table.reverse("100.64.0.1") == "peer-1.tailnet.test"
