@@ -24,8 +24,10 @@ resolves is one the DNS listener answers, and the reverse):
       (AXFR, IXFR, ...)
 
 Answers carry `TTL` (60 s, see there), copy the ID, the question (its case too) and RD;
-AA for local answers; RA only when forwarding is on. Over UDP a reply fits the client's
-EDNS payload size (at most `EDNS_PAYLOAD`; 512 without EDNS), else it is truncated (TC).
+AA for local answers; RA only when forwarding is on. A forwarded answer (`relay`) has the
+resolver's rcode, records, AD and CD, never AA (we are not its authority). Over UDP a reply
+fits the client's EDNS payload size (at most `EDNS_PAYLOAD`; 512 without EDNS), else it is
+truncated (TC).
 
 Malformed queries are counted ``dns_drop_<reason>`` and get no answer, or the error a
 real server sends when the header could be read (then the question is copied if single):
@@ -162,7 +164,7 @@ def relay(query: dns.message.Message, upstream: dns.message.Message | None, *, u
     if rcode > 15 and resp.edns < 0:  # an extended rcode the client cannot receive
         rcode = dns.rcode.SERVFAIL
     resp.set_rcode(rcode)
-    resp.flags |= upstream.flags & (dns.flags.AA | dns.flags.AD | dns.flags.CD)
+    resp.flags |= upstream.flags & (dns.flags.AD | dns.flags.CD)  # not AA: we are not authoritative for it
     resp.answer, resp.authority = list(upstream.answer), list(upstream.authority)
     resp.additional = list(upstream.additional)
     return Outcome(_encode(resp, query, udp), f"dns_forward_{_rcode_name(rcode)}")

@@ -1,9 +1,7 @@
 """`DnsForwarder`: names outside the tailnet, asked of the netmap's resolvers through the tunnel.
 
-Which resolvers (`resolvers_for`, as tailscaled picks them): the split-DNS route
-(``DNSConfig.Routes``) with the longest suffix of the name, if it has resolvers; else
-``DNSConfig.Resolvers``; else ``FallbackResolvers``. Each ``addr`` is ``ip`` or
-``ip:port`` (``[v6]:port``); DoH / DoT URLs are skipped. At most `MAX_SERVERS` are tried.
+Which resolvers: dnsresolvers.py (`resolvers_for`: the split-DNS route for the name, else
+``DNSConfig.Resolvers``, else ``FallbackResolvers``; at most three).
 
 How: one DNS-over-TCP exchange (RFC 7766: a 2-byte length, then the message) per lookup
 and resolver, on our own userspace TCP (`TcpEngine.connect`, from our tailnet address of
@@ -31,22 +29,20 @@ Counters: ``dns_upstream_<ok|timeout|reset|refused|no_route|...>`` per resolver 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import dns.exception
 import dns.flags
 import dns.message
-import dns.name
-import dns.rdataclass
 import dns.rdatatype
 
 from sunbeam.shared.netmap import Netmap
-from sunbeam.shared.proto.tailcfg import DNSConfig, Resolver
+from sunbeam.shared.proto.tailcfg import DNSConfig
 from sunbeam.shared.proto.tcp import NoFreePort
 
 from . import dnsanswer
+from .dnsresolvers import addresses, resolvers_for
 
 if TYPE_CHECKING:
     from .tcpengine import TcpEngine
@@ -57,55 +53,12 @@ TIMEOUT = 6.0
 """Seconds a lookup may take, shared among its resolvers. A first SYN toward a peer may
 wait on DERP (our stack retransmits it after 1 and 3 s); stub resolvers give up after
 5 s and ask again, which joins the lookup in flight."""
-MAX_SERVERS = 3
 MAX_PENDING = 128
 MAX_WAITERS = 64
 LINGER = 5.0
 """After the reply, our FIN; a resolver that has not closed by then gets a RST."""
 
 Callback = Callable[[dns.message.Message | None], None]
-
-
-def resolvers_for(config: DNSConfig | None, qname: dns.name.Name) -> list[tuple[str, int]]:
-    """The resolvers (ip, port) to ask for ``qname``, in order."""
-    if config is None:
-        return []
-    best: list[Resolver] | None = None
-    best_len = -1
-    for suffix, resolvers in (config.routes or {}).items():
-        try:
-            zone = dns.name.from_text(suffix.rstrip(".") + ".")
-        except dns.exception.DNSException:
-            continue
-        if resolvers and qname.is_subdomain(zone) and len(zone) > best_len:
-            best, best_len = resolvers, len(zone)
-    chosen = best or config.resolvers or config.fallback_resolvers or []
-    servers = [s for s in map(_parse_addr, (r.addr for r in chosen)) if s is not None]
-    return list(dict.fromkeys(servers))[:MAX_SERVERS]
-
-
-def _parse_addr(addr: str) -> tuple[str, int] | None:
-    host, port = addr, 53
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else -1
-    elif addr.count(":") == 1:
-        host, _, text = addr.partition(":")
-        port = int(text) if text.isdigit() else -1
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None  # a DoH / DoT URL, or junk
-    return (str(ip), port) if 0 < port < 65536 else None
-
-
-def addresses(msg: dns.message.Message | None) -> list[str]:
-    """Every A and AAAA address in ``msg``'s answer section (CNAMEs followed by the server)."""
-    out: list[str] = []
-    for rrset in msg.answer if msg is not None else ():
-        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            out += [r.address for r in rrset]  # type: ignore[attr-defined]
-    return out
 
 
 class DnsForwarder:

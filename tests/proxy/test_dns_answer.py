@@ -190,7 +190,7 @@ def test_edns_is_mirrored_and_udp_replies_fit():
 
 def _upstream_for(query: dns.message.Message, n: int, rcode=dns.rcode.NOERROR) -> dns.message.Message:
     up = dns.message.make_response(dns.message.make_query(query.question[0].name, query.question[0].rdtype))
-    up.flags |= dns.flags.RA
+    up.flags |= dns.flags.RA | dns.flags.AA  # the resolver may be authoritative; we are not
     up.set_rcode(rcode)
     if n:
         up.answer.append(dns.rrset.from_text_list(query.question[0].name, 300, "IN", "A",

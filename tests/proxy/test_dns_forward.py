@@ -18,7 +18,7 @@ import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
-from sunbeam.services.proxy.dnsforward import addresses, resolvers_for
+from sunbeam.services.proxy.dnsresolvers import addresses, resolvers_for
 from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.headers import addr_bytes
@@ -46,7 +46,10 @@ def test_resolvers_for_picks_routes_then_resolvers_then_fallback():
     assert resolvers_for(config, N("x.tailnet.test"))[0] == ("203.0.113.53", 53)  # an empty route: no resolver
     assert resolvers_for(DNSConfig(fallback_resolvers=[Resolver(addr="198.51.100.1")]), N("a.b")) == [
         ("198.51.100.1", 53)]
-    assert resolvers_for(DNSConfig(resolvers=[Resolver(addr="1.2.3.4:0"), Resolver(addr="x:53")]), N("a.b")) == []
+    assert resolvers_for(DNSConfig(resolvers=[Resolver(addr="1.2.3.4:0"), Resolver(addr="x:53"),
+                                              Resolver(addr="[2001:db8::1]x"), Resolver(addr="1.2.3.4:x")]),
+                         N("a.b")) == []
+    assert resolvers_for(DNSConfig(resolvers=[Resolver(addr="[2001:db8::55]")]), N("a.b")) == [("2001:db8::55", 53)]
     assert resolvers_for(None, N("a.b")) == [] and resolvers_for(DNSConfig(), N("a.b")) == []
 
 
