@@ -67,7 +67,6 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
 import dns.rrset
-
 from sunbeam.shared.netmap import Netmap
 
 from .front import TAILNET

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import dns.exception
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rdatatype
-
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.proto.tailcfg import DNSConfig
 from sunbeam.shared.proto.tcp import NoFreePort
@@ -112,7 +112,7 @@ class DnsForwarder:
             msg = dns.message.from_wire(wire)
         except Exception:  # noqa: BLE001 - untrusted bytes
             msg = None
-        if msg is None or msg.flags & dns.flags.QR or len(msg.question) != 1:
+        if msg is None or msg.flags & dns.flags.QR or msg.opcode() != dns.opcode.QUERY or len(msg.question) != 1:
             self.loop.call_later(0, lambda: callback(None))
             return
         self.query(msg, lambda reply: callback(dnsanswer.relay(msg, reply, udp=False).wire))

@@ -15,7 +15,6 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.rdatatype
-
 from sunbeam.shared.proto.tailcfg import DNSConfig, Resolver
 
 __all__ = ["MAX_SERVERS", "addresses", "resolvers_for"]

@@ -39,7 +39,7 @@ from .dnsanswer import MAX_QUERY, answer, relay
 if TYPE_CHECKING:
     from .local import LocalSide
 
-__all__ = ["DnsServer", "IDLE_TIMEOUT", "MAX_TCP_CLIENTS"]
+__all__ = ["IDLE_TIMEOUT", "MAX_TCP_CLIENTS", "DnsServer"]
 
 UDP_BATCH = 256
 MAX_TCP_CLIENTS = 64

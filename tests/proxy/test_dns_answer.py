@@ -20,7 +20,14 @@ import dns.update
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sunbeam.services.proxy.dnsanswer import EDNS_PAYLOAD, MAX_QUERY, TTL, Zone, answer, relay
+from sunbeam.services.proxy.dnsanswer import (
+    EDNS_PAYLOAD,
+    MAX_QUERY,
+    TTL,
+    Zone,
+    answer,
+    relay,
+)
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.proto.tailcfg import DNSConfig, DNSRecord, Resolver
 
@@ -84,7 +91,7 @@ def test_tailnet_names_answer_their_addresses(name, rdtype, want):
 
 
 def test_the_question_is_copied_as_asked():
-    query, reply, _ = ask("PEER-1.Tailnet.Test.", "A", id=4321)
+    _, reply, _ = ask("PEER-1.Tailnet.Test.", "A", id=4321)
     assert reply.id == 4321
     assert reply.question[0].name.to_text() == "PEER-1.Tailnet.Test."  # its case too (0x20)
     assert reply.answer[0].name.to_text() == "PEER-1.Tailnet.Test."

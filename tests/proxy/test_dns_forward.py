@@ -1,5 +1,7 @@
-"""The dns listener's forwarder (services/proxy/dnsforward.py): which resolvers, and the real
-sunbeam-proxy forwarding a query over its own TCP through the tunnel.
+"""The dns listener's forwarder (services/proxy/dnsforward.py): which resolvers, the real
+sunbeam-proxy forwarding a query over its own TCP through the tunnel, and the forwarder's
+API (resolve, forward, one lookup per question, timeouts, failures) in this process over
+a stand-in TCP engine.
 
 The process test plays the control service and the WireGuard worker as
 tests/proxy/test_refusals.py does; the resolver is a peer's tailnet address, and the test
@@ -11,19 +13,33 @@ from __future__ import annotations
 import os
 import socket
 import time
+from types import SimpleNamespace
 
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
+from sunbeam.services.proxy import dnsforward
+from sunbeam.services.proxy.dnsforward import TIMEOUT, DnsForwarder
 from sunbeam.services.proxy.dnsresolvers import addresses, resolvers_for
 from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.headers import addr_bytes
 from sunbeam.shared.proto.tailcfg import DNSConfig, Resolver
-from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, RST, SYN, build_packet, parse_packet
+from sunbeam.shared.proto.tcp.segment import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    build_packet,
+    parse_packet,
+)
+from sunbeam.shared.runtime.loop import ServiceLoop
+from sunbeam.shared.runtime.shutdown import Shutdown
 
 from ..ip.vectors import OURS4, OURS6, PEER4
 from .test_proxy_service import PEER_KEY, Harness
@@ -208,3 +224,183 @@ def test_tcp_clients_are_forwarded_too(proxy):
             body += s.recv(65535)
     reply = dns.message.from_wire(body)
     assert reply.id == 77 and [r.address for r in reply.answer[0]] == ["203.0.113.77"]
+
+
+# -- the forwarder's API in this process, over a stand-in TCP engine ---------------------------------
+
+
+class FakeStack:
+    def __init__(self) -> None:
+        self.sent: dict[int, bytes] = {}
+        self.inbox: dict[int, bytes] = {}
+        self.shut: set[int] = set()
+        self.aborted: set[int] = set()
+
+    def send(self, cid, data, now) -> int:
+        self.sent[cid] = self.sent.get(cid, b"") + bytes(data)
+        return len(data)
+
+    def read(self, cid, n) -> bytes:
+        return self.inbox.pop(cid, b"")
+
+    def shutdown(self, cid, now) -> None:
+        self.shut.add(cid)
+
+    def abort(self, cid, now) -> None:
+        self.aborted.add(cid)
+
+
+class FakeEngine:
+    """`TcpEngine.connect` and the stack calls the forwarder makes; 192.0.2.0/24 routes nowhere."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.counters = loop.counters
+        self.stack = FakeStack()
+        self.conns: dict[int, tuple[tuple[str, int], object]] = {}
+        self.plane = SimpleNamespace(routes=SimpleNamespace(
+            lookup=lambda ip: None if ip.startswith("192.0.2.") else b"peer"))
+
+    def connect(self, src, dst, handler) -> int:
+        cid = len(self.conns) + 1
+        self.conns[cid] = (dst, handler)
+        return cid
+
+    def query_of(self, cid: int) -> dns.message.Message:
+        wire = self.stack.sent[cid]
+        assert int.from_bytes(wire[:2], "big") == len(wire) - 2
+        return dns.message.from_wire(wire[2:])
+
+    def answer(self, cid: int, ip: str | None = "203.0.113.7", *, wrong_id: bool = False, split: bool = False) -> None:
+        """Connect, then the resolver's reply to what was sent (or with another ID)."""
+        _dst, handler = self.conns[cid]
+        handler.on_connected()
+        query = self.query_of(cid)
+        reply = dns.message.make_response(query, recursion_available=True)
+        if wrong_id:
+            reply.id = query.id ^ 1
+        if ip is not None:
+            reply.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A", ip))
+        wire = reply.to_wire(prepend_length=True)
+        for part in ((wire[:3], wire[3:]) if split else (wire,)):
+            self.stack.inbox[cid] = part
+            handler.on_readable()
+
+
+class Fwd:
+    def __init__(self, resolvers=("203.0.113.53", "203.0.113.54"), enabled=True) -> None:
+        self.now = 100.0
+        self.shutdown = Shutdown()
+        self.loop = ServiceLoop("fwdtest", self.shutdown, clock=lambda: self.now)
+        self.engine = FakeEngine(self.loop)
+        self.fwd = DnsForwarder(self.engine, lambda ip: "100.64.0.5", enabled=enabled)
+        self.fwd.set_netmap(Netmap(dns=DNSConfig(resolvers=[Resolver(addr=a) for a in resolvers])))
+        self.got: list = []
+
+    def cb(self, reply) -> None:
+        self.got.append(reply)
+
+    def run(self, advance: float = 0.0) -> None:
+        self.now += advance
+        for _ in range(5):
+            self.loop.run_once(max_wait=0)
+
+    def close(self) -> None:
+        self.loop.close()
+        self.shutdown.close()
+
+
+@pytest.fixture()
+def fwd():
+    f = Fwd()
+    yield f
+    f.close()
+
+
+def test_resolve_asks_the_first_resolver_over_tcp(fwd):
+    fwd.fwd.resolve("www.example.com", "A", fwd.cb)
+    fwd.run()
+    assert not fwd.got  # not before the resolver answered
+    (dst, _h), = fwd.engine.conns.values()
+    assert dst == ("203.0.113.53", 53)
+    fwd.engine.answer(1, split=True)
+    fwd.run()
+    (reply,) = fwd.got
+    assert addresses(reply) == ["203.0.113.7"] and 1 in fwd.engine.stack.shut
+    assert fwd.engine.query_of(1).question[0].name == N("www.example.com")
+    assert fwd.loop.counters["dns_upstream_ok"] == 1 and not fwd.fwd.pending
+
+
+def test_the_same_question_in_flight_is_one_lookup(fwd):
+    fwd.fwd.resolve("www.example.com", "A", fwd.cb)
+    fwd.fwd.resolve("WWW.example.com.", dns.rdatatype.A, fwd.cb)
+    fwd.fwd.resolve("www.example.com", "AAAA", fwd.cb)  # another question
+    assert len(fwd.engine.conns) == 2
+    fwd.engine.answer(1)
+    fwd.run()
+    assert [addresses(r) for r in fwd.got] == [["203.0.113.7"], ["203.0.113.7"]]
+
+
+def test_forward_answers_with_the_clients_id(fwd):
+    fwd.fwd.forward(dns.message.make_query("www.example.com", "A", id=321).to_wire(), fwd.cb)
+    fwd.fwd.forward(b"junk", fwd.cb)
+    fwd.run()
+    assert fwd.got == [None]  # junk: not a query
+    fwd.engine.answer(1)
+    fwd.run()
+    reply = dns.message.from_wire(fwd.got[1])
+    assert reply.id == 321 and reply.flags & dns.flags.RA and addresses(reply) == ["203.0.113.7"]
+
+
+def test_a_wrong_reply_or_a_reset_moves_to_the_next_resolver_then_fails(fwd):
+    fwd.fwd.resolve("www.example.com", "A", fwd.cb)
+    fwd.engine.answer(1, wrong_id=True)
+    fwd.run()
+    assert not fwd.got and fwd.engine.conns[2][0] == ("203.0.113.54", 53) and 1 in fwd.engine.stack.aborted
+    fwd.engine.conns[2][1].on_reset("refused")
+    fwd.run()
+    assert fwd.got == [None]
+    counters = fwd.loop.counters
+    assert counters["dns_upstream_bad_reply"] == 1 and counters["dns_upstream_refused"] == 1
+
+
+def test_a_silent_resolver_gets_its_share_of_the_timeout(fwd):
+    fwd.fwd.resolve("www.example.com", "A", fwd.cb)
+    fwd.run(TIMEOUT / 2 + 0.01)  # two resolvers: half each
+    assert 1 in fwd.engine.stack.aborted and len(fwd.engine.conns) == 2
+    fwd.run(TIMEOUT / 2)
+    assert fwd.got == [None] and 2 in fwd.engine.stack.aborted
+    assert fwd.loop.counters["dns_upstream_timeout"] == 2
+
+
+def test_unrouted_resolvers_fail_without_a_connection():
+    f = Fwd(resolvers=("192.0.2.53", "https://dns.example/dns-query"))
+    try:
+        f.fwd.resolve("www.example.com", "A", f.cb)
+        f.run()
+        assert f.got == [None] and not f.engine.conns
+        assert f.loop.counters["dns_upstream_no_route"] == 1
+    finally:
+        f.close()
+
+
+def test_disabled_or_without_resolvers_or_overloaded_fails_at_once(monkeypatch):
+    for f, counter in ((Fwd(enabled=False), None), (Fwd(resolvers=()), "dns_upstream_no_resolvers")):
+        try:
+            f.fwd.resolve("www.example.com", "A", f.cb)
+            f.fwd.resolve("bad..name", "A", f.cb)
+            assert not f.got  # never inside the call
+            f.run()
+            assert f.got == [None, None] and not f.engine.conns
+            assert counter is None or f.loop.counters[counter] == 1
+        finally:
+            f.close()
+    monkeypatch.setattr(dnsforward, "MAX_PENDING", 2)
+    f = Fwd()
+    try:
+        for name in ("a.example", "b.example", "c.example"):
+            f.fwd.resolve(name, "A", f.cb)
+        f.run()
+        assert f.got == [None] and len(f.engine.conns) == 2 and f.loop.counters["dns_forward_overload"] == 1
+    finally:
+        f.close()

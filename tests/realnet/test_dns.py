@@ -16,7 +16,6 @@ import dns.message
 import dns.name
 import dns.reversename
 import pytest
-
 from sunbeam.refnet import netns
 from sunbeam.refnet.headscale import BASE_DOMAIN, EXTRA_RECORDS
 
@@ -41,7 +40,7 @@ def node(refnet):
 def _status(peer: dict) -> dict:
     import json
 
-    res = subprocess.run(peer["tailscale_cli"] + ["status", "--json"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(peer["tailscale_cli"] + ["status", "--json"], check=False, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -84,7 +83,7 @@ def dig(refnet, name: str, rdtype: str = "A", transport: str = "udp", *extra: st
                                    "+noall", "+comments", "+answer", *extra]
     if transport == "tcp":
         cmd.append("+tcp")
-    res = subprocess.run(cmd + ["-q", name, "-t", rdtype], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(cmd + ["-q", name, "-t", rdtype], check=False, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
     return Dig(res.stdout)
 
