@@ -22,7 +22,7 @@ API (every callback runs later from the loop, never inside the call):
                             question: the answer, or SERVFAIL; None if not a query)
     addresses(msg)          the A / AAAA addresses of a reply's answer section
 
-When ``enabled`` is off (``dns_forward = false``) every call fails (None / SERVFAIL).
+When the context's ``dns_forward`` is off (``enabled``) every call fails (None / SERVFAIL).
 Counters: ``dns_upstream_<ok|timeout|reset|refused|no_route|...>`` per resolver tried,
 ``dns_forward_overload``. Owned by the proxy's loop thread.
 """
@@ -40,6 +40,8 @@ import dns.rdatatype
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.proto.tailcfg import DNSConfig
 from sunbeam.shared.proto.tcp import NoFreePort
+from sunbeam.shared.runtime.counters import Counters
+from sunbeam.shared.runtime.loop import ServiceLoop
 
 from . import dnsanswer
 from .dnsresolvers import addresses, resolvers_for
@@ -62,14 +64,20 @@ Callback = Callable[[dns.message.Message | None], None]
 
 
 class DnsForwarder:
-    def __init__(self, engine: TcpEngine, source_for: Callable[[str], str | None], *, enabled: bool) -> None:
+    def __init__(self, loop: ServiceLoop, counters: Counters, engine: TcpEngine,
+                 source_for: Callable[[str], str | None], context: Any) -> None:
+        self.loop = loop
+        self.counters = counters
         self.engine = engine
-        self.loop = engine.loop
-        self.counters = engine.counters
         self.source_for = source_for
-        self.enabled = enabled
+        self.context = context
+        """The service's `Context`; read when asked (``dns_forward``), not at construction."""
         self.config: DNSConfig | None = None
         self.pending: dict[tuple[Any, ...], _Lookup] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.context.dns_forward)
 
     def set_netmap(self, netmap: Netmap) -> None:
         self.config = netmap.dns

@@ -15,7 +15,8 @@ Listener kinds (config ``[[contexts.X.listeners]]``):
 ``side.dns`` (`dnsforward.DnsForwarder`) asks the netmap's resolvers through the tunnel;
 it exists whatever the listeners (the proxies may use it for names outside the tailnet)
 and fails every call unless ``dns_forward`` is on. ``side.zone`` is the dns listeners'
-view of the current netmap (`dnsanswer.Zone`, built with ``side.names``).
+view of the current netmap (`dnsanswer.Zone`, built with ``side.names`` when a dns listener
+is configured).
 
 Per local connection a `Front` (front.py) parses the proxy request (if any), resolves the
 target, opens a tailnet TCP connection from our address of the same family, answers the
@@ -65,8 +66,8 @@ class LocalSide:
         self.engine = engine
         self.counters = svc.counters
         self.names = NameTable()
-        self.dns = DnsForwarder(engine, self.source_for, enabled=svc.context.dns_forward)
-        self.zone = Zone(NameTable(), forward=self.dns.enabled)
+        self.dns = DnsForwarder(svc.loop, svc.counters, engine, self.source_for, svc.context)
+        self.zone = Zone(NameTable())
         self.dns_servers: list[DnsServer] = []
         self.filter = PacketFilter(None)
         self.addresses: list[str] = []
@@ -96,8 +97,9 @@ class LocalSide:
 
     def _on_netmap(self, netmap: Netmap) -> None:
         self.names = NameTable.from_netmap(netmap)
-        self.zone = Zone.from_netmap(netmap, self.names, forward=self.dns.enabled)
         self.dns.set_netmap(netmap)
+        if self.dns_servers:
+            self.zone = Zone.from_netmap(netmap, self.names, forward=self.dns.enabled)
         if netmap.packet_filter != self.filter.source:  # a changed filter: count its bad entries once
             self.filter = PacketFilter(netmap.packet_filter)
             if bad := self.filter.bad_entries:
@@ -117,6 +119,7 @@ class LocalSide:
             return
         assert listener.listen is not None
         if listener.kind == "dns":
+            self.zone = Zone(self.names, forward=self.dns.enabled)
             server = DnsServer(self, listener)
             self.dns_servers.append(server)
             self.listen_socks.extend(server.sockets)

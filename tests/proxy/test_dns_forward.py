@@ -293,7 +293,8 @@ class Fwd:
         self.shutdown = Shutdown()
         self.loop = ServiceLoop("fwdtest", self.shutdown, clock=lambda: self.now)
         self.engine = FakeEngine(self.loop)
-        self.fwd = DnsForwarder(self.engine, lambda ip: "100.64.0.5", enabled=enabled)
+        self.fwd = DnsForwarder(self.loop, self.loop.counters, self.engine, lambda ip: "100.64.0.5",
+                                SimpleNamespace(dns_forward=enabled))
         self.fwd.set_netmap(Netmap(dns=DNSConfig(resolvers=[Resolver(addr=a) for a in resolvers])))
         self.got: list = []
 
