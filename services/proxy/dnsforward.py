@@ -22,7 +22,10 @@ API (every callback runs later from the loop, never inside the call):
                             question: the answer, or SERVFAIL; None if not a query)
     addresses(msg)          the A / AAAA addresses of a reply's answer section
 
-When the context's ``dns_forward`` is off (``enabled``) every call fails (None / SERVFAIL).
+When the context's ``dns_forward`` is off (``enabled``) every call fails (None / SERVFAIL),
+except `resolve` with ``for_proxy=True``: the SOCKS5/HTTP fronts resolve names outside the
+tailnet through the tunnel also when only an exit node is in use, as tailscaled resolves
+them through its exit node.
 Counters: ``dns_upstream_<ok|timeout|reset|refused|no_route|...>`` per resolver tried,
 ``dns_forward_overload``. Owned by the proxy's loop thread.
 """
@@ -84,8 +87,8 @@ class DnsForwarder:
 
     # -- the API -------------------------------------------------------------------------------
 
-    def query(self, msg: dns.message.Message, callback: Callback) -> None:
-        if not self.enabled or len(msg.question) != 1:
+    def query(self, msg: dns.message.Message, callback: Callback, *, for_proxy: bool = False) -> None:
+        if not (self.enabled or for_proxy) or len(msg.question) != 1:
             return self._fail_soon(callback, None)
         q = msg.question[0]
         do = bool(msg.ednsflags & dns.flags.DO) if msg.edns >= 0 else False
@@ -107,13 +110,13 @@ class DnsForwarder:
         self.pending[key] = lookup = _Lookup(self, key, upstream, servers, callback)
         lookup.next_server()
 
-    def resolve(self, name: str, qtype: str | int, callback: Callback) -> None:
+    def resolve(self, name: str, qtype: str | int, callback: Callback, *, for_proxy: bool = False) -> None:
         try:
             rdtype = dns.rdatatype.RdataType.make(qtype) if isinstance(qtype, int) else qtype
             msg = dns.message.make_query(name, rdtype)
         except (dns.exception.DNSException, ValueError):
             return self._fail_soon(callback, None)
-        self.query(msg, callback)
+        self.query(msg, callback, for_proxy=for_proxy)
 
     def forward(self, wire: bytes, callback: Callable[[bytes | None], None]) -> None:
         try:

@@ -71,7 +71,9 @@ class DnsServer:
                done: Callable[[], None] = lambda: None) -> bool:
         """Answer one query: ``send`` gets the reply (now, or when a forward completes,
         then ``done()`` is called too). True when a forward is in flight."""
-        out = answer(wire, self.side.zone, udp=udp)
+        zone, forwarder = self.side.zone, self.side.dns
+        assert zone is not None and forwarder is not None  # both made with a dns listener
+        out = answer(wire, zone, udp=udp)
         self.counters.incr(out.counter)
         if out.wire is not None:
             send(out.wire)
@@ -86,7 +88,7 @@ class DnsServer:
                 send(result.wire)
             done()
 
-        self.side.dns.query(query, forwarded)
+        forwarder.query(query, forwarded)
         return True
 
     # -- UDP ---------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import errno
 import ipaddress
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sunbeam.shared.config import Listener
 from sunbeam.shared.netmap import Netmap
@@ -44,14 +44,16 @@ from sunbeam.shared.proto.tcp import ConnectionRequest
 from sunbeam.shared.runtime.portcheck import open_listener, problem
 from sunbeam.shared.runtime.service import Service
 
-from .dnsanswer import Zone
-from .dnsforward import DnsForwarder
-from .dnsserver import DnsServer
 from .filter import PacketFilter
 from .front import Front
 from .names import NameTable
 from .splice import Splice
 from .tcpengine import TcpEngine
+
+if TYPE_CHECKING:
+    from .dnsanswer import Zone
+    from .dnsforward import DnsForwarder
+    from .dnsserver import DnsServer
 
 
 class ListenerUnavailable(SystemExit):
@@ -66,8 +68,14 @@ class LocalSide:
         self.engine = engine
         self.counters = svc.counters
         self.names = NameTable()
-        self.dns = DnsForwarder(svc.loop, svc.counters, engine, self.source_for, svc.context)
-        self.zone = Zone(NameTable())
+        ctx = svc.context
+        self.dns: DnsForwarder | None = None
+        """Only with a dns listener, ``dns_forward`` or an ``exit_node`` (dnspython costs ~9 MB)."""
+        if ctx.dns_forward or ctx.exit_node or any(lst.kind == "dns" for lst in ctx.listeners):
+            from .dnsforward import DnsForwarder
+
+            self.dns = DnsForwarder(svc.loop, svc.counters, engine, self.source_for, ctx)
+        self.zone: Zone | None = None
         self.dns_servers: list[DnsServer] = []
         self.filter = PacketFilter(None)
         self.addresses: list[str] = []
@@ -97,8 +105,11 @@ class LocalSide:
 
     def _on_netmap(self, netmap: Netmap) -> None:
         self.names = NameTable.from_netmap(netmap)
-        self.dns.set_netmap(netmap)
-        if self.dns_servers:
+        if self.dns is not None:
+            self.dns.set_netmap(netmap)
+        if self.dns_servers and self.dns is not None:
+            from .dnsanswer import Zone
+
             self.zone = Zone.from_netmap(netmap, self.names, forward=self.dns.enabled)
         if netmap.packet_filter != self.filter.source:  # a changed filter: count its bad entries once
             self.filter = PacketFilter(netmap.packet_filter)
@@ -119,6 +130,10 @@ class LocalSide:
             return
         assert listener.listen is not None
         if listener.kind == "dns":
+            from .dnsanswer import Zone
+            from .dnsserver import DnsServer
+
+            assert self.dns is not None
             self.zone = Zone(self.names, forward=self.dns.enabled)
             server = DnsServer(self, listener)
             self.dns_servers.append(server)

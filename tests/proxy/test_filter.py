@@ -203,7 +203,7 @@ def test_proxy_counts_and_logs_bad_entries_once_per_filter(caplog):
     """LocalSide._on_netmap with the real counters and logger; the service and TCP engine are
     stand-ins holding only what LocalSide reads when it has no listeners."""
     svc = SimpleNamespace(loop=None, log=StructLogger(logging.getLogger("test.proxy")), counters=Counters(),
-                          context=SimpleNamespace(listeners=[]))
+                          context=SimpleNamespace(listeners=[], dns_forward=False, exit_node=None))
     engine = SimpleNamespace(plane=SimpleNamespace(on_netmap=[]), on_request=None, gauges={})
     side = LocalSide(svc, engine)  # type: ignore[arg-type]
     on_netmap = engine.plane.on_netmap[0]

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.realnet
 MB = 1 << 20
 LAN_URL = f"http://{gateway.LAN_HOST}:{gateway.HTTP_PORT}"
 NET_URL = f"http://{gateway.INTERNET_HOST}:{gateway.HTTP_PORT}"
-PORTS = {"plain": 22080, "routes": 22180, "exit": 22280}  # socks5 = base, http = base + 1, forward = base + 2
+PORTS = {"plain": 22080, "routes": 22180, "exit": 22280}  # socks5 = base, http + 1, forward + 2, dns + 3
 
 
 def _node(net: dict, kind: str, **env: str) -> SunbeamNode:
@@ -38,6 +38,7 @@ def _node(net: dict, kind: str, **env: str) -> SunbeamNode:
         {"kind": "http", "listen": f"127.0.0.1:{base + 1}"},
         {"kind": "forward", "listen": f"127.0.0.1:{base + 2}",
          "target": f"{gateway.LAN_HOST}:{gateway.ECHO_PORT}"},
+        {"kind": "dns", "listen": f"127.0.0.1:{base + 3}"},
     ])
     n.start_pipeline(workers=2)
     n.wait_state("Running", timeout=40)
@@ -50,7 +51,8 @@ def nodes(refnet_gateway):
     try:
         made["plain"] = _node(refnet_gateway, "plain")
         made["routes"] = _node(refnet_gateway, "routes", SUNBEAM_ACCEPT_ROUTES="true")
-        made["exit"] = _node(refnet_gateway, "exit", SUNBEAM_ACCEPT_ROUTES="true", SUNBEAM_EXIT_NODE=gateway.NAME)
+        made["exit"] = _node(refnet_gateway, "exit", SUNBEAM_ACCEPT_ROUTES="true", SUNBEAM_EXIT_NODE=gateway.NAME,
+                             SUNBEAM_DNS_FORWARD="true")
         yield made
     finally:
         for n in made.values():
@@ -211,3 +213,36 @@ def test_cli_shows_routes_exit_nodes_and_who_routes_an_address(refnet_gateway, n
     assert sorted(r["kind"] for r in lan["routed_by"]) == ["exit", "subnet"], lan  # its subnet and its 0.0.0.0/0
     text = nodes["plain"].ctl("peers").stdout
     assert gateway.SUBNET in text, text
+
+
+def _dig(net: dict, kind: str, *args: str) -> str:
+    res = subprocess.run(net["exec_prefix"] + ["dig", "@127.0.0.1", "-p", str(PORTS[kind] + 3), "+time=8",
+                                                "+tries=1", *args], capture_output=True, text=True, timeout=30)
+    return res.stdout
+
+
+def _lan_dns_log(net: dict) -> str:
+    from pathlib import Path
+
+    return (Path(net["workdir"]) / "lan-dnsserver.log").read_text()
+
+
+def test_names_outside_the_tailnet_resolve_through_the_exit_node(refnet_gateway, nodes):
+    url = f"http://{gateway.INTERNET_NAME}:{gateway.HTTP_PORT}/whoami"
+    before = _lan_dns_log(refnet_gateway).count(f"query {gateway.INTERNET_NAME}.")
+    for proxy in (_socks("exit"), _http("exit")):
+        res = until_ok(lambda: _curl(refnet_gateway, "--fail", *proxy, url, timeout=20))
+        assert res.returncode == 0 and b'"lan-host"' in res.stdout, res.stderr + nodes["exit"].log("proxy")[-2000:].encode()
+    # the LAN's DNS server (reachable only through the gateway) was asked
+    assert _lan_dns_log(refnet_gateway).count(f"query {gateway.INTERNET_NAME}.") > before
+    # no exit node and no dns_forward: a name outside the tailnet is unknown at once
+    res = _curl(refnet_gateway, *_http("routes"), url, timeout=10)
+    assert b"no tailnet node has that name" in res.stdout, res
+    # the dns listener forwards with dns_forward (through the exit node), and refuses without
+    out = _dig(refnet_gateway, "exit", gateway.INTERNET_NAME)
+    assert "status: NOERROR" in out and gateway.INTERNET_HOST in out and " ra" in out, out
+    out = _dig(refnet_gateway, "exit", "nosuch.internet.test", "+tcp")
+    assert "status: NXDOMAIN" in out, out
+    assert "status: REFUSED" in _dig(refnet_gateway, "routes", gateway.INTERNET_NAME)
+    out = _dig(refnet_gateway, "exit", "gateway.tailnet.test")  # tailnet names stay local
+    assert "status: NOERROR" in out and refnet_gateway["gateway"]["ips"][0] in out, out
