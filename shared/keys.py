@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +81,7 @@ class KeyPair:
 
     @classmethod
     def generate(cls) -> KeyPair:
-        return cls.from_private(secrets.token_bytes(KEY_LEN))
+        return cls.from_private(os.urandom(KEY_LEN))  # = secrets.token_bytes, without hmac/hashlib
 
     def private_bytes(self) -> bytes:
         value = self.private.reveal()

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import hashlib
+from _blake2 import blake2s  # = hashlib.blake2s; hashlib would load OpenSSL's libcrypto (~0.5 MB)
 
 WORKER_BITS = 8
 MAX_WORKERS = 1 << WORKER_BITS  # config allows at most 64
@@ -21,7 +21,7 @@ INDEX_BITS = 32 - WORKER_BITS
 def owner(node_key: bytes, workers: int) -> int:
     if workers < 1:
         raise ValueError("workers must be >= 1")
-    digest = hashlib.blake2s(node_key, digest_size=4).digest()
+    digest = blake2s(node_key, digest_size=4).digest()
     return int.from_bytes(digest, "big") % workers
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import ssl
 import stat
 import urllib.parse
 from collections.abc import Mapping
@@ -145,6 +144,8 @@ def check_ca_file(path: Path, where: str) -> Path:
         fail(where, f"cannot read {path}: {exc.strerror or exc}")
     if len(data) > _MAX_CA_BYTES:
         fail(where, f"{path} is too large for a CA file (over 16 MiB)")
+    import ssl  # only with a ca_file: ssl loads libssl and libcrypto (~1 MB per process)
+
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
     except (UnicodeDecodeError, ssl.SSLError, ValueError):

@@ -10,7 +10,6 @@ silently leaking the value.
 
 from __future__ import annotations
 
-import hmac
 from typing import NoReturn
 
 __all__ = ["REDACTED", "Secret"]
@@ -47,6 +46,8 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret) or type(self._value) is not type(other._value):
             return NotImplemented
+        import hmac  # here, not at the top: hmac loads OpenSSL's libcrypto (~0.5 MB per process)
+
         a, b = self._value, other._value
         if isinstance(a, str):
             return hmac.compare_digest(a.encode(), b.encode())  # type: ignore[union-attr]

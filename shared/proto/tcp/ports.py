@@ -35,7 +35,7 @@ local port`` (ports 16-bit big-endian).
 
 from __future__ import annotations
 
-import hashlib
+from _blake2 import blake2s  # = hashlib.blake2s; hashlib would load OpenSSL's libcrypto (~0.5 MB)
 from collections.abc import Container
 
 __all__ = ["FIRST_PORT", "ISN_CLOCK_HZ", "LAST_PORT", "NoFreePort", "PortChooser"]
@@ -63,7 +63,7 @@ class PortChooser:
         if not 0 < first <= last <= 65535:
             raise ValueError(f"bad port range {first}-{last}")
         self._port_key = secret[:16]
-        self._isn_key = secret[16:32] if len(secret) >= 32 else hashlib.blake2s(secret, digest_size=16).digest()
+        self._isn_key = secret[16:32] if len(secret) >= 32 else blake2s(secret, digest_size=16).digest()
         self.horizon = horizon
         self.first, self.count = first, last - first + 1
         self._table = [0] * TABLE
@@ -74,7 +74,7 @@ class PortChooser:
         """A local port for a new connection whose key starts with ``prefix`` (remote addr |
         local addr | remote port). Raises `NoFreePort`."""
         self._expire(now)
-        digest = hashlib.blake2s(prefix, key=self._port_key, digest_size=8).digest()
+        digest = blake2s(prefix, key=self._port_key, digest_size=8).digest()
         offset = int.from_bytes(digest[:4], "big")
         index = int.from_bytes(digest[4:], "big") % TABLE
         table, recent, first, count = self._table, self._recent, self.first, self.count
@@ -107,5 +107,5 @@ class PortChooser:
 
     def isn(self, key: bytes, now: float) -> int:
         """The initial sequence number for a connection on ``key`` (RFC 6528)."""
-        f = int.from_bytes(hashlib.blake2s(key, key=self._isn_key, digest_size=4).digest(), "big")
+        f = int.from_bytes(blake2s(key, key=self._isn_key, digest_size=4).digest(), "big")
         return (int(now * ISN_CLOCK_HZ) + f) & _M32

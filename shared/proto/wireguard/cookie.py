@@ -22,8 +22,8 @@ libsodium (PyNaCl): ``cryptography`` has no XChaCha, and only cookie replies nee
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from _blake2 import blake2s  # = hashlib.blake2s; hashlib and hmac would load OpenSSL's libcrypto
+from _operator import _compare_digest as compare_digest  # = hmac.compare_digest
 import math
 import struct
 from collections.abc import Callable
@@ -40,14 +40,14 @@ _II = struct.Struct("<II")
 
 
 def _hash(*parts: bytes) -> bytes:
-    h = hashlib.blake2s()
+    h = blake2s()
     for p in parts:
         h.update(p)
     return h.digest()
 
 
 def mac(key: bytes, data: bytes) -> bytes:
-    return hashlib.blake2s(data, digest_size=MAC_LEN, key=key).digest()
+    return blake2s(data, digest_size=MAC_LEN, key=key).digest()
 
 
 def mac1_key(public: bytes) -> bytes:
@@ -71,13 +71,13 @@ class CookieChecker:
         self.secret_set = -math.inf
 
     def check_mac1(self, msg: bytes) -> bool:
-        return hmac.compare_digest(mac(self.mac1_key, msg[:-32]), msg[-32:-16])
+        return compare_digest(mac(self.mac1_key, msg[:-32]), msg[-32:-16])
 
     def check_mac2(self, msg: bytes, src: bytes, now: float) -> bool:
         if now - self.secret_set > COOKIE_REFRESH_TIME:
             return False
         cookie = mac(self.secret, src)
-        return hmac.compare_digest(mac(cookie, msg[:-16]), msg[-16:])
+        return compare_digest(mac(cookie, msg[:-16]), msg[-16:])
 
     def create_reply(self, msg: bytes, receiver: int, src: bytes, now: float,
                      random_bytes: Callable[[int], bytes]) -> bytes:

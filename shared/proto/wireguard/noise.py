@@ -24,8 +24,7 @@ The pre-shared key is 32 zero bytes (Tailscale uses none).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from _blake2 import blake2s  # = hashlib.blake2s; hashlib and hmac would load OpenSSL's libcrypto
 import math
 import struct
 
@@ -60,14 +59,24 @@ _TAI = struct.Struct(">QI")
 
 
 def hash_(*parts: bytes) -> bytes:
-    h = hashlib.blake2s()
+    h = blake2s()
     for p in parts:
         h.update(p)
     return h.digest()
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 def _hmac(key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, hashlib.blake2s)
+    """HMAC-BLAKE2s (RFC 2104, 64-byte blocks): what ``hmac.digest(key, data, hashlib.blake2s)``
+    computes, the same way (with a hash constructor it takes this pure-Python path too)."""
+    if len(key) > 64:
+        key = blake2s(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = blake2s(key.translate(_IPAD) + data).digest()
+    return blake2s(key.translate(_OPAD) + inner).digest()
 
 
 def kdf1(ck: bytes, ikm: bytes) -> bytes:
