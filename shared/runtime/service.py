@@ -21,12 +21,12 @@ Ownership: everything in `Service` belongs to the process's main thread.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import zmq
@@ -110,13 +110,43 @@ def _serve_ctl(svc: Service, sock: zmq.Socket[Any]) -> None:
         svc.loop.shutdown.set(f"stop request: {req.reason}")
 
 
-def parse_args(name: str, argv: list[str] | None, sharded: bool) -> argparse.Namespace:
+def parse_args(name: str, argv: list[str] | None, sharded: bool) -> Any:
+    """The command line (an ``argparse.Namespace``). The forms supervisord and the tests use
+    (``--config X``, ``--context X``, ``--worker N``, each as two words) are read here;
+    anything else goes to argparse, which is imported only then (~0.3 MB per process)."""
+    args = sys.argv[1:] if argv is None else argv
+    fast = _parse_simple(args, sharded)
+    if fast is not None:
+        return fast
+    import argparse
+
     ap = argparse.ArgumentParser(prog=f"sunbeam-{name}", description=f"sunbeam {name} service")
     ap.add_argument("--config", help="config file (default: $SUNBEAM_CONFIG or ~/.config/sunbeam/config.toml)")
     ap.add_argument("--context", help="context name (default: $SUNBEAM_CONTEXT or default_context)")
     if sharded:
         ap.add_argument("--worker", type=int, default=0, help="this worker's number, 0..wg_workers-1")
     return ap.parse_args(argv)
+
+
+def _parse_simple(args: list[str], sharded: bool) -> Any:
+    """What argparse would return for ``args`` of the simple forms, else None."""
+    values: dict[str, Any] = {"config": None, "context": None}
+    if sharded:
+        values["worker"] = 0
+    if len(args) % 2:
+        return None
+    for option, value in zip(args[::2], args[1::2], strict=True):
+        key = option[2:]
+        if not option.startswith("--") or key not in values or value.startswith("-"):
+            return None
+        if key == "worker":
+            try:
+                values[key] = int(value)
+            except ValueError:
+                return None
+        else:
+            values[key] = value
+    return SimpleNamespace(**values)
 
 
 def run_service(name: str, setup: Callable[[Service], None] | None = None, *, argv: list[str] | None = None,
