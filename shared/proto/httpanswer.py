@@ -15,10 +15,8 @@ Sans-IO: text in, text out.
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
-from http import HTTPStatus
 
 __all__ = ["MAX_EXCERPT", "NOT_CONTROL_SERVER", "describe_answer", "excerpt", "printable"]
 
@@ -49,6 +47,8 @@ def excerpt(body: bytes | str, limit: int = MAX_EXCERPT) -> str:
     text = _decode(body[: 16 * 1024])
     if text.lstrip().startswith("<"):
         text = _TAG.sub(" ", _HIDDEN_BLOCKS.sub(" ", text))
+        import html  # only for an unexpected answer: html.entities is a ~0.3 MB table
+
         text = html.unescape(text)  # before `printable`: "&#27;" is an escape character too
     text = printable(text)
     if len(text) <= limit:
@@ -66,6 +66,8 @@ def describe_answer(status: int, reason: bytes | str = "", body: bytes | str = b
     [ (body: '<excerpt>')]``. ``reason`` empty (HTTP/2 has none): the standard phrase."""
     phrase = printable(_decode(reason))[:MAX_REASON]
     if not phrase:
+        from http import HTTPStatus  # a rare path: the enum costs ~0.1 MB
+
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
