@@ -19,13 +19,15 @@ conversion per packet, ~0.2 instead of ~1.7 us for 1280 bytes):
 
 Groups smaller than `MIN_GROUP` (numpy's fixed cost per call is a few microseconds) and
 the odd lengths of a batch use the big-integer way (`fold16`).
+
+numpy (~8 MB per process) is imported at the first group that uses it, i.e. the first bulk
+transfer, not when the proxy starts: an idle or lightly used proxy never loads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
+from types import ModuleType
 
 __all__ = ["MIN_GROUP", "fold16", "word_sum", "word_sums"]
 
@@ -35,6 +37,7 @@ _M5120 = (1 << 5120) - 1
 _M2560 = (1 << 2560) - 1
 _M1280 = (1 << 1280) - 1
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_np: ModuleType | None = None
 
 
 def fold16(x: int) -> int:
@@ -80,7 +83,16 @@ def word_sums(packets: Sequence[bytes]) -> list[int]:
     return out
 
 
+def _numpy() -> ModuleType:
+    global _np
+    import numpy
+
+    _np = numpy
+    return numpy
+
+
 def _group_sums(packets: Sequence[bytes], length: int) -> list[int]:
+    np = _np or _numpy()
     pad = _PAD[length & 3]
     buf = b"".join(packets) if not pad else pad.join(packets) + pad
     rows = np.frombuffer(buf, dtype="<u4").reshape(len(packets), (length + len(pad)) >> 2)
