@@ -43,7 +43,8 @@ DEFAULT_LOG_LEVEL = "info"
 
 
 class Address(msgspec.Struct, frozen=True, kw_only=True):
-    """A host (IP literal without brackets, or DNS name) and a TCP port."""
+    """A host (IP literal without brackets, or DNS name) and a port (TCP; a dns listener's
+    UDP too)."""
 
     host: str
     port: int
