@@ -9,7 +9,9 @@
               (Private_Clean + Private_Dirty: what the process alone costs) and Anonymous.
 2. imports    per service, the modules ``import sunbeam.services.<svc>.main`` loads beyond a
               bare interpreter, by top-level package, and for each package its cost alone,
-              each in a fresh interpreter: USS and RSS before/after ``import <package>``
+              each in a fresh interpreter: anonymous memory and RSS before/after ``import <package>``
+              (anonymous, not USS: a library's file pages count as shared as soon as any other
+              process on the machine maps them, so USS moves with what else runs)
               and ``-X importtime``'s cumulative time. Packages overlap (ssl comes with
               several), so the column does not add up; the service's row is exact.
 
@@ -87,8 +89,8 @@ def delta(p: dict, key: str) -> int:
     return p["after"].get(key, 0) - p["before"].get(key, 0)
 
 
-def uss_delta(p: dict) -> int:
-    return delta(p, "Private_Clean") + delta(p, "Private_Dirty")
+def anon_delta(p: dict) -> int:
+    return delta(p, "Anonymous")
 
 
 def importtime(module: str, python: str = sys.executable) -> dict[str, float]:
@@ -121,23 +123,22 @@ def service_imports(top: int) -> dict:
         for pkg in tops:
             if pkg not in cache:
                 try:
-                    cache[pkg] = uss_delta(probe(pkg))
+                    cache[pkg] = anon_delta(probe(pkg))
                 except (RuntimeError, subprocess.TimeoutExpired):
                     cache[pkg] = -1
         ranked = sorted(tops, key=lambda m: -cache[m])
         result[svc] = {
-            "uss_mb": round(uss_delta(p) * KB / MB, 2), "rss_mb": round(delta(p, "Rss") * KB / MB, 2),
+            "anon_mb": round(anon_delta(p) * KB / MB, 2), "rss_mb": round(delta(p, "Rss") * KB / MB, 2),
             "modules": len(p["new"]), "packages": tops,
             "import_s": round(times.get("sunbeam", 0.0), 3),
-            "top": [{"package": m, "uss_mb": round(cache[m] * KB / MB, 2), "import_s": round(times.get(m, 0.0), 3)}
+            "top": [{"package": m, "anon_mb": round(cache[m] * KB / MB, 2), "import_s": round(times.get(m, 0.0), 3)}
                     for m in ranked[:top]],
         }
     base = probe("sys")  # a bare interpreter, for scale
     result["bare_interpreter"] = {"rss_mb": round(base["after"]["Rss"] * KB / MB, 2),
-                                  "uss_mb": round((base["after"]["Private_Clean"] + base["after"]["Private_Dirty"])
-                                                  * KB / MB, 2)}
+                                  "anon_mb": round(base["after"]["Anonymous"] * KB / MB, 2)}
     sup = probe("supervisor.supervisord")
-    result["supervisord_import"] = {"uss_mb": round(uss_delta(sup) * KB / MB, 2),
+    result["supervisord_import"] = {"anon_mb": round(anon_delta(sup) * KB / MB, 2),
                                     "rss_mb": round(delta(sup, "Rss") * KB / MB, 2), "modules": len(sup["new"])}
     return result
 
@@ -189,13 +190,13 @@ def table(results: dict) -> str:
     imp = results.get("imports")
     if imp:
         b = imp["bare_interpreter"]
-        lines.append(f"bare interpreter: RSS {b['rss_mb']} MB, USS {b['uss_mb']} MB; supervisor.supervisord import: "
-                     f"USS +{imp['supervisord_import']['uss_mb']} MB")
+        lines.append(f"bare interpreter: RSS {b['rss_mb']} MB, anon {b['anon_mb']} MB; supervisor.supervisord import: "
+                     f"anon +{imp['supervisord_import']['anon_mb']} MB")
         for svc in SERVICES:
             s = imp[svc]
-            lines.append(f"{svc}: import main = USS +{s['uss_mb']} MB, RSS +{s['rss_mb']} MB, {s['modules']} modules, "
-                         f"{s['import_s']} s; costliest packages alone (USS MB / import s):")
-            lines.append("    " + ", ".join(f"{t['package']} {t['uss_mb']}/{t['import_s']}" for t in s["top"]))
+            lines.append(f"{svc}: import main = anon +{s['anon_mb']} MB, RSS +{s['rss_mb']} MB, {s['modules']} modules, "
+                         f"{s['import_s']} s; costliest packages alone (anon MB / import s):")
+            lines.append("    " + ", ".join(f"{t['package']} {t['anon_mb']}/{t['import_s']}" for t in s["top"]))
     return "\n".join(lines)
 
 
