@@ -2,7 +2,7 @@
 
 Both read the netmap once, as ``peers`` does (`fetch_netmap`: the control service's PUB
 socket through `watch.read_netmap`). A node is named as the proxy names it
-(services/proxy/names.py `NameTable`: an IP, the MagicDNS FQDN, its first label with or
+(shared/netmap/names.py `NameTable`: an IP, the MagicDNS FQDN, its first label with or
 without a search domain, the OS hostname; case-insensitive, trailing dot ignored), our own
 node included. ``ping`` shares `find_peer` / `close_matches` / `unknown_peer` (peers only).
 
@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..services.proxy.names import NameTable
+from ..shared.netmap.names import NameTable
 from ..shared.netmap import Netmap, Peer, SelfNode
 from ..shared.netmap.routes import choose_exit_node, offers_exit, subnet_routes
 from .client import discover

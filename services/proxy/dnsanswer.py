@@ -70,7 +70,7 @@ import dns.rrset
 from sunbeam.shared.netmap import Netmap
 
 from .front import TAILNET
-from .names import NameTable
+from sunbeam.shared.netmap.names import NameTable
 
 __all__ = ["EDNS_PAYLOAD", "MAX_QUERY", "TTL", "Outcome", "Zone", "answer", "relay"]
 

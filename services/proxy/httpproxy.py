@@ -52,7 +52,7 @@ from http import HTTPStatus
 
 import h11
 
-from .names import parse_target
+from sunbeam.shared.netmap.names import parse_target
 
 __all__ = ["ConnectRequest", "ForwardRequest", "HttpProxyServer", "ProtocolError", "State"]
 

@@ -46,7 +46,7 @@ from sunbeam.shared.runtime.service import Service
 
 from .filter import PacketFilter
 from .front import Front
-from .names import NameTable
+from sunbeam.shared.netmap.names import NameTable
 from .splice import Splice
 from .tcpengine import TcpEngine
 

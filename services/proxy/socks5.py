@@ -41,7 +41,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from .names import is_valid_host
+from sunbeam.shared.netmap.names import is_valid_host
 
 __all__ = [
     "AddressType",

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import h11
 import pytest
 from sunbeam.services.proxy import httpproxy, socks5
-from sunbeam.services.proxy.names import resolve
+from sunbeam.shared.netmap.names import resolve
 
 from .test_names import NETMAP
 

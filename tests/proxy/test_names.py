@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sunbeam.services.proxy.names import NameTable, is_valid_host, parse_target, resolve
+from sunbeam.shared.netmap.names import NameTable, is_valid_host, parse_target, resolve
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.tailcfg import DNSConfig, DNSRecord
 

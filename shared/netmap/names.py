@@ -20,14 +20,15 @@ the first wins. Names are unique in a tailnet, so ties only arise among OS hostn
 A node answers with one of its own addresses (``Addresses``, not routed subnets):
 the first of the preferred family (``family_pref`` 4 or 6), else the first of the other.
 
-For the dns listener (dnsanswer.py) the table also answers `lookup_name` (names only, no
+For the proxy's dns listener (services/proxy/dnsanswer.py) the table also answers `lookup_name` (names only, no
 IP literals), `reverse` (a tailnet address -> the node's MagicDNS name, else the first
 ExtraRecords name of it), `has_names_under` (an empty non-terminal: a name that exists
 only as the parent of others, e.g. the base domain) and `domain` (the MagicDNS suffix: our
 node's name without its first label, as tailscaled's ``MagicDNSSuffix`` finds it; not
 ``MapResponse.Domain``, which names the tailnet - Headscale sends its server's host name).
 
-Ownership: the proxy's loop thread builds a `NameTable` per netmap (like `RouteTable`);
+Ownership: the proxy's loop thread builds a `NameTable` per netmap (like its `RouteTable`),
+and `sunbeam-ctl` (ip, whois, ping) one per command, so a name means the same to both;
 `resolve` is the one-shot form.
 
 `parse_target` splits a ``host:port`` (``peer-a:80``, ``[fd7a::1]:22``) from the
@@ -41,7 +42,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from sunbeam.shared.netmap import Netmap
+from . import Netmap
 
 __all__ = ["NameTable", "is_valid_host", "parse_target", "resolve"]
 
