@@ -10,7 +10,6 @@ answers the proxy's TCP segments itself (SYN-ACK, the DNS reply, or a RST).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from types import SimpleNamespace
@@ -42,6 +41,7 @@ from sunbeam.shared.runtime.loop import ServiceLoop
 from sunbeam.shared.runtime.shutdown import Shutdown
 
 from ..ip.vectors import OURS4, OURS6, PEER4
+from .proxyconf import free_port, proxy_env
 from .test_proxy_service import PEER_KEY, Harness
 
 N = dns.name.from_text
@@ -90,33 +90,10 @@ NETMAP = Netmap(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def proxy(tmp_path):
-    rundir = tmp_path / "run"
-    rundir.mkdir(mode=0o700)
-    port = _free_port()
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[contexts.t]
-control_url = "http://127.0.0.1:9"
-auth_key = "tskey-unit-test"
-runtime_dir = "{rundir}"
-state_dir = "{tmp_path / 'state'}"
-wg_workers = 1
-log_level = "debug"
-dns_forward = true
-[[contexts.t.listeners]]
-kind = "dns"
-listen = "127.0.0.1:{port}"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
-    env.update(SUNBEAM_CONFIG=str(cfg))
+    port = free_port()
+    rundir, env = proxy_env(tmp_path, [("dns", f"127.0.0.1:{port}")], 'log_level = "debug"\ndns_forward = true')
     h = Harness(rundir, env)
     h.dns = ("127.0.0.1", port)
     try:

@@ -3,7 +3,6 @@ connect` runs first) and the real sunbeam-proxy name whichever is taken in one l
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -11,6 +10,8 @@ import time
 import pytest
 from sunbeam.shared.config import Address, Listener
 from sunbeam.shared.runtime.portcheck import check_listeners, open_dns
+
+from .proxyconf import proxy_env
 
 
 def _dns(port: int, host: str = "127.0.0.1") -> Listener:
@@ -68,21 +69,7 @@ def test_port_zero_gets_one_port_for_both():
 
 
 def test_proxy_exits_2_when_the_dns_udp_port_is_taken(tmp_path, udp_taken):
-    rundir = tmp_path / "run"
-    rundir.mkdir(mode=0o700)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[contexts.t]
-control_url = "http://127.0.0.1:9"
-auth_key = "tskey-unit-test"
-runtime_dir = "{rundir}"
-state_dir = "{tmp_path / 'state'}"
-wg_workers = 1
-[[contexts.t.listeners]]
-kind = "dns"
-listen = "127.0.0.1:{udp_taken}"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")} | {"SUNBEAM_CONFIG": str(cfg)}
+    rundir, env = proxy_env(tmp_path, [("dns", f"127.0.0.1:{udp_taken}")])
     started = time.monotonic()
     res = subprocess.run(["sunbeam-proxy"], check=False, env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stderr

@@ -14,6 +14,8 @@ import pytest
 from sunbeam.shared.config import Address, Listener
 from sunbeam.shared.runtime.portcheck import check_listeners, open_listener
 
+from .proxyconf import free_port, proxy_env
+
 
 def _socks(host: str, port: int) -> Listener:
     return Listener(kind="socks5", listen=Address(host=host, port=port))
@@ -28,19 +30,13 @@ def taken():
         yield s.getsockname()[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_port_in_use_is_named(taken):
     assert check_listeners([_socks("127.0.0.1", taken)]) == [
         f"listener socks5 cannot listen on 127.0.0.1:{taken}: address already in use"]
 
 
 def test_free_port_passes_and_stays_free():
-    port = _free_port()
+    port = free_port()
     listeners = [_socks("127.0.0.1", port), Listener(kind="http", listen=Address(host="127.0.0.1", port=0)),
                  Listener(kind="inbound", port=22, target=Address(host="127.0.0.1", port=22))]
     assert check_listeners(listeners) == []
@@ -92,25 +88,8 @@ def test_privileged_port():
 
 
 def test_proxy_exits_2_naming_the_listener(tmp_path, taken):
-    rundir = tmp_path / "run"
-    rundir.mkdir(mode=0o700)
-    free = _free_port()
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[contexts.t]
-control_url = "http://127.0.0.1:9"
-auth_key = "tskey-unit-test"
-runtime_dir = "{rundir}"
-state_dir = "{tmp_path / 'state'}"
-wg_workers = 1
-[[contexts.t.listeners]]
-kind = "http"
-listen = "127.0.0.1:{free}"
-[[contexts.t.listeners]]
-kind = "socks5"
-listen = "127.0.0.1:{taken}"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")} | {"SUNBEAM_CONFIG": str(cfg)}
+    free = free_port()
+    rundir, env = proxy_env(tmp_path, [("http", f"127.0.0.1:{free}"), ("socks5", f"127.0.0.1:{taken}")])
     started = time.monotonic()
     res = subprocess.run(["sunbeam-proxy"], check=False, env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stderr

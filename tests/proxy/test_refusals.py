@@ -9,7 +9,6 @@ tests/realnet/test_soak.py.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import time
@@ -18,41 +17,18 @@ import pytest
 from sunbeam.shared.proto.ip.headers import PROTO_TSMP, build_ip, checksum, parse
 from sunbeam.shared.proto.tcp.segment import ACK, RST, SYN, build_packet, parse_packet
 
+from ..ip.vectors import PEER4
+from .proxyconf import free_port, proxy_env
 from .test_proxy_service import Harness
-from ..ip.vectors import OURS4, PEER4
 
 SOCKS_PORT_BASE = 21080
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def proxy(tmp_path):
-    rundir = tmp_path / "run"
-    rundir.mkdir(mode=0o700)
-    socks, http = _free_port(), _free_port()
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[contexts.t]
-control_url = "http://127.0.0.1:9"
-auth_key = "tskey-unit-test"
-runtime_dir = "{rundir}"
-state_dir = "{tmp_path / 'state'}"
-wg_workers = 1
-log_level = "debug"
-[[contexts.t.listeners]]
-kind = "socks5"
-listen = "127.0.0.1:{socks}"
-[[contexts.t.listeners]]
-kind = "http"
-listen = "127.0.0.1:{http}"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SUNBEAM_")}
-    env.update(SUNBEAM_CONFIG=str(cfg))
+    socks, http = free_port(), free_port()
+    rundir, env = proxy_env(tmp_path, [("socks5", f"127.0.0.1:{socks}"), ("http", f"127.0.0.1:{http}")],
+                            'log_level = "debug"')
     h = Harness(rundir, env)
     h.socks, h.http = socks, http
     try:
