@@ -25,14 +25,13 @@ Owned by the proxy's loop thread.
 
 from __future__ import annotations
 
-import errno
 import functools
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sunbeam.shared.config import Listener
-from sunbeam.shared.runtime.portcheck import open_dns
+from sunbeam.shared.runtime.portcheck import accept_ready, open_dns
 
 from .dnsanswer import MAX_QUERY, answer, relay
 
@@ -114,16 +113,7 @@ class DnsServer:
     # -- TCP ---------------------------------------------------------------------------------
 
     def _on_accept(self, lsock: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self.counters.incr("accept_fd_exhausted")
-                    return
-                raise
+        for sock in accept_ready(lsock, self.counters):
             if len(self.clients) >= MAX_TCP_CLIENTS:
                 self.counters.incr("dns_drop_tcp_too_many")
                 sock.close()

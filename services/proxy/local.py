@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 from sunbeam.shared.config import Listener
 from sunbeam.shared.netmap import Netmap
+from sunbeam.shared.netmap.names import NameTable
 from sunbeam.shared.proto.tcp import ConnectionRequest
-from sunbeam.shared.runtime.portcheck import open_listener, problem
+from sunbeam.shared.runtime.portcheck import accept_ready, open_listener, problem
 from sunbeam.shared.runtime.service import Service
 
 from .filter import PacketFilter
 from .front import Front
-from sunbeam.shared.netmap.names import NameTable
 from .splice import Splice
 from .tcpengine import TcpEngine
 
@@ -146,16 +146,7 @@ class LocalSide:
                       port=sock.getsockname()[1], target=str(listener.target) if listener.target else None)
 
     def _accept(self, lsock: socket.socket, listener: Listener) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self.counters.incr("accept_fd_exhausted")
-                    return
-                raise
+        for sock in accept_ready(lsock, self.counters):
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.counters.incr(f"accepted_{listener.kind}")

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..config import Address, Listener
 
-__all__ = ["BACKLOG", "UdpBindError", "check_listeners", "open_dns", "open_listener", "open_udp", "problem"]
+__all__ = ["BACKLOG", "UdpBindError", "accept_ready", "check_listeners", "open_dns", "open_listener", "open_udp", "problem"]
 
 BACKLOG = 256
 PORT_ZERO_TRIES = 16
@@ -117,3 +118,20 @@ def check_listeners(listeners: Iterable[Listener]) -> list[str]:
         except OSError as exc:
             problems.append(problem(listener, exc))
     return problems
+
+
+def accept_ready(lsock: socket.socket, counters: Any, most: int = 64) -> Iterator[socket.socket]:
+    """The connections waiting on a listening socket, at most ``most`` per wake-up (the loop
+    comes back for the rest); out of file descriptors is counted (``accept_fd_exhausted``)
+    and ends the round, the backlog keeps them."""
+    for _ in range(most):
+        try:
+            sock, _addr = lsock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                counters.incr("accept_fd_exhausted")
+                return
+            raise
+        yield sock
