@@ -3,14 +3,16 @@
 It answers ICMP/ICMPv6 echo requests and TSMP pings addressed to our tailnet addresses,
 sends ICMP echo requests to peers on request, and owns the userspace TCP/IP engine (our
 sans-IO TCP, `tcpengine.py`) with the local side (`local.py`): port forwards, SOCKS5 and
-HTTP proxy listeners on 127.0.0.1, and inbound connections from tailnet peers.
+HTTP proxy listeners on 127.0.0.1, the dns listener (UDP + TCP, `dnsserver.py`), and
+inbound connections from tailnet peers. Where a connection goes follows the peers'
+AllowedIPs as `shared/netmap/routes.py` keeps them (``accept_routes``, ``exit_node``).
 
 Sockets (all ``ipc://<rundir>/<name>.sock``):
 
     proxy-in     PULL, bound     FromPeer(peer_key, packets) from the wg workers  (plane.py)
     wg-<k>-in    PUSH, connected ToPeer(peer_key, packets) to worker owner(peer)   (outbox.py)
     control-pub  SUB, connected  the netmap: our addresses, peers' AllowedIPs     (plane.py)
-    proxy-ping   REP, bound      PingPeer -> PingResult                            (ping.py)
+    proxy-ping   REP, bound      PingPeer -> PingResult                            (pingserver.py)
     proxy-ctl    REP, bound      health / status / stop (run_service)
 
 The packet work is sans-IO in `sunbeam.shared.proto.ip` (`IpResponder`) and `pingrun.py`.
