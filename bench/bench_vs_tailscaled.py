@@ -26,7 +26,8 @@ medians and the sunbeam/tailscaled ratio:
 
 Needs root (network namespaces) and the reference binaries (`sunbeam-refnet install`).
 Traffic stays inside the namespace. Prints a table, then writes JSON (default
-bench/results/latest.json).
+bench/results/latest.json, which is tracked: each case has sunbeam, tailscaled and ratio,
+so anyone can diff two runs).
 """
 
 from __future__ import annotations
@@ -267,6 +268,17 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def with_ratios(results: dict) -> dict:
+    """Each case ``{"sunbeam": x, "tailscaled": y}`` gains ``"ratio": x / y`` (rounded), so a
+    diff of two latest.json files shows the ratio moving, not only the figures."""
+    for value in results.values():
+        if isinstance(value, dict) and {"sunbeam", "tailscaled"} <= value.keys():
+            a, b = value["sunbeam"], value["tailscaled"]
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+                value["ratio"] = round(a / b, 3)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=200, help="extra registered nodes for the large-netmap case")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "latest.json"))
     args = ap.parse_args(argv)
-    results = run(args)
+    results = with_ratios(run(args))
     print(table(results))
     save_results(results, args.json)
     return 0
