@@ -199,7 +199,7 @@ def version_line() -> str:
 
 
 def save_results(results: dict, path: str) -> None:
-    """Write a bench's results as JSON (bench/results/ is not tracked) and say where."""
+    """Write a bench's results as JSON and say where (in bench/results/ only latest.json is tracked)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
