@@ -22,6 +22,8 @@ Each is an ``ipc://`` endpoint in the context's runtime directory, ``<rundir>/<n
     in:      peer -> udp  -+-> wg-{k}-in -> wg-{k} -> proxy-in -> proxy -> app
              peer -> derp -+   (disco between udp and derp: udp-in / derp-in; wg-{k} asks
                                 udp for a direct path with PathWanted on udp-in)
+    direct:  with SUNBEAM_DIRECT_SOCKETS=1, wg-{k} <-> kernel UDP <-> peer on a trusted direct
+             path (its own socket on udp's port); what lands there for udp: UdpForwarded
     control: control -> control-pub -> derp, udp, wg-*, proxy   (the netmap, our state)
              udp -> udp-pub, derp -> derp-pub -> control        (our endpoints, home region)
 

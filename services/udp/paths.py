@@ -4,7 +4,8 @@ Feeds it the netmap (peers' node and disco keys, endpoints), ``PathWanted`` from
 workers, and disco pings/pongs/CallMeMaybe received over UDP or DERP; sends what it
 returns -- pings sealed to the peer's disco key to a UDP address, CallMeMaybe via DERP to
 the peer's home region -- and publishes each `PathUpdate` as ``PeerPath`` to the worker
-that owns the peer (``wg-<k>-in``). Keeps one timer at `DiscoPaths.next_timer` (a `CoreTimer`).
+that owns the peer (``wg-<k>-in``), with our port when the workers are to use direct
+sockets (`PathFinder.direct_port`). Keeps one timer at `DiscoPaths.next_timer` (a `CoreTimer`).
 Each change of a peer's path (not a renewal) is logged as ``path``, with the core's view
 of that peer (`DiscoPaths.describe`: round trip, trust left, outstanding pings).
 
@@ -61,11 +62,13 @@ STUN_TARGETS = 4
 
 class PathFinder:
     def __init__(self, svc: Service, udp: UdpSocket, boxes: DiscoBoxes, node_key: bytes,
-                 wg_out: list[zmq.Socket[Any]], derp_out: zmq.Socket[Any]) -> None:
+                 wg_out: list[zmq.Socket[Any]], derp_out: zmq.Socket[Any], *, direct_port: int = 0) -> None:
         self.svc, self.udp, self.boxes = svc, udp, boxes
         self.counters = svc.counters
         self.core = DiscoPaths(node_key, os.urandom)
         self.wg_out, self.derp_out = wg_out, derp_out
+        self.direct_port = direct_port
+        """Our port in every `PeerPath`: the worker uses its own direct socket (0: it does not)."""
         self.home: dict[bytes, int] = {}
         self.stun_endpoints: list[str] = []
         self.local_endpoints: list[str] = []
@@ -177,7 +180,7 @@ class PathFinder:
                 self.svc.log.info("path", peer=to_text("nodekey:", update.node_key)[8:20], addr=update.addr or "derp",
                                   was=update.was or "derp", **self.core.describe(update.node_key, now))
             worker = owner(update.node_key, len(self.wg_out))
-            msg = PeerPath(peer_key=update.node_key, addr=update.addr, until=update.until)
+            msg = PeerPath(peer_key=update.node_key, addr=update.addr, until=update.until, port=self.direct_port)
             WG_IN.send(self.wg_out[worker], msg, self.counters)
             if update.addr:
                 self.counters.incr("paths.trusted_updates")

@@ -9,10 +9,11 @@ Sockets (declared in shared/channels.py; what this service does with each)::
     UDP [::]:$SUNBEAM_UDP_PORT (0 = random; logged as ``udp_listening port=…``)
     udp-in      PULL bind     `UDP_IN_CODEC`:  UdpSend -> datagrams out;
                                                DiscoReceived -> pongs via derp-in;
-                                               PathWanted -> disco pings (paths.py)
+                                               PathWanted -> disco pings (paths.py);
+                                               UdpForwarded -> as if received here
     wg-<k>-in   PUSH connect  `WG_IN_CODEC`:   UdpReceived(src, packets, segments), one
                                                per (worker, src) and loop iteration;
-                                               PeerPath(peer, addr, until)
+                                               PeerPath(peer, addr, until, port)
     derp-in     PUSH connect  `DERP_IN_CODEC`: DerpSend(peer, region, pongs / CallMeMaybe)
     udp-pub     PUB  bind     `UDP_PUB_CODEC`: UdpStatus(port, endpoints) for control
     control-pub SUB  connect  the netmap (peers' disco keys and endpoints)
@@ -25,6 +26,9 @@ STUN responses -> the path finder (our mapped endpoint); disco (magic ``TS💬``
 finder (`paths.PathFinder`: which direct address each peer is trusted at, see
 `sunbeam.shared.proto.discopaths`); other WireGuard messages -> the worker
 `wgroute.route` picks; anything else a counted drop ``rx.drop.<reason>``.
+With direct sockets on (main.py), a worker receives its direct peers' datagrams on its own
+socket and hands us what is ours (disco, mostly) as `UdpForwarded`: each datagram is
+handled as above (``rx.from_wg``).
 PUSH sockets have a bounded HWM; a full one is a counted drop (``wg_in.dropped`` /
 ``derp_in.dropped``, in packets).
 
@@ -46,6 +50,7 @@ from sunbeam.shared.messages.dataplane import (
     DerpSend,
     DiscoReceived,
     PathWanted,
+    UdpForwarded,
     UdpReceived,
     UdpSend,
 )
@@ -82,7 +87,8 @@ SUPPRESSED_REPORT_S = 60.0
 class UdpService:
     """The shell: feeds datagrams and udp-in messages to the cores, sends their output."""
 
-    def __init__(self, svc: Service, udp: UdpSocket, boxes: DiscoBoxes, node_key: bytes) -> None:
+    def __init__(self, svc: Service, udp: UdpSocket, boxes: DiscoBoxes, node_key: bytes, *,
+                 direct_sockets: bool = False) -> None:
         self.svc, self.udp, self.boxes = svc, udp, boxes
         self.counters = svc.counters
         self.workers = svc.context.wg_workers
@@ -98,7 +104,8 @@ class UdpService:
         udp_in = UDP_IN.bind(loop, rundir)
         loop.on_readable(udp_in, decoding_handler(UDP_IN_CODEC, self.on_udp_in, self.counters,
                                                   bad_log=self.drops, counter="udp_in.bad_message"))
-        self.paths = PathFinder(svc, udp, boxes, node_key, self.wg_out, self.derp_out)
+        self.paths = PathFinder(svc, udp, boxes, node_key, self.wg_out, self.derp_out,
+                                direct_port=udp.port if direct_sockets else 0)
         loop.on_readable(udp, self.on_datagrams)
         loop.on_iteration_end(self.flush)
         loop.call_later(SUPPRESSED_REPORT_S, self._report_suppressed)
@@ -176,10 +183,15 @@ class UdpService:
 
     # -- from the other services -----------------------------------------------------
 
-    def on_udp_in(self, msg: UdpSend | DiscoReceived | PathWanted) -> None:
+    def on_udp_in(self, msg: UdpSend | DiscoReceived | PathWanted | UdpForwarded) -> None:
         if isinstance(msg, UdpSend):
             for dst in msg.dsts:
                 self.udp.send(msg.packets, dst)
+            return
+        if isinstance(msg, UdpForwarded):
+            self.counters.incr("rx.from_wg", len(msg.packets))
+            for pkt in msg.packets:
+                self.on_datagram(pkt, msg.src)
             return
         if isinstance(msg, PathWanted):
             self.paths.want(msg.peer_key)

@@ -17,6 +17,19 @@ either may be missing, then the plain path is used and counted):
   route's device) turns GSO off for good; EINVAL (a segment above the route MTU) resends
   that run datagram by datagram.
 
+Sharing the port (``reuse_port``, the direct sockets of issue 20): the udp service's
+socket then sets ``SO_REUSEPORT`` before its bind, and each WireGuard worker may bind its
+own socket to the same port and ``connect()`` it to one peer's trusted endpoint
+(`UdpSocket.connected`): Linux hands a datagram to the connected socket whose 4-tuple it
+matches before any unconnected one, and never picks a connected socket for anyone else's
+datagrams (``reuseport_select_sock_by_hash`` skips them), so that peer's datagrams go to
+the worker and everything else still to the udp service. When a worker's socket closes
+(kill -9 included) the kernel delivers that peer's datagrams to the wildcard socket again.
+Sends on a connected socket give no address (the kernel's cached route). A connected socket
+reports an ICMP error of an earlier datagram (port unreachable) as ECONNREFUSED on its next
+send or receive: counted (``tx.econnrefused`` / ``rx.error.ECONNREFUSED``), and the send is
+tried once more (the error was not about that datagram).
+
 Counters: ``rx.datagrams``, ``rx.gro_batches`` (recvmsg calls returning > 1 datagram),
 ``rx.drop.truncated``, ``rx.error.<errno>``; ``tx.datagrams``, ``tx.gso_sends`` /
 ``tx.gso_datagrams``, ``tx.plain_sends``, ``tx.gso_fallback``, ``tx.gso_disabled``,
@@ -73,10 +86,15 @@ def gso_runs(packets: list[bytes], max_segments: int = MAX_GSO_SEGMENTS,
 class UdpSocket:
     """The service's UDP socket (see the module docstring)."""
 
-    def __init__(self, port: int, counters: Counters, *, offload: bool = True) -> None:
+    def __init__(self, port: int, counters: Counters, *, offload: bool = True, reuse_port: bool = False,
+                 family: int | None = None) -> None:
+        """``reuse_port``: set ``SO_REUSEPORT`` (see the module docstring); ``family``: only
+        that one (AF_INET6 dual-stack or AF_INET), else AF_INET6 with a fallback to AF_INET."""
         self.counters = counters
-        self.sock = _open(port)
+        self.sock = _open(port, reuse_port=reuse_port, family=family)
         self.family = self.sock.family
+        self.peer = ""
+        """``connected``: the peer's ``ip:port`` this socket is connected to ("" = none)."""
         self.port: int = self.sock.getsockname()[1]
         self.gro = offload and _try(lambda: self.sock.setsockopt(SOL_UDP, UDP_GRO, 1))
         self.gso = offload and _try(lambda: self.sock.getsockopt(SOL_UDP, UDP_SEGMENT))
@@ -86,6 +104,20 @@ class UdpSocket:
         self._src_text: dict[Any, str] = {}  # sockaddr -> text; cleared when full
         self._dst_addr: dict[str, Any] = {}  # text -> sockaddr; cleared when full
 
+    @classmethod
+    def connected(cls, port: int, dst: str, counters: Counters, *, family: int | None = None,
+                  offload: bool = True) -> UdpSocket:
+        """A socket bound to ``port`` with ``SO_REUSEPORT`` beside the udp service's, and
+        connected to ``dst`` (``ip:port``). OSError / ValueError if either cannot be done."""
+        self = cls(port, counters, offload=offload, reuse_port=True, family=family)
+        try:
+            self.sock.connect(self._sockaddr(dst))
+        except (OSError, ValueError):
+            self.sock.close()
+            raise
+        self.peer = dst
+        return self
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
@@ -94,13 +126,17 @@ class UdpSocket:
 
     # -- receive ---------------------------------------------------------------------
 
-    def recv_bursts(self, budget: int) -> list[tuple[bytes, str, int]]:
-        """Up to ``budget`` recvmsg calls until EAGAIN: [(data, src text, segment size)],
-        where a nonzero segment size says ``data`` is a GRO burst of datagrams that long,
-        back to back (the last may be shorter), left for the caller to split or not."""
+    def recv_bursts(self, budget: int, max_bytes: int = 0) -> list[tuple[bytes, str, int]]:
+        """Up to ``budget`` recvmsg calls until EAGAIN (or, with ``max_bytes``, until that
+        much was read): [(data, src text, segment size)], where a nonzero segment size says
+        ``data`` is a GRO burst of datagrams that long, back to back (the last may be
+        shorter), left for the caller to split or not."""
         out: list[tuple[bytes, str, int]] = []
         incr = self.counters.incr
+        taken = 0
         for _ in range(budget):
+            if max_bytes and taken >= max_bytes:
+                break
             try:
                 n, anc, flags, addr = self.sock.recvmsg_into([self._buf], self._ancsize)
             except BlockingIOError:
@@ -123,6 +159,7 @@ class UdpSocket:
                 gso_size = 0
                 incr("rx.datagrams")
             out.append((bytes(self._view[:n]), self._text_of(addr), gso_size))
+            taken += n
         return out
 
     def _text_of(self, addr: Any) -> str:
@@ -138,9 +175,11 @@ class UdpSocket:
 
     def send(self, packets: list[bytes], dst: str) -> None:
         """Send every packet to ``dst`` (``"ip:port"`` / ``"[v6]:port"``); failures are
-        counted drops (the network may refuse; WireGuard and disco retry)."""
-        addr = self._dst_addr.get(dst)
-        if addr is None:
+        counted drops (the network may refuse; WireGuard and disco retry). On a connected
+        socket, ``dst`` equal to its peer is sent without an address."""
+        connected = dst == self.peer and bool(dst)
+        addr = None if connected else self._dst_addr.get(dst)
+        if addr is None and not connected:
             try:
                 addr = self._sockaddr(dst)
             except ValueError:
@@ -156,14 +195,20 @@ class UdpSocket:
             if len(run) == 1 or not self._send_gso(run, addr):
                 self._send_plain(run, addr)
 
-    def _send_gso(self, run: list[bytes], addr: Any) -> bool:
+    def _send_gso(self, run: list[bytes], addr: Any, retried: bool = False) -> bool:
         cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(run[0])))]
         try:
-            self.sock.sendmsg(run, cmsg, 0, addr)  # one iovec per datagram: no joined copy
+            if addr is None:
+                self.sock.sendmsg(run, cmsg, 0)
+            else:
+                self.sock.sendmsg(run, cmsg, 0, addr)  # one iovec per datagram: no joined copy
         except BlockingIOError:
             self.counters.incr("tx.drop.eagain", len(run))
             return True
         except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED and not retried:  # an earlier datagram's ICMP error
+                self.counters.incr("tx.econnrefused")
+                return self._send_gso(run, addr, True)
             if exc.errno == errno.EIO:
                 self.gso = False
                 self.counters.incr("tx.gso_disabled")
@@ -178,15 +223,24 @@ class UdpSocket:
         return True
 
     def _send_plain(self, packets: list[bytes], addr: Any) -> None:
+        sock = self.sock
         for i, pkt in enumerate(packets):
-            try:
-                self.sock.sendto(pkt, addr)
-            except BlockingIOError:
-                self.counters.incr("tx.drop.eagain", len(packets) - i)
-                return
-            except OSError as exc:
-                self._count_error(exc, len(packets) - i)
-                return
+            for attempt in (0, 1):
+                try:
+                    if addr is None:
+                        sock.send(pkt)
+                    else:
+                        sock.sendto(pkt, addr)
+                    break
+                except BlockingIOError:
+                    self.counters.incr("tx.drop.eagain", len(packets) - i)
+                    return
+                except OSError as exc:
+                    if exc.errno == errno.ECONNREFUSED and not attempt:  # an earlier datagram's ICMP error
+                        self.counters.incr("tx.econnrefused")
+                        continue
+                    self._count_error(exc, len(packets) - i)
+                    return
             self.counters.incr("tx.plain_sends")
             self.counters.incr("tx.datagrams")
 
@@ -234,23 +288,30 @@ def _try(probe: Any) -> bool:
     return True
 
 
-def _open(port: int) -> socket.socket:
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    except OSError:
-        sock = None
+def _open(port: int, *, reuse_port: bool = False, family: int | None = None) -> socket.socket:
+    sock = None
+    if family in (None, socket.AF_INET6):
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:
+            if family is not None:
+                raise
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("::", port))
         except OSError as exc:
             sock.close()
-            if exc.errno == errno.EADDRINUSE:
+            if exc.errno == errno.EADDRINUSE or family is not None:
                 raise
             sock = None  # IPv6 disabled (EADDRNOTAVAIL, EAFNOSUPPORT): IPv4 only
     if sock is None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("0.0.0.0", port))
         except OSError:
             sock.close()

@@ -27,6 +27,12 @@ everything we send is lost until a rehandshake 15 s later. A response goes back 
 its initiation came; an initiation goes to the trusted direct address, else the UDP
 address the peer last reached us from when that is fresh (UDP_FRESH), else over DERP.
 
+Direct sockets (`direct.py`, issue 20): when a `PeerPath` carries udp's port, the worker
+opens its own UDP socket on that port connected to the peer's trusted address; it then
+sends that peer's datagrams itself and receives them from the kernel, skipping the udp
+service both ways. What such a socket receives that is not this worker's WireGuard (disco,
+mostly) goes to udp as `UdpForwarded` on ``udp-in``.
+
 Per-peer stats (``sunbeam-ctl peers``): the service's ctl socket answers `PeersRequest`
 with `Worker.peer_stats`, one `PeerStats` per owned peer. Its path is "direct" while a
 trusted direct address (or a fresh authenticated UDP receipt) exists, else "derp" once
@@ -59,6 +65,7 @@ from sunbeam.shared.messages.dataplane import (
     PathWanted,
     PeerPath,
     ToPeer,
+    UdpForwarded,
     UdpReceived,
     UdpSend,
 )
@@ -76,6 +83,7 @@ from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.service import Service
 from sunbeam.shared.sharding import owner
 
+from .direct import DirectSockets
 from .statsfile import (
     PeerTotals,
     StatsFile,
@@ -92,6 +100,7 @@ MAX_BATCH = 256
 INBOX_BYTES = 256 * 1024
 UDP_FRESH = 12.0  # s: a peer's last authenticated UDP source carries our handshakes this long
 WANT_INTERVAL = 1.0  # s: PathWanted per peer at most this often
+DIRECT_SWEEP = 1.0  # s: direct sockets of lapsed paths are closed this often
 _HANDSHAKE = (MESSAGE_INITIATION, MESSAGE_RESPONSE)
 _INITIATION = bytes((MESSAGE_INITIATION,))
 
@@ -110,6 +119,8 @@ class PeerRoute:
     direct: str = ""
     direct_until: float = 0.0
     """The disco-trusted direct address and its deadline (`PeerPath`)."""
+    direct_port: int = 0
+    """udp's port for our own direct sockets (`PeerPath.port`; 0: none)."""
     last_wanted: float = 0.0
 
     def direct_path(self, now: float) -> str:
@@ -193,6 +204,9 @@ class Worker:
         self.derp = DERP_IN.connect(z, rundir)
         self.proxy = PROXY_IN.connect(z, rundir)
         self.peers_out = {j: WG_IN.connect(z, rundir, k=j) for j in range(self.workers) if j != self.index}
+        self.direct = DirectSockets(z, self.counters, self.noisy, self.index, self._on_direct)
+        svc.on_stop.append(self.direct.close_all)
+        z.call_later(DIRECT_SWEEP, self._sweep_direct)
         z.on_iteration_end(self._flush)
         self.timer = CoreTimer(self.loop, self.device.next_timer, self.loop.now, self._on_timer)
 
@@ -212,6 +226,7 @@ class Worker:
                 wanted[key] = peer
         for key in list(self.routes):
             if key not in wanted:
+                self.direct.close(key)
                 self.totals.fold(key, self._live(key))
                 self.device.remove_peer(key)
                 del self.routes[key]
@@ -244,18 +259,45 @@ class Worker:
             if isinstance(msg, ToPeer):
                 self._send_ip(msg.peer_key, msg.packets, now)
             elif isinstance(msg, UdpReceived):
-                if msg.segments:
-                    self._receive_bursts(msg, now)
-                else:
-                    self._receive(msg.packets, now, udp_src=msg.src)
+                self._on_udp_received(msg, now)
             elif isinstance(msg, DerpReceived):
                 self._receive(msg.packets, now, derp_from=msg.peer_key, derp_region=msg.region)
             elif isinstance(msg, PeerPath):
                 route = self.routes.get(msg.peer_key)
                 if route is not None:
-                    route.direct, route.direct_until = msg.addr, msg.until
+                    route.direct, route.direct_until, route.direct_port = msg.addr, msg.until, msg.port
                     self.counters.incr("path_updates")
+                    self.direct.set_path(msg.peer_key, msg.addr if now < msg.until else "", msg.port, now)
         self.timer.rearm()
+
+    def _on_udp_received(self, msg: UdpReceived, now: float) -> None:
+        if msg.segments:
+            self._receive_bursts(msg, now)
+        else:
+            self._receive(msg.packets, now, udp_src=msg.src)
+
+    def _on_direct(self, peer_key: bytes, sock: Any) -> None:
+        """A peer's direct socket is readable: ours to decrypt, the rest to udp."""
+        mine, sizes, other = self.direct.receive(sock, self.loop.now())
+        for src, pkts in other.items():
+            for i in range(0, len(pkts), MAX_BATCH):
+                UDP_IN.send(self.udp, UdpForwarded(src=src, packets=pkts[i:i + MAX_BATCH]), self.counters)
+            self.counters.incr("direct.to_udp", len(pkts))
+        if mine:
+            now = self.loop.now()
+            for i in range(0, len(mine), MAX_BATCH):
+                part = sizes[i:i + MAX_BATCH]
+                self._on_udp_received(UdpReceived(src=sock.peer, packets=mine[i:i + MAX_BATCH],
+                                                  segments=part if any(part) else []), now)
+            self.timer.rearm()
+
+    def _sweep_direct(self) -> None:
+        """Close the sockets of lapsed paths and stale sources (udp may be gone: no PeerPath)."""
+        now = self.loop.now()
+        for key in set(self.direct.by_peer) | set(self.direct.trusted):
+            route = self.routes.get(key)
+            self.direct.sweep(key, route is not None and bool(route.direct_path(now)), now)
+        self.loop.call_later(DIRECT_SWEEP, self._sweep_direct)
 
     def _send_ip(self, peer_key: bytes, packets: list[bytes], now: float) -> None:
         if peer_key not in self.routes:
@@ -325,6 +367,8 @@ class Worker:
         if route is not None and result.error is None:  # every message of the batch authenticated
             if udp_src is not None:
                 route.heard_over_udp(udp_src, now)
+                if route.direct_port and udp_src not in self.direct.addrs(peer):  # through udp
+                    self.direct.add_source(peer, udp_src, route.direct_port, now)
             elif derp_from is not None:
                 route.heard_over_derp(derp_region, now)
         if result.to_peer:
@@ -371,7 +415,12 @@ class Worker:
 
     def _flush(self) -> None:
         out, self.out = self.out, IterationBatches()
+        by_addr = self.direct.by_addr
         for dsts, msgs in out.udp.items():
+            sock = by_addr.get(dsts[0]) if by_addr and len(dsts) == 1 else None
+            if sock is not None:  # the peer's own socket: no hop through udp
+                sock.send(msgs, dsts[0])
+                continue
             for i in range(0, len(msgs), MAX_BATCH):
                 UDP_IN.send(self.udp, UdpSend(dsts=list(dsts), packets=msgs[i:i + MAX_BATCH]), self.counters)
         for (key, region), msgs in out.derp.items():

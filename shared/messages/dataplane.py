@@ -11,8 +11,10 @@ The messages of each data socket (which process binds and connects each: shared/
         UdpReceived(src, packets, segments)  udp   -> wg: WireGuard messages from src
                                              (an entry with a segment size: a GRO burst)
         DerpReceived(peer_key, region, packets)  derp -> wg: WireGuard messages via DERP
-        PeerPath(peer_key, addr, until)      udp -> wg: the disco-trusted direct address
-                                             of a peer until ``until`` ("" = DERP only)
+        PeerPath(peer_key, addr, until, port)  udp -> wg: the disco-trusted direct address
+                                             of a peer until ``until`` ("" = DERP only);
+                                             ``port``: udp's UDP port when the worker is to
+                                             use its own socket for that path (0 = not)
     proxy-in    PULL at the proxy            `PROXY_IN_CODEC`
         FromPeer(peer_key, packets)          wg -> proxy: decrypted IP packets (source
                                              address already checked against AllowedIPs)
@@ -21,6 +23,8 @@ The messages of each data socket (which process binds and connects each: shared/
         DiscoReceived(peer_key, region, packets)  derp -> udp: disco messages via DERP
         PathWanted(peer_key)                 wg -> udp: data flows to this peer; find
                                              (or keep confirming) a direct path
+        UdpForwarded(src, packets)           wg -> udp: datagrams a worker's direct socket
+                                             received that are udp's (disco, mostly)
     derp-in     PULL at the derp service     `DERP_IN_CODEC`
         DerpSend(peer_key, region, packets)  wg/udp -> derp: send via ``region`` (the
                                              peer's home DERP region) to ``peer_key``
@@ -60,6 +64,7 @@ __all__ = [
     "ToPeer",
     "UDP_IN_CODEC",
     "UDP_PUB_CODEC",
+    "UdpForwarded",
     "UdpReceived",
     "UdpSend",
     "UdpStatus",
@@ -147,6 +152,9 @@ class PeerPath(_Batch, frozen=True):
     peer_key: PeerKey
     addr: Addr
     until: float
+    port: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] = 0
+    """The udp service's port, when the worker is to send and receive this path's datagrams
+    on its own socket bound to it and connected to ``addr`` (0: through the udp service)."""
 
 
 class PathWanted(_Batch, frozen=True):
@@ -155,8 +163,17 @@ class PathWanted(_Batch, frozen=True):
     peer_key: PeerKey
 
 
+class UdpForwarded(_Batch, frozen=True):
+    """Datagrams from ``src`` that a worker's direct (connected) socket received but that are
+    the udp service's to handle, as if they had arrived on its own socket: disco from the
+    peer, and anything that is not that peer's WireGuard for this worker."""
+
+    src: Addr
+    packets: Packets
+
+
 WgInput = ToPeer | UdpReceived | DerpReceived | PeerPath
-UdpInput = UdpSend | DiscoReceived | PathWanted
+UdpInput = UdpSend | DiscoReceived | PathWanted | UdpForwarded
 
 WG_IN_CODEC: Codec[WgInput] = Codec(WgInput)
 PROXY_IN_CODEC: Codec[FromPeer] = Codec(FromPeer)
