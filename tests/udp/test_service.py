@@ -52,7 +52,7 @@ def free_udp_port() -> int:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="sb-udp-"))
         os.chmod(self.base, 0o700)
         self.rundir = self.base / "run"
@@ -64,6 +64,7 @@ class Harness:
             SUNBEAM_AUTH_KEY="tskey-unit-test-secret", SUNBEAM_STATE_DIR=str(self.base / "state"),
             XDG_CONFIG_HOME=str(self.base / "cfg"), SUNBEAM_UDP_PORT=str(self.port), SUNBEAM_LOG_LEVEL="debug",
         )
+        self.env.update(extra_env or {})
         self.zctx = zmq.Context()
         self.pulls = {}
         for name in ("wg-0-in", "wg-1-in", "derp-in"):
@@ -77,6 +78,9 @@ class Harness:
         self.peer.settimeout(5)
         self.peer_text = f"127.0.0.1:{self.peer.getsockname()[1]}"
         self.log = open(self.base / "udp.log", "wb")
+        self.start()
+
+    def start(self) -> None:
         self.proc = subprocess.Popen(["sunbeam-udp"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_running()
         keys = json.loads((self.base / "state" / "keys.json").read_text())
