@@ -32,7 +32,7 @@ from .udpsock import UdpSocket
 
 ENV_PORT = "SUNBEAM_UDP_PORT"
 ENV_DIRECT = "SUNBEAM_DIRECT_SOCKETS"
-DIRECT_DEFAULT = False
+DIRECT_DEFAULT = True
 PORT_FILE = "udp.port"
 
 
