@@ -145,11 +145,13 @@ class ControlClient:
         self.noisy = RateLimitedLog(svc.log, max_lines=5, interval=60)
         self.counters = svc.counters
         self.ctx = svc.context
-        self.tls = client_context(self.ctx.ca_file)  # https: the system store plus ca_file
         self.me = me
         self.pub = publication
         url = urlsplit(self.ctx.control_url)
         self.url = url
+        # https: the system store plus ca_file. Only then: loading the system store takes
+        # ~35 ms of CPU at start, on connect's critical path (the config checked ca_file)
+        self.tls = client_context(self.ctx.ca_file) if url.scheme == "https" else None
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.server_key: bytes | None = None
@@ -206,7 +208,7 @@ class ControlClient:
 
     def _dial(self) -> None:
         """The TS2021 connection: TCP (and TLS for https) without blocking the loop."""
-        self._dialing = Dialer(self.loop, self.host, self.port, tls=self.tls if self.url.scheme == "https" else None,
+        self._dialing = Dialer(self.loop, self.host, self.port, tls=self.tls,
                              connect_timeout=CONNECT_TIMEOUT, on_done=self._on_dialed, on_error=self._on_dial_error)
         self._dialing.start()
 

@@ -28,7 +28,7 @@ RECV_SIZE = 65536
 
 
 class KeyFetch:
-    def __init__(self, loop: Any, control_url: str, capability_version: int, tls: ssl.SSLContext, *,
+    def __init__(self, loop: Any, control_url: str, capability_version: int, tls: ssl.SSLContext | None, *,
                  connect_timeout: float, timeout: float, on_key: Callable[[bytes], None],
                  on_error: Callable[[Exception, bool], None]) -> None:
         url = urlsplit(control_url)
