@@ -38,9 +38,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..shared.netmap.names import NameTable
 from ..shared.netmap import Netmap, Peer, SelfNode
-from ..shared.netmap.routes import choose_exit_node, offers_exit, subnet_routes
+from ..shared.netmap.names import NameTable
+from ..shared.netmap.routes import (
+    choose_exit_node,
+    in_tailnet,
+    offers_exit,
+    subnet_routes,
+)
 from .client import discover
 from .watch import read_netmap
 
@@ -51,7 +56,6 @@ NETMAP_TIMEOUT = 5.0
 NOT_RUNNING = "VPN: not running"
 NO_NETMAP = "no netmap yet (the control service is not running or not registered yet)"
 # tailscale's address ranges: an exit node does not carry them (ts:net/tsaddr)
-TAILNET_RANGES = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
 
 Node = Peer | SelfNode
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -204,7 +208,7 @@ def _routes_to(netmap: Netmap, addr: Address, accept_routes: bool, exit_peer: Pe
     ``addr`` (the first accepted: the longest prefix wins)."""
     subnets: list[tuple[int, dict[str, Any]]] = []
     exits: list[dict[str, Any]] = []
-    in_tailnet = any(addr in net for net in TAILNET_RANGES)
+    tailnet_addr = in_tailnet(addr)
     for p in netmap.peers:
         ips = node_ips(p)
         base = {"name": _name(p), "hostname": p.hostname, "id": p.id, "ip": ips[0] if ips else None}
@@ -212,7 +216,7 @@ def _routes_to(netmap: Netmap, addr: Address, accept_routes: bool, exit_peer: Pe
             net = ipaddress.ip_network(prefix, strict=False)
             if addr.version == net.version and addr in net:
                 subnets.append((net.prefixlen, {**base, "kind": "subnet", "prefix": prefix, "accepted": accept_routes}))
-        if offers_exit(p) and not in_tailnet:
+        if offers_exit(p) and not tailnet_addr:
             default = "0.0.0.0/0" if addr.version == 4 else "::/0"
             if default in p.allowed_ips:
                 chosen = exit_peer is not None and exit_peer.id == p.id

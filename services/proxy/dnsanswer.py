@@ -68,9 +68,8 @@ import dns.rdatatype
 import dns.reversename
 import dns.rrset
 from sunbeam.shared.netmap import Netmap
-
-from .front import TAILNET
 from sunbeam.shared.netmap.names import NameTable
+from sunbeam.shared.netmap.routes import in_tailnet
 
 __all__ = ["EDNS_PAYLOAD", "MAX_QUERY", "TTL", "Outcome", "Zone", "answer", "relay"]
 
@@ -183,14 +182,14 @@ def _answer_question(query: dns.message.Message, qname: dns.name.Name, qtype: in
             rrsets = [dns.rrset.from_rdata_list(qname, TTL, [_ptr(target)])] if qtype in (
                 dns.rdatatype.PTR, dns.rdatatype.ANY) else []
             return _reply(query, dns.rcode.NOERROR, zone, udp, rrsets)
-        if ip is not None and any(ipaddress.ip_address(ip) in net for net in TAILNET):
+        if ip is not None and in_tailnet(ip):
             return _reply(query, dns.rcode.NXDOMAIN, zone, udp, authoritative=True)
         if ip is None and _PARTIAL.fullmatch(qname.to_text()) and _is_local(qname, zone):
             return _reply(query, dns.rcode.NOERROR, zone, udp)  # a partial reverse name: may have children
     elif (text := _text(qname)) is not None:
         if addrs := names.lookup_name(text):
             return _reply(query, dns.rcode.NOERROR, zone, udp, _address_rrsets(qname, qtype, addrs))
-        if names.has_names_under(text) or any(qname == z for z in zone.local):
+        if _is_local(qname, zone) and (names.has_names_under(text) or any(qname == z for z in zone.local)):
             return _reply(query, dns.rcode.NOERROR, zone, udp)  # exists, without records
     if _is_local(qname, zone):
         return _reply(query, dns.rcode.NXDOMAIN, zone, udp, authoritative=True)

@@ -38,11 +38,11 @@ splice (bytes each way, seconds, how it ended). Owned by the proxy's loop thread
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sunbeam.shared.config import Listener
+from sunbeam.shared.netmap.routes import in_tailnet
 from sunbeam.shared.proto.tcp import NoFreePort
 
 from . import httpproxy, socks5
@@ -57,8 +57,6 @@ __all__ = ["CONNECT_TIMEOUT", "FAILURES", "Front"]
 CONNECT_TIMEOUT = 30.0
 """Until disco gives a direct path, a burst of SYNs rides DERP, whose server queues only a
 few dozen packets per client and drops the rest: retransmitted SYNs (1, 3, 7, 15 s) must fit."""
-
-TAILNET = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
 
 
 class Failure(NamedTuple):
@@ -92,8 +90,7 @@ _RESET_AS = {"reset": "refused", "keepalive": "timeout"}
 
 def unrouted_reason(ip: str, routes: RouteTable | None = None) -> str:
     """Why no peer takes ``ip`` (see the table in the module docstring)."""
-    addr = ipaddress.ip_address(ip)
-    if any(addr in net for net in TAILNET):
+    if in_tailnet(ip):
         return "no_peer"
     if routes is None:
         return "no_route"

@@ -7,7 +7,9 @@ shared/netmap/routes.py; ``Peer.key``); the answer is the peer's
 worker whose ``wg-<k>-in`` socket takes it. The table is the WireGuard device's own
 `AllowedIPs` (shared/proto/wireguard/allowedips.py) filled in netmap order, so a prefix
 routed to two peers (which control should not send) goes where the device would send it:
-to the peer listed last (last writer wins, as in WireGuard).
+to the peer listed last (last writer wins, as in WireGuard). A tailnet address (100.64.0.0/10,
+fd7a:115c:a1e0::/48) is never sent along a default route: no node has it, so the exit
+node should not get it either.
 
 Our own source address for a destination: the first single-address prefix of our node
 (``self_node.addresses``) in the destination's family, as tailscaled's
@@ -26,7 +28,13 @@ from collections.abc import Iterable
 
 from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.netmap import Netmap
-from sunbeam.shared.netmap.routes import ExitChoice, choose_exit_node, routed_prefixes, subnet_routes
+from sunbeam.shared.netmap.routes import (
+    ExitChoice,
+    choose_exit_node,
+    in_tailnet,
+    routed_prefixes,
+    subnet_routes,
+)
 from sunbeam.shared.proto.wireguard.allowedips import AllowedIPs
 
 __all__ = ["RouteTable", "self_address_for"]
@@ -40,8 +48,10 @@ class RouteTable:
         for prefix, key in routes:
             by_key.setdefault(key, []).append(prefix)
         self._table = AllowedIPs()
+        self._tailnet_table = AllowedIPs()  # the same without default routes: for tailnet addresses
         for key, prefixes in by_key.items():
             self._table.set(key, prefixes)
+            self._tailnet_table.set(key, [p for p in prefixes if not p.endswith("/0")])
         self.size = sum(len(t) for fam in (self._table.v4, self._table.v6) for t in fam.tables.values())
         self._cache: dict[str | bytes, bytes | None] = {}
         self.exit = ExitChoice(None, None)
@@ -89,8 +99,24 @@ class RouteTable:
         return key
 
     def _lookup(self, dst: str | bytes) -> bytes | None:
-        key: bytes | None = self._table.lookup(dst)
+        table = self._tailnet_table if _in_tailnet(dst) else self._table
+        key: bytes | None = table.lookup(dst)
         return key
+
+
+def _in_tailnet(dst: str | bytes) -> bool:
+    """``dst`` (text, or packed 4 / 16 bytes) is in 100.64.0.0/10 or fd7a:115c:a1e0::/48."""
+    if isinstance(dst, bytes):
+        if len(dst) == 4:
+            return dst[0] == 100 and dst[1] & 0xC0 == 64
+        return dst[:6] == _ULA_PREFIX
+    try:
+        return in_tailnet(dst)
+    except ValueError:
+        return False
+
+
+_ULA_PREFIX = bytes.fromhex("fd7a115ca1e0")
 
 
 def self_address_for(netmap: Netmap | None, dst: str) -> str | None:

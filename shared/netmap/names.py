@@ -8,11 +8,13 @@ is ignored:
    as is (normalised); whether it routes anywhere is AllowedIPs routing's business;
 2. a node's MagicDNS FQDN, ``Node.Name`` (``peer-1.tailnet.test.``);
 3. a name of ``DNSConfig.ExtraRecords`` (A / AAAA records control adds to MagicDNS);
-4. a short name: the host itself, or the host with one search suffix removed
-   (``peer-1.tailnet.test`` -> ``peer-1`` when the MagicDNS suffix, ``netmap.domain`` or
-   one of ``DNSConfig.Domains`` is ``tailnet.test``), matched first against the first label of
+4. a short name (no dot left): the host itself, or the host with one search suffix removed
+   (``peer-1.tailnet.test`` -> ``peer-1`` when the MagicDNS suffix or one of
+   ``DNSConfig.Domains`` is ``tailnet.test``), matched first against the first label of
    each node's Name (what MagicDNS answers, as tailscaled's resolver does), then against
-   each node's ``Hostinfo.Hostname`` (the OS hostname, case-insensitive).
+   each node's ``Hostinfo.Hostname`` (the OS hostname, case-insensitive). A dotted OS
+   hostname never matches: a peer picks its own, and ``www.example.com`` must not make
+   it the answer for that internet name.
 
 Nodes are our own node first, then the peers by id; on a tie (two OS hostnames alike)
 the first wins. Names are unique in a tailnet, so ties only arise among OS hostnames.
@@ -146,7 +148,8 @@ class NameTable:
             table._parents.update(".".join(labels[i:]) for i in range(1, len(labels)))
         me = _norm(netmap.self_node.name) if netmap.self_node else ""
         table.domain = me.partition(".")[2] or None
-        suffixes = [table.domain or "", netmap.domain or "", *((dns.domains if dns else None) or ())]
+        # not MapResponse.Domain: it names the tailnet (Headscale sends its server's host name)
+        suffixes = [table.domain or "", *((dns.domains if dns else None) or ())]
         for suffix in map(_norm, suffixes):
             if suffix and suffix not in table._suffixes:
                 table._suffixes.append(suffix)
@@ -166,8 +169,8 @@ class NameTable:
         if hit := self._fqdn.get(name) or self._extra.get(name):
             return tuple(hit)
         shorts = [name] + [name[: -len(s) - 1] for s in self._suffixes if name.endswith("." + s)]
-        for short in shorts:
-            if hit := self._label.get(short) or self._hostname.get(short):
+        for short in (s for s in shorts if "." not in s):  # a peer chooses its OS hostname: never
+            if hit := self._label.get(short) or self._hostname.get(short):  # let it claim a dotted name
                 return hit
         for short in (s for s in shorts if "." not in s):  # a short name of an extra record
             for suffix in self._suffixes:

@@ -15,10 +15,15 @@ source addresses a peer may send from) and the proxy (where a connection goes) b
 tables from `routed_prefixes`, so they always agree.
 
 The exit node is named in the config (``exit_node``) by a peer's tailnet IP, MagicDNS FQDN,
-first label of it, or OS host name (case-insensitive, trailing dot ignored), and is used
+first label of it, or OS host name (case-insensitive, trailing dot ignored), tried in that
+order: the first kind that names any peer decides (so a peer cannot take the name over by
+choosing that OS hostname), and two peers named alike is a problem, not a guess. It is used
 only while that peer offers a default route; otherwise `ExitChoice.problem` says why, and
 nothing outside the tailnet is routed anywhere (tailscale does the same: traffic does not
 silently leave through the local network).
+
+A default route never carries the tailnet's own ranges (`TAILNET`): a tailnet address no
+node has is nobody's, not the exit node's (`in_tailnet`).
 """
 
 from __future__ import annotations
@@ -29,14 +34,23 @@ from typing import NamedTuple
 from . import Netmap, Peer
 
 __all__ = [
+    "TAILNET",
     "ExitChoice",
     "choose_exit_node",
+    "in_tailnet",
     "offers_exit",
     "routed_prefixes",
     "subnet_routes",
 ]
 
 DEFAULT_ROUTES = ("0.0.0.0/0", "::/0")
+TAILNET = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
+"""The CGNAT range and Tailscale's ULA prefix: where tailnet addresses live."""
+
+
+def in_tailnet(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    return any(addr in net for net in TAILNET)
 
 
 def _is_default(prefix: str) -> bool:
@@ -69,30 +83,36 @@ def _norm(name: str) -> str:
     return name.lower().rstrip(".")
 
 
-def _matches(peer: Peer, wanted: str) -> bool:
+def _named(peers: tuple[Peer, ...], wanted: str) -> list[Peer]:
+    """The peers ``wanted`` names, by the first kind of name that names any."""
     try:
         ip = ipaddress.ip_address(wanted)
     except ValueError:
         name = _norm(wanted)
-        fqdn = _norm(peer.name)
-        return name in (fqdn, fqdn.split(".", 1)[0]) or name == _norm(peer.hostname or "")
-    return any(ipaddress.ip_interface(a).ip == ip for a in peer.addresses)
+        tiers = (lambda p: _norm(p.name) == name, lambda p: _norm(p.name).split(".", 1)[0] == name,
+                 lambda p: _norm(p.hostname or "") == name)
+        for tier in tiers:
+            if found := [p for p in peers if tier(p)]:
+                return found
+        return []
+    return [p for p in peers if any(ipaddress.ip_interface(a).ip == ip for a in p.addresses)]
 
 
 def choose_exit_node(netmap: Netmap | None, wanted: str | None) -> ExitChoice:
     """The peer ``wanted`` (the config's ``exit_node``) names, if it offers an exit."""
     if not wanted:
         return ExitChoice(None, None)
-    peers = netmap.peers if netmap is not None else ()
-    found = [p for p in peers if _matches(p, wanted)]
+    found = _named(netmap.peers if netmap is not None else (), wanted)
     if not found:
         return ExitChoice(None, f"exit node {wanted!r} is not a peer of this tailnet")
-    usable = [p for p in found if offers_exit(p)]
-    if not usable:
-        peer = found[0]
+    if len(found) > 1:
+        names = ", ".join(_norm(p.name) or str(p.id) for p in found)
+        return ExitChoice(None, f"exit node {wanted!r} is ambiguous ({names}): name it by MagicDNS name or IP")
+    peer = found[0]
+    if not offers_exit(peer):
         why = "its key expired" if peer.expired else "it offers no exit route (or it is not approved)"
         return ExitChoice(None, f"exit node {wanted!r} ({_norm(peer.name) or peer.hostname}) is not usable: {why}")
-    return ExitChoice(usable[0], None)
+    return ExitChoice(peer, None)
 
 
 def routed_prefixes(peer: Peer, *, accept_routes: bool, exit_node: Peer | None) -> tuple[str, ...]:

@@ -128,6 +128,8 @@ def test_missing_names_in_the_domain_are_nxdomain(name):
     ("example.com", "A"), ("nosuch", "A"), ("peer-1.other.test", "A"), ("100.64.0.1", "A"), (".", "NS"),
     ("nosuch.corp.example", "A"), ("8.8.8.8.in-addr.arpa", "PTR"), ("1.1.1.1.ip6.arpa", "PTR"),
     ("www.split.example", "AAAA"),
+    # parents of ExtraRecords names outside the local zones are not ours to answer
+    ("example.org", "A"), ("org", "DS"), ("test", "NS"),
 ])
 def test_other_names_are_refused_or_forwarded(name, rdtype):
     _, reply, counter = ask(name, rdtype)

@@ -142,3 +142,12 @@ def test_the_dns_listeners_view():
     assert table.has_names_under("tailnet.test") and table.has_names_under("Tailnet.Test.")
     assert table.has_names_under("test") and not table.has_names_under("peer-1.tailnet.test")
     assert not table.has_names_under("other.test") and not table.has_names_under("")
+
+
+def test_a_dotted_os_hostname_never_claims_a_name():
+    """A peer picks its own OS hostname: "www.example.com" must not make it that site."""
+    rogue = Peer(id=9, key=key(9), name="rogue.tailnet.test.", hostname="www.example.com",
+                 addresses=("100.64.0.99/32",))
+    table = NameTable.from_netmap(Netmap(self_node=NETMAP.self_node, peers=(*NETMAP.peers, rogue)))
+    assert table.lookup("www.example.com") == () and table.lookup("www.example.com.tailnet.test") == ()
+    assert table.lookup("rogue") == ("100.64.0.99",)

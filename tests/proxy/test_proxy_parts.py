@@ -6,6 +6,7 @@ import ipaddress
 
 import msgspec
 import pytest
+from sunbeam.services.proxy.front import unrouted_reason
 from sunbeam.services.proxy.pingrun import PING_PAYLOAD, PingRun
 from sunbeam.services.proxy.routing import RouteTable, self_address_for
 from sunbeam.shared.messages.codec import BadMessage
@@ -68,6 +69,24 @@ def _netmap():
     peer = Peer(id=2, key="nodekey:" + B.hex(), addresses=(f"{PEER4}/32", f"{PEER6}/128"),
                 allowed_ips=(f"{PEER4}/32", f"{PEER6}/128", "192.168.7.0/24"))
     return Netmap(self_node=me, peers=(peer,))
+
+
+def test_a_default_route_never_carries_tailnet_addresses():
+    exit_peer = Peer(id=3, key="nodekey:" + C.hex(), addresses=("100.64.0.3/32",),
+                     allowed_ips=("100.64.0.3/32", "0.0.0.0/0", "::/0"))
+    nm = msgspec.structs.replace(_netmap(), peers=(*_netmap().peers, exit_peer))
+    table = RouteTable.from_netmap(nm, exit_node="100.64.0.3")
+    assert table.exit.peer == exit_peer
+    assert table.lookup("203.0.113.10") == C and table.lookup("2001:db8::1") == C
+    assert table.lookup("100.64.0.3") == C and table.lookup(PEER4) == B
+    for nobody in ("100.64.0.77", "fd7a:115c:a1e0::77", bytes([100, 64, 0, 77]),
+                   bytes.fromhex("fd7a115ca1e0" + "00" * 9 + "77")):
+        assert table.lookup(nobody) is None, nobody
+    assert unrouted_reason("100.64.0.77", table) == "no_peer"
+    assert unrouted_reason("192.168.7.200", table) == "routes_not_accepted"
+    assert RouteTable.from_netmap(nm, exit_node="nosuch").exit.problem is not None
+    assert unrouted_reason("203.0.113.10", RouteTable.from_netmap(nm, exit_node="nosuch")) == "exit_node_unusable"
+    assert unrouted_reason("203.0.113.10", RouteTable.from_netmap(nm)) == "no_exit_node"
 
 
 def test_routes_and_source_from_netmap():

@@ -4,7 +4,7 @@ and which peer the config's ``exit_node`` names; the wg device and the proxy sha
 from __future__ import annotations
 
 from sunbeam.shared.netmap import Netmap, Peer
-from sunbeam.shared.netmap.routes import choose_exit_node, offers_exit, routed_prefixes, subnet_routes
+from sunbeam.shared.netmap.routes import choose_exit_node, in_tailnet, offers_exit, routed_prefixes, subnet_routes
 
 
 def _peer(i: int, *extra: str, name: str = "", hostname: str | None = None, expired: bool = False) -> Peer:
@@ -52,3 +52,22 @@ def test_exit_node_problems_are_explained():
     expired = choose_exit_node(Netmap(peers=(_peer(6, expired=True),)), "peer-6")
     assert "expired" in (expired.problem or "")
     assert choose_exit_node(None, "peer-3").problem is not None
+
+
+def test_exit_node_names_are_tried_by_kind_and_ambiguity_is_a_problem():
+    # peer 7's OS hostname is "peer-3": the MagicDNS label of peer 3 wins over it
+    squatter = _peer(7, "0.0.0.0/0", "::/0", hostname="peer-3")
+    netmap = Netmap(peers=(*NETMAP.peers, squatter))
+    assert choose_exit_node(netmap, "peer-3").peer == EXIT
+    unapproved = _peer(3, name="peer-3.tailnet.test.")  # the named peer stops offering: no fallback
+    netmap = Netmap(peers=(ROUTER, unapproved, squatter))
+    choice = choose_exit_node(netmap, "peer-3")
+    assert choice.peer is None and "offers no exit route" in (choice.problem or "")
+    twins = Netmap(peers=(_peer(8, "0.0.0.0/0", hostname="box"), _peer(9, "0.0.0.0/0", hostname="box")))
+    choice = choose_exit_node(twins, "box")
+    assert choice.peer is None and "ambiguous" in (choice.problem or "")
+
+
+def test_in_tailnet():
+    assert in_tailnet("100.64.0.1") and in_tailnet("100.127.255.255") and in_tailnet("fd7a:115c:a1e0::9")
+    assert not in_tailnet("100.128.0.1") and not in_tailnet("192.168.77.2") and not in_tailnet("fd7a:115c:a1e1::1")
