@@ -1,0 +1,336 @@
+"""sunbeam against a real tailscaled over the same emulated real link (issue 20 item 1).
+
+One reference network made for a second host (``network.up(2, hosts=True)``): Headscale and
+two tailscaled peers in namespace A; peer-2 is the target (its /blob and /upload service).
+For each link profile, host B (split) is attached behind the link emulator
+(``topology.attach(info, "split", link=PROFILE)``, refnet/linkemu.py: namespace E on the
+wire, each direction delayed/lossy on its own), and both contestants run in B:
+
+    sunbeam      `sunbeam-ctl connect` in B (SOCKS5 127.0.0.1:1080, 2 WireGuard workers)
+    tailscaled   a real tailscaled in B, userspace networking, its SOCKS5 (127.0.0.1:11130)
+
+Both reach peer-2 over a direct path (checked: peer-2 sees each at 10.77.0.2) that crosses
+the emulated link; curl in B fetches ``--size-mb`` MB (download: peer-2's userspace TCP
+sends, the contestant's receives) and posts as much (upload: the contestant's TCP sends).
+Runs alternate sunbeam / tailscaled (the order flips each repeat); medians are reported
+with the ratio sunbeam/tailscaled (> 1: sunbeam faster). Per run also: CPU of the
+emulator (if near 100 % of a core the emulator, not the contestant, was the limit), what
+the emulator dropped/held, and sunbeam's proxy TCP counters (retransmits, RTO, ...).
+
+Before the cases, ``--ceiling-mb`` MB of kernel TCP from A to B through a 0 ms link
+measure the emulator's own ceiling (MB/s and its CPU).
+
+    python bench/bench_links.py [--profiles "20ms/0.5%" "50ms/1%+reorder=1%"] [--size-mb 50]
+                                [--repeats 2] [--ceiling-mb 200] [--json PATH]
+
+Needs root and the reference binaries. Traffic stays in the namespaces. Prints a table,
+writes JSON (``--json``): {case: {"sunbeam": MB/s, "tailscaled": MB/s, "ratio": x}, ...}
+plus "machine", "ceiling" and "details" (per run figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sides import Sunbeam, cpu_seconds, save_results, version_line  # noqa: E402
+
+from sunbeam.refnet import netns, network, topology  # noqa: E402
+from sunbeam.refnet.install import install  # noqa: E402
+from sunbeam.refnet.tailscale import Peer  # noqa: E402
+
+MB = 1 << 20
+DEFAULT_PROFILES = ["20ms/0.5%", "50ms/1%+reorder=1%"]
+TS_INDEX = 50  # the tailscaled in B: SOCKS5 127.0.0.1:11130
+
+
+class Side(Protocol):
+    name: str
+    socks: str
+
+    def pids(self) -> list[int]: ...
+
+
+class TailscaledInB:
+    """A real tailscaled (userspace networking) in host B's namespace, joined through B's
+    control URL; its SOCKS5 is the contestant."""
+
+    name = "tailscaled"
+
+    def __init__(self, info: dict, host: dict, hostname: str) -> None:
+        bins = install(log=lambda m: None)
+        self.peer = Peer(TS_INDEX, Path(info["workdir"]), bins["tailscaled"], bins["tailscale"], host["netns"], False,
+                         label=hostname)
+        self.host, self.info = host, info
+        self.socks = f"127.0.0.1:{self.peer.socks5_port}"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def hostname(self) -> str:
+        return self.peer.name
+
+    def start(self) -> float:
+        t0 = time.monotonic()
+        self.proc = self.peer.start_daemon()
+        self.peer.wait_socket(self.proc)
+        res = subprocess.run(self.peer.up_command(self.host["control_url"], self.info["auth_keys"]["ephemeral"]),
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"tailscale up in B failed: {res.stdout}{res.stderr}\n{self.peer.log_tail()}")
+        return time.monotonic() - t0
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        subprocess.run(self.peer.cli + ["logout"], capture_output=True, timeout=30)  # ephemeral: node deleted
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _curl(host: dict, socks: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(host["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", str(int(timeout)),
+                                                 "--socks5-hostname", socks, *args],
+                          capture_output=True, text=True, timeout=timeout + 30)
+
+
+def _wait_direct(info: dict, target: dict, hostname: str, timeout: float = 90) -> str:
+    """Until the target peer (in A) reaches ``hostname`` directly (at B's 10.77.0.2); its CurAddr."""
+    cli = target["tailscale_cli"]
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        st = json.loads(subprocess.run(cli + ["status", "--json"], capture_output=True, text=True,
+                                       timeout=30).stdout or "{}")
+        for p in (st.get("Peer") or {}).values():
+            if p.get("HostName") == hostname and p.get("TailscaleIPs"):
+                last = p.get("CurAddr") or ""
+                if last.startswith(topology.B_SPLIT_ADDR + ":"):
+                    return last
+                subprocess.run(cli + ["ping", "--c=10", "--until-direct=true", p["TailscaleIPs"][0]],
+                               capture_output=True, text=True, timeout=60)
+        time.sleep(0.5)
+    raise RuntimeError(f"{hostname}: no direct path from {target['name']} within {timeout}s (CurAddr {last!r})")
+
+
+def _warm(host: dict, side: Side, target: dict) -> None:
+    url = f"http://{target['name']}:{target['service_port']}/whoami"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if _curl(host, side.socks, url, timeout=20).returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"{side.name} cannot reach {target['name']} from B")
+
+
+def _proxy_counters(sb: Sunbeam) -> dict[str, int]:
+    """sunbeam's proxy service counters (tcp_retransmit, tcp_rto, ...) from `status --json`."""
+    try:
+        status = json.loads(sb.ctl("status", "--json").stdout or "{}")
+    except (json.JSONDecodeError, subprocess.TimeoutExpired):
+        return {}
+    for svc in status.get("services", []):
+        if svc.get("service") == "proxy":
+            counters = svc.get("counters") or {}
+            return {k: v for k, v in counters.items() if isinstance(v, int)}
+    return {}
+
+
+def _delta(after: dict[str, int], before: dict[str, int], prefix: str = "") -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if k.startswith(prefix) and v != before.get(k, 0)}
+
+
+def _emu_cpu(info: dict) -> float:
+    return cpu_seconds([int(info["host"]["link"]["pid"])])
+
+
+def _link_counts(info: dict) -> dict[str, dict[str, int]]:
+    stats = topology.link_stats(info)
+    return {d: {k: stats[d][k] for k in ("frames", "lost", "held", "gso_frames")} for d in ("to_b", "to_a")}
+
+
+def _one_run(info: dict, host: dict, side: Side, target: dict, direction: str, size_mb: int, payload: Path,
+             sb: Sunbeam | None) -> dict:
+    base = f"http://{target['name']}:{target['service_port']}"
+    pids = side.pids()
+    cpu0, emu0, link0 = cpu_seconds(pids), _emu_cpu(info), _link_counts(info)
+    counters0 = _proxy_counters(sb) if sb is not None else {}
+    if direction == "download":
+        res = _curl(host, side.socks, "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
+                    f"{base}/blob/{size_mb}M?seed=links")
+        if res.returncode != 0:
+            raise RuntimeError(f"{side.name} download failed: {res.stderr}")
+        size, took = res.stdout.split()
+        if int(size) != size_mb * MB:
+            raise RuntimeError(f"{side.name} download short: {size}")
+    else:
+        res = _curl(host, side.socks, "--data-binary", f"@{payload}", "-H", "Content-Type: application/octet-stream",
+                    "-w", "\n%{time_total}", f"{base}/upload")
+        if res.returncode != 0:
+            raise RuntimeError(f"{side.name} upload failed: {res.stderr}")
+        body, took = res.stdout.rsplit("\n", 1)
+        if json.loads(body)["bytes"] != size_mb * MB:
+            raise RuntimeError(f"{side.name} upload short: {body}")
+    secs = float(took)
+    link1 = _link_counts(info)
+    out: dict = {"mbps": round(size_mb / secs, 2), "seconds": round(secs, 2),
+                 "cpu_s": round(cpu_seconds(pids) - cpu0, 2),
+                 "emulator_cpu_pct": round((_emu_cpu(info) - emu0) / secs * 100, 1),
+                 "link": {d: {k: link1[d][k] - link0[d][k] for k in link1[d]} for d in link1}}
+    if sb is not None:
+        out["proxy_tcp"] = _delta(_proxy_counters(sb), counters0, "tcp_")
+    return out
+
+
+def _tcp_transfer(src_ns: str, dst_ns: str, dst_addr: str, size: int) -> tuple[bool, float]:
+    """``size`` random bytes over one kernel TCP connection from ``src_ns`` to ``dst_ns``;
+    (arrived intact, MB/s)."""
+    data = os.urandom(size)
+    with netns.entered(dst_ns):
+        srv = socket.create_server((dst_addr, 0))
+    digest: list[str] = []
+
+    def receive() -> None:
+        conn, _ = srv.accept()
+        h = hashlib.sha256()
+        with conn:
+            while chunk := conn.recv(1 << 20):
+                h.update(chunk)
+        digest.append(h.hexdigest())
+
+    t = threading.Thread(target=receive)
+    t.start()
+    t0 = time.monotonic()
+    with netns.entered(src_ns):
+        c = socket.create_connection((dst_addr, srv.getsockname()[1]), timeout=60)
+    with c:
+        c.sendall(data)
+    t.join(timeout=300)
+    took = time.monotonic() - t0
+    srv.close()
+    return digest == [hashlib.sha256(data).hexdigest()], size / took / MB
+
+
+def ceiling(info: dict, size_mb: int) -> dict:
+    """Kernel TCP, A -> B, through a 0 ms link: what the emulator forwards at most."""
+    topology.attach(info, "split", link="0ms")
+    try:
+        emu0, t0 = _emu_cpu(info), time.monotonic()
+        ok, mbps = _tcp_transfer(info["netns"], info["host"]["netns"], topology.B_SPLIT_ADDR, size_mb * MB)
+        took = time.monotonic() - t0
+        cpu = (_emu_cpu(info) - emu0) / took * 100
+        counts = _link_counts(info)
+    finally:
+        topology.detach(info)
+    if not ok:
+        raise RuntimeError("the ceiling transfer arrived damaged")
+    return {"mbps": round(mbps, 1), "emulator_cpu_pct": round(cpu, 1), "frames": counts["to_b"]["frames"]}
+
+
+def run_profile(info: dict, profile: str, args: argparse.Namespace, payload: Path, seed: int) -> dict:
+    target = info["peers"][1]
+    host = topology.attach(info, "split", link=profile, seed=seed)
+    sb: Sunbeam | None = None
+    ts: TailscaledInB | None = None
+    runs: dict[str, dict[str, list[dict]]] = {d: {"sunbeam": [], "tailscaled": []} for d in args.directions}
+    try:
+        sb = Sunbeam(host, hostname=f"sunbeam-links-{seed}")  # fresh names: no stale node to confuse
+        ts = TailscaledInB(info, host, f"ts-links-{seed}")
+        print(f"[bench] {profile}: sunbeam connect {sb.start():.1f}s, tailscaled up {ts.start():.1f}s", file=sys.stderr)
+        sides: list[Side] = [sb, ts]
+        for side, hostname in ((sb, f"sunbeam-links-{seed}"), (ts, ts.hostname)):
+            _warm(host, side, target)
+            print(f"[bench] {profile}: {side.name} direct at {_wait_direct(info, target, hostname)}", file=sys.stderr)
+        for r in range(args.repeats):
+            for side in sides if r % 2 == 0 else list(reversed(sides)):
+                for direction in args.directions:
+                    res = _one_run(info, host, side, target, direction, args.size_mb, payload,
+                                   sb if side is sb else None)
+                    print(f"[bench] {profile} {direction} #{r + 1} {side.name}: {res['mbps']} MB/s "
+                          f"(emulator {res['emulator_cpu_pct']} % CPU) {res.get('proxy_tcp', '')}", file=sys.stderr)
+                    runs[direction][side.name].append(res)
+    finally:
+        if ts is not None:
+            ts.stop()
+        if sb is not None:
+            sb.stop()
+        topology.detach(info)
+    return runs
+
+
+def summarise(results: dict, profile: str, runs: dict[str, dict[str, list[dict]]]) -> None:
+    for direction, by_side in runs.items():
+        case = f"{profile} {direction}"
+        row = {n: round(statistics.median(r["mbps"] for r in rs), 2) for n, rs in by_side.items() if rs}
+        if row.get("tailscaled"):
+            row["ratio"] = round(row["sunbeam"] / row["tailscaled"], 3)
+        results["cases"][case] = row
+        results["details"][case] = by_side
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--profiles", nargs="+", default=DEFAULT_PROFILES, help="link profiles (linkemu.py text form)")
+    ap.add_argument("--size-mb", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per side, case and direction (alternating)")
+    ap.add_argument("--directions", nargs="+", default=["download", "upload"], choices=["download", "upload"])
+    ap.add_argument("--ceiling-mb", type=int, default=200, help="0: skip the emulator's ceiling")
+    ap.add_argument("--seed", type=int, default=20)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    info = network.up(2, name=f"sblinks-{os.getpid()}", hosts=True,
+                      log=lambda m: print(f"[refnet] {m}", file=sys.stderr))
+    results: dict = {"machine": version_line(), "size_mb": args.size_mb, "repeats": args.repeats, "cases": {},
+                     "details": {}}
+    try:
+        payload = Path(info["workdir"]) / "upload.bin"
+        payload.write_bytes(os.urandom(args.size_mb * MB))
+        if args.ceiling_mb:
+            results["ceiling"] = ceiling(info, args.ceiling_mb)
+            print(f"[bench] emulator ceiling: {results['ceiling']}", file=sys.stderr)
+        for i, profile in enumerate(args.profiles):
+            summarise(results, profile, run_profile(info, profile, args, payload, args.seed + i))
+    finally:
+        network.down(info["name"])
+    print(table(results))
+    flat = {**results["cases"], "machine": results["machine"], "size_mb": args.size_mb, "repeats": args.repeats,
+            "ceiling": results.get("ceiling"), "details": results["details"]}
+    if args.json:
+        save_results(flat, args.json)
+    return 0
+
+
+def table(results: dict) -> str:
+    lines = [f"machine: {results['machine']}; {results['size_mb']} MB per run, {results['repeats']} runs per side "
+             "(alternating), medians; the machine is shared, figures are noisy"]
+    c = results.get("ceiling")
+    if c:
+        lines.append(f"emulator ceiling (kernel TCP A->B, 0 ms link): {c['mbps']} MB/s at {c['emulator_cpu_pct']} % "
+                     "of a core")
+    lines.append(f"{'case':40} {'sunbeam':>9} {'tailscaled':>11} {'ratio':>7}  (MB/s; ratio = sunbeam/tailscaled)")
+    for case, row in results["cases"].items():
+        lines.append(f"{case:40} {row.get('sunbeam', float('nan')):>9} {row.get('tailscaled', float('nan')):>11} "
+                     f"{row.get('ratio', float('nan')):>7}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
