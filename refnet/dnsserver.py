@@ -8,7 +8,7 @@ resolves one through sunbeam proves the query went through the tunnel.
 
 UDP and TCP on port 53. Each ``--record NAME=IP`` adds an A or AAAA record (TTL 60); other
 names under a record's parent get NXDOMAIN, anything else REFUSED. Malformed queries are
-ignored. Every query is logged to stdout (``query <proto> <name> <type> -> <rcode>``), so a
+ignored. Every query is logged to stdout (``query <name> <type> -> <rcode>``), so a
 test can see that a query arrived.
 """
 

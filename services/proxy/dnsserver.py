@@ -136,6 +136,7 @@ class _TcpClient:
         self.out = bytearray()
         self.in_flight = 0
         self.eof = False
+        self.parsing = False
         self.closed = False
         self.reading = False
         self.last_active = self.loop.now()
@@ -177,25 +178,41 @@ class _TcpClient:
         if not data:
             self.eof = True
             self._read(False)
+            self._parse()
             return self._maybe_finish()
         self.buf += data
-        while len(self.buf) >= 2 and not self.closed:
-            size = int.from_bytes(self.buf[:2], "big")
-            if size == 0 or size > MAX_QUERY:
-                self.server.counters.incr("dns_drop_tcp_length")
-                return self.close()
-            if len(self.buf) < 2 + size:
-                break
-            wire = bytes(self.buf[2:2 + size])
-            del self.buf[:2 + size]
-            self.server.counters.incr("dns_tcp_queries")
-            if self.server.handle(wire, self._send, udp=False, done=self._forward_done):
-                self.in_flight += 1
-        self._read(len(self.out) <= OUT_CAP and self.in_flight < MAX_IN_FLIGHT)
+        self._parse()
+
+    def _room(self) -> bool:
+        return len(self.out) <= OUT_CAP and self.in_flight < MAX_IN_FLIGHT
+
+    def _parse(self) -> None:
+        """Answer the complete queries in the buffer while the caps allow; what is left waits
+        for a forward to finish or the client to read (both call here again)."""
+        if self.parsing:  # a reply sent from inside handle() lands here: the outer loop goes on
+            return
+        self.parsing = True
+        try:
+            while len(self.buf) >= 2 and not self.closed and self._room():
+                size = int.from_bytes(self.buf[:2], "big")
+                if size == 0 or size > MAX_QUERY:
+                    self.server.counters.incr("dns_drop_tcp_length")
+                    return self.close()
+                if len(self.buf) < 2 + size:
+                    break
+                wire = bytes(self.buf[2:2 + size])
+                del self.buf[:2 + size]
+                self.server.counters.incr("dns_tcp_queries")
+                if self.server.handle(wire, self._send, udp=False, done=self._forward_done):
+                    self.in_flight += 1
+        finally:
+            self.parsing = False
+        if not self.eof and not self.closed:
+            self._read(self._room())
 
     def _forward_done(self) -> None:
         self.in_flight -= 1
-        self._read(len(self.out) <= OUT_CAP and self.in_flight < MAX_IN_FLIGHT)
+        self._parse()
         self._maybe_finish()
 
     def _send(self, wire: bytes) -> None:
@@ -220,11 +237,16 @@ class _TcpClient:
             self.loop.on_writable(self.sock, self._flush)
         else:
             self.loop.remove_writer(self.sock)
-            self._maybe_finish()
-        self._read(len(self.out) <= OUT_CAP and self.in_flight < MAX_IN_FLIGHT)
+        self._parse()
+        self._maybe_finish()
+
+    def _has_query(self) -> bool:
+        return len(self.buf) >= 2 and len(self.buf) >= 2 + int.from_bytes(self.buf[:2], "big")
 
     def _maybe_finish(self) -> None:
-        if self.eof and not self.in_flight and not self.out:
+        """After the client's EOF: close once every query it sent is answered and flushed (a
+        partial last query is dropped)."""
+        if self.eof and not self.in_flight and not self.out and not self.parsing and not self._has_query():
             self.close()
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ Failures and what the client is told (SOCKS5 reply code, HTTP status); each is c
     unknown_name       no peer or MagicDNS name matches (and no
                        resolver to ask: see below)                    4 host unreachable   502
     name_not_resolved  the tailnet's resolvers gave no address        4 host unreachable   502
+    no_resolvers       ... or control sent no resolver for it         4 host unreachable   502
     no_peer            a tailnet address no node has                  4 host unreachable   502
     no_exit_node       outside the tailnet, no exit_node configured   3 net unreachable    502
     exit_node_unusable exit_node names no peer offering an exit       3 net unreachable    502
@@ -26,10 +27,9 @@ Failures and what the client is told (SOCKS5 reply code, HTTP status); each is c
     net_unreachable    ICMP network unreachable                       3 net unreachable    502
     timeout            no answer within CONNECT_TIMEOUT               6 TTL expired        504
 
-A name that is not a tailnet name (and not under the MagicDNS domain) is asked of the
-netmap's resolvers through the tunnel (`dnsforward.DnsForwarder`, A then AAAA) when
-``dns_forward`` is on or an exit node is in use, as tailscaled resolves names for its
-SOCKS5/HTTP users through its exit node; otherwise it is ``unknown_name`` at once.
+A name that is not a tailnet name is asked of the netmap's resolvers through the tunnel
+when ``dns_forward`` is on or an exit node is in use (outside.py); otherwise it is
+``unknown_name`` at once.
 
 Debug log lines per connection: ``conn_open`` (listener kind, client, target, 4-tuple),
 ``conn_up`` (ms to connect), ``conn_failed`` (reason, ms), and ``conn_closed`` from the
@@ -45,7 +45,7 @@ from sunbeam.shared.config import Listener
 from sunbeam.shared.netmap.routes import in_tailnet
 from sunbeam.shared.proto.tcp import NoFreePort
 
-from . import httpproxy, socks5
+from . import httpproxy, outside, socks5
 from .splice import Splice
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Failure(NamedTuple):
 FAILURES = {
     "unknown_name": Failure(socks5.Reply.HOST_UNREACHABLE, 502, "no tailnet node has that name"),
     "name_not_resolved": Failure(socks5.Reply.HOST_UNREACHABLE, 502, "the tailnet's resolvers found no address for that name"),
+    "no_resolvers": Failure(socks5.Reply.HOST_UNREACHABLE, 502, "not a tailnet name, and the tailnet has no resolver for it"),
     "no_peer": Failure(socks5.Reply.HOST_UNREACHABLE, 502, "no tailnet node has that address"),
     "no_route": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502, "no tailnet peer routes that address"),
     "no_exit_node": Failure(socks5.Reply.NETWORK_UNREACHABLE, 502,
@@ -162,34 +163,17 @@ class Front:
         self.started = self.side.loop.now()
         ip = side.names.resolve(host)
         if ip is None:
-            if self._may_ask_resolvers(host):
-                return self._ask_resolvers(host, port, "A")
+            if outside.may_ask(side, host):
+                return outside.ask(side, host, lambda ip, reason: self._resolved(ip, reason, port))
             return self._fail("unknown_name")
         self._connect(ip, port)
 
-    def _may_ask_resolvers(self, host: str) -> bool:
-        forwarder = self.side.dns
-        if forwarder is None or not (forwarder.enabled or self.side.engine.plane.routes.exit.peer is not None):
-            return False
-        domain = self.side.names.domain
-        name = host.lower().rstrip(".")
-        return "." in name and not (domain and (name == domain or name.endswith("." + domain)))
-
-    def _ask_resolvers(self, host: str, port: int, qtype: str) -> None:
-        from .dnsforward import addresses
-
-        def answered(reply: Any) -> None:
-            if self.splice.closed:  # the client left meanwhile
-                return
-            found = addresses(reply) if reply is not None else []
-            if found:
-                return self._connect(found[0], port)
-            if qtype == "A":
-                return self._ask_resolvers(host, port, "AAAA")
-            self._fail("name_not_resolved")
-
-        assert self.side.dns is not None
-        self.side.dns.resolve(host, qtype, answered, for_proxy=True)
+    def _resolved(self, ip: str | None, reason: str, port: int) -> None:
+        if self.splice.closed:
+            return
+        if ip is None:
+            return self._fail(reason)
+        self._connect(ip, port)
 
     def _connect(self, ip: str, port: int) -> None:
         side = self.side

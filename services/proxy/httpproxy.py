@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
-
 from sunbeam.shared.netmap.names import parse_target
 
 __all__ = ["ConnectRequest", "ForwardRequest", "HttpProxyServer", "ProtocolError", "State"]

@@ -122,8 +122,10 @@ def check_listeners(listeners: Iterable[Listener]) -> list[str]:
 
 def accept_ready(lsock: socket.socket, counters: Any, most: int = 64) -> Iterator[socket.socket]:
     """The connections waiting on a listening socket, at most ``most`` per wake-up (the loop
-    comes back for the rest); out of file descriptors is counted (``accept_fd_exhausted``)
-    and ends the round, the backlog keeps them."""
+    comes back for the rest). Errors never leave here: out of file descriptors is counted
+    (``accept_fd_exhausted``) and ends the round (the backlog keeps them); a connection
+    that died while queued is counted (``accept_aborted``) and skipped; anything else
+    (``accept_error``: no buffers, a security module's veto...) ends the round."""
     for _ in range(most):
         try:
             sock, _addr = lsock.accept()
@@ -133,5 +135,9 @@ def accept_ready(lsock: socket.socket, counters: Any, most: int = 64) -> Iterato
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 counters.incr("accept_fd_exhausted")
                 return
-            raise
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                counters.incr("accept_aborted")
+                continue
+            counters.incr("accept_error")
+            return
         yield sock

@@ -15,7 +15,12 @@ import dns.rrset
 import pytest
 from sunbeam.services.proxy import dnsserver
 from sunbeam.services.proxy.dnsanswer import Zone
-from sunbeam.services.proxy.dnsserver import IDLE_TIMEOUT, MAX_TCP_CLIENTS, DnsServer
+from sunbeam.services.proxy.dnsserver import (
+    IDLE_TIMEOUT,
+    MAX_IN_FLIGHT,
+    MAX_TCP_CLIENTS,
+    DnsServer,
+)
 from sunbeam.shared.config import Address, Listener
 from sunbeam.shared.runtime.loop import ServiceLoop
 from sunbeam.shared.runtime.shutdown import Shutdown
@@ -276,3 +281,20 @@ def test_without_forwarding_nothing_reaches_the_forwarder():
         assert not r.side.dns.asked
     finally:
         r.close()
+
+
+def test_pipelined_forwards_stop_at_the_in_flight_cap_and_resume(rig):
+    s = tcp_client(rig)
+    burst = MAX_IN_FLIGHT * 3
+    s.sendall(b"".join(query(f"n{i}.example.com", qid=i + 1).to_wire(prepend_length=True) for i in range(burst)))
+    rig.pump(lambda: len(rig.side.dns.asked) >= MAX_IN_FLIGHT)
+    rig.pump(seconds=0.1)
+    (client,) = rig.server.clients
+    assert len(rig.side.dns.asked) == MAX_IN_FLIGHT == client.in_flight  # the rest wait in the buffer
+    answered = 0
+    while answered < burst:  # each answer lets one more query through
+        rig.side.dns.answer(answered, "203.0.113.5")
+        answered += 1
+        assert client.in_flight <= MAX_IN_FLIGHT
+    assert sorted(r.id for r in tcp_read(rig, s, burst)) == list(range(1, burst + 1))
+    s.close()

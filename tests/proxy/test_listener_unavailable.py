@@ -99,3 +99,29 @@ def test_proxy_exits_2_naming_the_listener(tmp_path, taken):
     assert '"event":"listener_unavailable"' in res.stderr and "Traceback" not in res.stderr
     assert not list(rundir.glob("*.sock"))  # its ctl and ipc sockets went with it
     open_listener(Address(host="127.0.0.1", port=free)).close()  # and the listener that did open
+
+
+class _Refusing:
+    """A listening socket whose accept() fails with ``errnos`` in turn, then has nothing."""
+
+    def __init__(self, *errnos: int) -> None:
+        self.errnos = list(errnos)
+
+    def accept(self):
+        if self.errnos:
+            raise OSError(self.errnos.pop(0), "refused by the test")
+        raise BlockingIOError
+
+
+def test_accept_errors_are_counted_never_raised():
+    import errno
+
+    from sunbeam.shared.runtime.counters import Counters
+    from sunbeam.shared.runtime.portcheck import accept_ready
+
+    counters = Counters()
+    assert list(accept_ready(_Refusing(errno.ECONNABORTED, errno.ENOBUFS, errno.EPERM), counters)) == []
+    assert list(accept_ready(_Refusing(errno.EPERM), counters)) == []
+    assert list(accept_ready(_Refusing(errno.EMFILE), counters)) == []
+    snap = counters.snapshot()
+    assert (snap["accept_aborted"], snap["accept_error"], snap["accept_fd_exhausted"]) == (1, 2, 1)

@@ -154,7 +154,9 @@ def test_exit_node_carries_internet_traffic(refnet_gateway, nodes, tmp_path):
     _upload(refnet_gateway, _socks("exit"), NET_URL, 4 * MB, tmp_path)
     _upload(refnet_gateway, _http("exit"), NET_URL, 4 * MB, tmp_path)
     print(f"16 MB through the exit node: SOCKS5 {socks_rate:.1f} MB/s, HTTP {http_rate:.1f} MB/s")
-    assert "exit_node" in nodes["exit"].log("proxy")
+    events = [json.loads(line) for line in nodes["exit"].log("proxy").splitlines() if line.startswith("{")]
+    chosen = [e for e in events if e.get("event") == "exit_node"]
+    assert chosen and chosen[-1]["peer"] == f"{gateway.NAME}.tailnet.test", chosen
 
 
 def test_an_exit_node_that_offers_none_is_refused(refnet_gateway):
