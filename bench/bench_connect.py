@@ -7,6 +7,7 @@ JSON logs (all wall clock, ms). Phases, in order:
 
     ctl_start        `sunbeam-ctl connect` started -> its "Starting sunbeam" line (ip netns exec,
                      interpreter, ctl imports, config, listener checks)      [ours]
+                     (the entry point next to this interpreter, not a pyenv shim on PATH)
     supervisord      -> supervisord spawns control (its interpreter + imports + config,
                      its first poll)                                          [ours]
     control_import   -> control's first log line, "keys" (interpreter, imports, config,
@@ -38,8 +39,10 @@ import os
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,11 +97,18 @@ def _supervisord_events(path: Path) -> dict[str, float]:
     return seen
 
 
-def one_connect(sb: Sunbeam) -> dict[str, float]:
+def ctl_script() -> str:
+    """The sunbeam-ctl entry point of this interpreter's installation: what a venv's PATH
+    finds. (PATH here may find a pyenv shim first, a bash script that adds ~80 ms.)"""
+    script = Path(sysconfig.get_path("scripts")) / "sunbeam-ctl"
+    return str(script) if script.exists() else "sunbeam-ctl"
+
+
+def one_connect(sb: Sunbeam, ctl: str | None = None) -> dict[str, float]:
     """One `sunbeam-ctl connect`: the phases (s), plus ``total``."""
     env = dict(sb.env, PYTHONUNBUFFERED="1")  # the ctl's lines as they are printed
     wall0, t0 = time.time(), time.monotonic()
-    proc = subprocess.Popen(sb.info["exec_prefix"] + ["sunbeam-ctl", "connect"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(sb.info["exec_prefix"] + [ctl or ctl_script(), "connect"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: dict[str, float] = {}
     out = []
@@ -118,7 +128,7 @@ def one_connect(sb: Sunbeam) -> dict[str, float]:
     first_map = ctl.get("preferred_derp", ctl.get("announce_wait", ctl["state_Running"]))
     marks = [wall0, lines["Starting sunbeam"], sup["spawned:control"], ctl["keys"], ctl["started"],
              ctl["ts2021_connected"], ctl["registered"], first_map, ctl["state_Running"], lines["Connected"], end]
-    phases = {name: round(b - a, 4) for (name, _), (a, b) in zip(PHASES, zip(marks, marks[1:]), strict=True)}
+    phases = {name: round(b - a, 4) for (name, _), (a, b) in zip(PHASES, pairwise(marks), strict=True)}
     phases["total"] = round(end - wall0, 4)
     phases["ours"] = round(sum(phases[n] for n, ours in PHASES if ours), 4)
     phases["server"] = round(sum(phases[n] for n, ours in PHASES if not ours), 4)
