@@ -2,7 +2,7 @@
 
 Sockets (declared in shared/channels.py): binds ``wg-{k}-in`` (ToPeer from the proxy,
 UdpReceived from udp, DerpReceived from derp, PeerPath from udp's path finder, a
-forwarded initiation from another worker); sends UdpSend / PathWanted on ``udp-in``,
+forwarded initiation from another worker); sends UdpSend / PathWanted / UdpForwarded on ``udp-in``,
 DerpSend on ``derp-in``, FromPeer (decrypted, source-checked packets) on ``proxy-in``,
 and a handshake initiation that belongs to worker j on ``wg-{j}-in``; follows
 ``control-pub`` for the netmap (which peers we own, their AllowedIPs, endpoints and home
