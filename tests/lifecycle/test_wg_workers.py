@@ -32,7 +32,7 @@ from sunbeam.shared.messages.netmap import CONTROL_EVENT_CODEC, NetmapSnapshot
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.ip.icmp import build_echo_request
 from sunbeam.shared.proto.wireguard import Device, receiver_index
-from sunbeam.services.wg.service import UDP_FRESH, PeerRoute
+from sunbeam.services.wg.peerroute import UDP_FRESH, PeerRoute
 from sunbeam.shared.sharding import owner, worker_of_index
 
 OURS, PEER_IP, OUTSIDER = "100.64.0.5", "100.64.0.9", "100.64.0.77"
