@@ -220,7 +220,7 @@ class _ControlWakeup:
     us: the state is still read from the control service's ctl socket, as before."""
 
     def __init__(self, rundir: Path) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 10)  # control binds it shortly after we start (default 100 ms)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
