@@ -80,7 +80,10 @@ def test_supervisord_conf_runs_services_with_its_own_python():
     for name in programs:
         argv = shlex.split(conf.get(f"program:{name}", "command"))
         assert argv[:2] == ["/bin/sh", "-c"], argv
-        assert argv[2].startswith('exec "${SUNBEAM_PYTHON:-') and "/proc/$PPID/cmdline" in argv[2], argv
+        wait, _, command = argv[2].rpartition("; exec ")  # all but control first wait for control's socket
+        assert (wait == "") == (name == "control") and "control-ctl.sock" in (wait or "control-ctl.sock"), argv
+        command = command if wait else argv[2].removeprefix("exec ")
+        assert command.startswith('"${SUNBEAM_PYTHON:-') and "/proc/$PPID/cmdline" in command, argv
         assert f" -m sunbeam.services.{name}.main" in argv[2], argv
         source = (ROOT / "services" / name / "main.py").read_text()
         assert 'if __name__ == "__main__":' in source, f"services/{name}/main.py has no __main__ guard"
