@@ -5,15 +5,20 @@ usable, --json always JSON; and the per-peer route facts ``peers`` shows."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-
 from sunbeam.ctl import cli, exitnode
-from sunbeam.ctl.exitnode import exit_rows, format_exit_table, format_routes, route_facts
+from sunbeam.ctl.exitnode import (
+    exit_rows,
+    format_exit_table,
+    format_routes,
+    route_facts,
+)
 from sunbeam.ctl.lookup import NO_NETMAP, NOT_RUNNING
 from sunbeam.shared.netmap import Netmap, Peer
 from sunbeam.shared.netmap.routes import choose_exit_node
+
+from .ctlenv import env_only_context
 
 
 def _peer(i: int, *extra: str, name: str, hostname: str | None = None, online: bool | None = True,
@@ -77,12 +82,7 @@ def test_exit_rows_sorted_with_the_one_in_use():
 @pytest.fixture()
 def running(monkeypatch, tmp_path):
     """Config from the environment only; the netmap `fetch_netmap` returns is ``state["netmap"]``."""
-    for var in [v for v in os.environ if v.startswith("SUNBEAM_")]:
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
-    monkeypatch.setenv("SUNBEAM_CONTROL_URL", "http://127.0.0.1:1")
-    monkeypatch.setenv("SUNBEAM_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("SUNBEAM_STATE_DIR", str(tmp_path / "state"))
+    env_only_context(monkeypatch, tmp_path)
     state: dict[str, Netmap | str] = {"netmap": NETMAP}
     monkeypatch.setattr(exitnode, "fetch_netmap", lambda rundir: state["netmap"])
     return state

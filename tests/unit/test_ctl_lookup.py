@@ -9,11 +9,12 @@ import json
 import os
 
 import pytest
-
 from sunbeam.ctl import cli, lookup
 from sunbeam.ctl.lookup import NOT_RUNNING, find_node, node_ips, parse_ip_arg, whois
 from sunbeam.shared.netmap import Netmap, Peer, SelfNode
 from sunbeam.shared.proto.tailcfg import DNSConfig, DNSRecord, UserProfile
+
+from .ctlenv import env_only_context
 
 
 def _key(i: int) -> str:
@@ -74,12 +75,7 @@ def test_node_ips_put_ipv4_first():
 @pytest.fixture()
 def running(monkeypatch, tmp_path):
     """Config from the environment only; the netmap `fetch_netmap` returns is ``state["netmap"]``."""
-    for var in [v for v in os.environ if v.startswith("SUNBEAM_")]:
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
-    monkeypatch.setenv("SUNBEAM_CONTROL_URL", "http://127.0.0.1:1")
-    monkeypatch.setenv("SUNBEAM_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("SUNBEAM_STATE_DIR", str(tmp_path / "state"))
+    env_only_context(monkeypatch, tmp_path)
     state: dict[str, Netmap | str] = {"netmap": NETMAP}
     monkeypatch.setattr(lookup, "fetch_netmap", lambda rundir: state["netmap"])
     return state

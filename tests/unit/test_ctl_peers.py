@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import msgspec
 import pytest
@@ -26,6 +25,8 @@ from sunbeam.shared.messages.ctl import (
     PeerStats,
 )
 from sunbeam.shared.netmap import Netmap, Peer
+
+from .ctlenv import env_only_context
 
 K1, K2, K3 = ("nodekey:" + c * 64 for c in "123")
 NOW = 1_718_000_000.0
@@ -158,12 +159,7 @@ def peers_running(monkeypatch, tmp_path):
     from sunbeam.ctl import peers
     from sunbeam.ctl.client import Found
 
-    for var in [v for v in os.environ if v.startswith("SUNBEAM_")]:
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
-    monkeypatch.setenv("SUNBEAM_CONTROL_URL", "http://127.0.0.1:1")
-    monkeypatch.setenv("SUNBEAM_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("SUNBEAM_STATE_DIR", str(tmp_path / "state"))
+    env_only_context(monkeypatch, tmp_path)
     monkeypatch.setattr(peers, "discover", lambda rundir: [Found("control", tmp_path / "control-ctl.sock", True)])
     monkeypatch.setattr(peers, "_read_netmap", lambda rundir: _routing_netmap())
     monkeypatch.setattr(peers, "collect_stats", lambda rundir: ([], []))
