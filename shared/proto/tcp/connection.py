@@ -144,12 +144,12 @@ class Connection(_Input):
             self.stack.counters["request_timeout"] += 1
             self._fail("timeout")
             return
+        if self.tlp_at and now >= self.tlp_at:  # before the RTO: a probe due with it goes instead
+            self.tlp_at = 0.0
+            self._tlp_expired(now)  # (which re-arms the RTO after the probe)
         if self.rtx_at and now >= self.rtx_at:
             self.rtx_at = self.tlp_at = 0.0
             self._rto_expired(now)
-        if self.tlp_at and now >= self.tlp_at:
-            self.tlp_at = 0.0
-            self._tlp_expired(now)
         if self.rack_at and now >= self.rack_at:
             self.rack_at = 0.0
             if self.rack is not None:
