@@ -6,7 +6,7 @@ A bad port or unusable keys exit 2 (a configuration error), a port that cannot b
 
 ``$SUNBEAM_DIRECT_SOCKETS`` (``1`` = on, ``0`` = off; default `DIRECT_DEFAULT`): the WireGuard
 workers send and receive their direct peers' datagrams on their own sockets bound to our
-port (`udpsock` "Sharing the port"). Our socket then sets ``SO_REUSEPORT``, and the port goes
+port (shared/runtime/udpsock.py "Sharing the port"). Our socket then sets ``SO_REUSEPORT``, and the port goes
 to the workers in ``PeerPath.port`` (0 when off: the workers keep sending through us). Since
 ``SO_REUSEPORT`` would let another process of this user bind the same port without an
 error, the port is first bound without it (and let go) to check that it is free; when it is
@@ -26,9 +26,9 @@ from typing import Any
 from sunbeam.shared.keys import KeyFormatError, load_or_create
 from sunbeam.shared.proto.disco import DiscoBoxes
 from sunbeam.shared.runtime.service import Service, run_service
+from sunbeam.shared.runtime.udpsock import UdpSocket
 
 from .service import UdpService
-from .udpsock import UdpSocket
 
 ENV_PORT = "SUNBEAM_UDP_PORT"
 ENV_DIRECT = "SUNBEAM_DIRECT_SOCKETS"

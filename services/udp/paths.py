@@ -49,10 +49,10 @@ from sunbeam.shared.proto.discopaths import DiscoPaths, Output, PeerInfo
 from sunbeam.shared.proto.stun import StunError, binding_request, parse_response
 from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.service import Service
+from sunbeam.shared.runtime.udpsock import UdpSocket
 from sunbeam.shared.sharding import owner
 
 from . import localaddrs
-from .udpsock import UdpSocket
 
 ENDPOINT_REFRESH = 10.0  # s: re-read interface addresses, re-publish our status
 STUN_INTERVAL = 20.0  # s: between STUN rounds (tailscaled's netcheck runs every 20-26 s)

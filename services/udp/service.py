@@ -1,7 +1,7 @@
 """`UdpService`: the UDP socket, inbound routing to the WireGuard workers, disco answers
 (the sunbeam-udp process; main.py starts it).
 
-State owned by this process (its loop thread): the UDP socket (`udpsock.UdpSocket`), the
+State owned by this process (its loop thread): the UDP socket (`shared.runtime.udpsock.UdpSocket`), the
 disco key's precomputed boxes, the per-iteration batches to the workers.
 
 Sockets (declared in shared/channels.py; what this service does with each)::
@@ -72,11 +72,11 @@ from sunbeam.shared.runtime import (
     decoding_handler,
 )
 from sunbeam.shared.runtime.service import Service
+from sunbeam.shared.runtime.udpsock import UdpSocket
 from sunbeam.shared.sharding import worker_of_index
 
 from .discoreply import answer
 from .paths import PathFinder
-from .udpsock import UdpSocket
 from .wgroute import TRANSPORT_MIN_SIZE, route
 
 _TRANSPORT = b"\x04\x00\x00\x00"

@@ -39,11 +39,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sunbeam.services.udp.udpsock import UdpSocket
 from sunbeam.shared.proto.disco import looks_like_disco
 from sunbeam.shared.proto.wireguard import split_segments, transport_run_index
 from sunbeam.shared.runtime import RateLimitedLog
 from sunbeam.shared.runtime.counters import Counters
+from sunbeam.shared.runtime.udpsock import UdpSocket
 from sunbeam.shared.sharding import worker_of_index
 
 __all__ = ["DirectSockets", "PrefixedCounters", "classify"]

@@ -12,13 +12,16 @@ import subprocess
 import time
 
 import pytest
-import zmq
-
-from sunbeam.services.udp.udpsock import UdpSocket
-from sunbeam.shared.messages.dataplane import UDP_IN_CODEC, WG_IN_CODEC, UdpForwarded, UdpReceived
+from sunbeam.shared.messages.dataplane import (
+    UDP_IN_CODEC,
+    WG_IN_CODEC,
+    UdpForwarded,
+    UdpReceived,
+)
 from sunbeam.shared.proto import disco
 from sunbeam.shared.proto.disco import Ping, Pong
 from sunbeam.shared.runtime.counters import Counters
+from sunbeam.shared.runtime.udpsock import UdpSocket
 from sunbeam.shared.sharding import make_index
 
 from .test_service import PEER_DISCO, PEER_NODE_KEY, Harness, le

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from sunbeam.ctl.client import request
 from sunbeam.shared.keys import from_text, public_from_private
 from sunbeam.shared.messages.ctl import HealthRequest
@@ -35,8 +34,8 @@ from sunbeam.shared.proto.disco import CallMeMaybe, Ping, Pong
 from sunbeam.shared.proto.wireguard import split_segments
 from sunbeam.shared.runtime.counters import Counters
 from sunbeam.shared.runtime.rundir import endpoint
+from sunbeam.shared.runtime.udpsock import UdpSocket
 from sunbeam.shared.sharding import make_index
-from sunbeam.services.udp.udpsock import UdpSocket
 
 PEER_DISCO = bytes(range(0x41, 0x61))
 PEER_NODE_KEY = bytes(range(0x81, 0xA1))

@@ -8,11 +8,15 @@ import time
 import zlib
 
 import pytest
-
-from sunbeam.services.udp.udpsock import MAX_GSO_SEGMENTS, UdpSocket, gso_runs, sockaddr_text
-from sunbeam.shared.proto.wireguard import split_segments
 from sunbeam.services.udp.wgroute import route
+from sunbeam.shared.proto.wireguard import split_segments
 from sunbeam.shared.runtime.counters import Counters
+from sunbeam.shared.runtime.udpsock import (
+    MAX_GSO_SEGMENTS,
+    UdpSocket,
+    gso_runs,
+    sockaddr_text,
+)
 from sunbeam.shared.sharding import make_index
 
 

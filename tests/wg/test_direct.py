@@ -8,12 +8,16 @@ import socket
 import time
 
 import pytest
-
-from sunbeam.services.udp.udpsock import UdpSocket
-from sunbeam.services.wg.direct import RETRY_AFTER, SOURCE_IDLE, DirectSockets, PrefixedCounters, classify
+from sunbeam.services.wg.direct import (
+    RETRY_AFTER,
+    SOURCE_IDLE,
+    DirectSockets,
+    PrefixedCounters,
+    classify,
+)
 from sunbeam.shared.proto import disco
-from sunbeam.shared.runtime import RateLimitedLog
 from sunbeam.shared.runtime.counters import Counters
+from sunbeam.shared.runtime.udpsock import UdpSocket
 from sunbeam.shared.sharding import make_index
 
 PEER = b"P" * 32

@@ -1,4 +1,5 @@
-"""The one UDP socket: dual-stack bind, GRO receive, GSO send, address text forms.
+"""The UDP socket of the udp service (and of the WireGuard workers' direct sockets): dual-stack
+bind, GRO receive, GSO send, address text forms.
 
 Socket: AF_INET6 with IPV6_V6ONLY=0 bound to ``[::]:port`` (IPv4 peers appear as
 ``::ffff:a.b.c.d`` and are shown as ``a.b.c.d:port``); if IPv6 is unavailable, AF_INET on
@@ -47,8 +48,8 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from sunbeam.shared.proto.disco import format_addr_port, parse_addr_port
-from sunbeam.shared.runtime.counters import Counters
+from ..proto.disco import format_addr_port, parse_addr_port
+from .counters import Counters
 
 __all__ = ["MAX_GSO_BYTES", "MAX_GSO_SEGMENTS", "UdpSocket", "gso_runs"]
 
