@@ -554,8 +554,13 @@ def test_no_listener_beyond_loopback(refnet, hostile):
                 assert [(r[0], str(r[2]), r[3]) for r in listening] == [("proxy", "127.0.0.1", SOCKS)]
             else:
                 assert listening == []  # nothing listens on TCP by default
-            # UDP: the WireGuard/disco socket on every address is the one expected exception
-            wildcard = [r for r in rows if r[1].startswith("udp") and not _loopback(r[2])]
+            # UDP: the WireGuard/disco socket on every address is the one expected exception. A
+            # worker's direct socket (services/wg/direct.py) is connect()ed to one peer (state 01,
+            # ESTABLISHED): the kernel gives it only that peer's datagrams, so it listens to nobody
+            udp_rows = [r for r in rows if r[1].startswith("udp") and not _loopback(r[2])]
+            connected = [r for r in udp_rows if r[4] == "01"]
+            assert all(r[0].startswith("wg-") and r[3] == udp_port(node) for r in connected), connected
+            wildcard = [r for r in udp_rows if r[4] != "01"]
             assert [(r[0], r[3]) for r in wildcard] == [("udp", udp_port(node))], wildcard
             assert wildcard[0][2].is_unspecified
         _assert_no_secrets(default, refnet)
