@@ -7,7 +7,9 @@ WireGuard worker (`IpPlane.send`), and stack events dispatched to the handler re
 for the connection (`Splice`, or the inbound acceptor for `ConnectionRequest`).
 
 Buffers: `RECV_BUFFER` and `SEND_BUFFER` per connection and direction; they fill only when
-one side is slower than the other (a slow local reader, a slow peer).
+one side is slower than the other (a slow local reader, a slow peer). Congestion control:
+CUBIC; ``$SUNBEAM_TCP_CONGESTION=newreno`` selects NewReno (for A/B benchmarks; an unknown
+name is logged and CUBIC used).
 
 ``pump()`` runs at the end of every loop iteration (and after a timer): it drains events,
 transmits, flushes the worker outbox, and re-arms the one timer. Ownership: the proxy's
@@ -32,6 +34,7 @@ from sunbeam.shared.proto.tcp import (
     TcpStack,
     Writable,
 )
+from sunbeam.shared.proto.tcp.congestion import ALGORITHMS as CONGESTION_ALGORITHMS
 from sunbeam.shared.runtime.coretimer import CoreTimer
 from sunbeam.shared.runtime.service import Service
 
@@ -46,6 +49,7 @@ every stage). tailscaled's netstack lets its receive buffer grow to 8 MB."""
 SEND_BUFFER = 4 << 20
 """Per connection, bytes read from the local socket and not yet acknowledged by the peer.
 1 MB: ~118 MB/s for a 200 MB upload, 4 MB: ~130 (tailscaled: up to 6 MB)."""
+ENV_CONGESTION = "SUNBEAM_TCP_CONGESTION"
 
 
 class ConnHandler(Protocol):
@@ -63,7 +67,13 @@ class TcpEngine:
         self.loop = svc.loop
         self.plane = plane
         self.counters = svc.counters
-        self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER)
+        congestion = os.environ.get(ENV_CONGESTION, "cubic")
+        if congestion not in CONGESTION_ALGORITHMS:
+            svc.log.warning("bad_env", name=ENV_CONGESTION, value=congestion[:40], using="cubic",
+                            choices=sorted(CONGESTION_ALGORITHMS))
+            congestion = "cubic"
+        self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER,
+                              congestion=congestion)
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self.timer = CoreTimer(self.loop, self.stack.next_timer, self.loop.now, self._on_timer)

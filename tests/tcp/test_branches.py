@@ -37,7 +37,7 @@ def test_syn_ack_carrying_data_and_fin():
 
 
 def test_newreno_inflates_cwnd_per_further_duplicate_ack():
-    s = Scripted()
+    s = Scripted(congestion="newreno")
     cid, _ = s.active_open(options=NO_SACK, window=65535)
     conn = s.stack._by_id[cid]
     una = conn.snd_una

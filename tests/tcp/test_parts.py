@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sunbeam.shared.proto.tcp.rack import Rack
@@ -94,7 +95,13 @@ def test_rto_estimator_rfc6298():
         r.expired()
     assert r.rto == 60  # capped
     r.sample(0.01)  # a new sample ends the backoff (5.7 note)
-    assert r.backoffs == 0 and r.rto == max(0.2, r.srtt + 4 * r.rttvar)
+    assert r.backoffs == 0 and r.rto == r.srtt + max(0.2, 4 * r.rttvar)
+    # a steady 100 ms path: the floor applies to the variance term, as Linux's, so the RTO
+    # stays a floor's width above SRTT (0.3 s) instead of sitting at 0.2 s, one RTT away
+    steady = RttEstimator(min_rto=0.2, max_rto=60)
+    for _ in range(100):
+        steady.sample(0.1)
+    assert steady.rto == pytest.approx(0.3)
     r2 = RttEstimator()
     r2.handshake_retried()
     assert r2.rto == 3.0  # 5.7

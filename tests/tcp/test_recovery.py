@@ -4,6 +4,7 @@ the persist probe, bounded buffers."""
 
 from __future__ import annotations
 
+import pytest
 from sunbeam.shared.proto.tcp import Closed, Reset, Writable
 from sunbeam.shared.proto.tcp.segment import (
     ACK,
@@ -67,8 +68,11 @@ def _established_sender(options: bytes, segments: int, **kw) -> tuple[Scripted, 
     return s, cid, una
 
 
-def test_fast_retransmit_on_three_dupacks_newreno():
-    s, cid, una = _established_sender(NO_SACK, 10)
+@pytest.mark.parametrize(("congestion", "beta"), [("newreno", 0.5), ("cubic", 0.7)])
+def test_fast_retransmit_on_three_dupacks_newreno(congestion, beta):
+    """NewReno's recovery (RFC 6582) with either window arithmetic: NewReno halves the
+    flight (RFC 5681 eq. 4), CUBIC keeps 0.7 of it (RFC 9438 4.6)."""
+    s, cid, una = _established_sender(NO_SACK, 10, congestion=congestion)
     segs = s.out()
     assert len(segs) == 11 and segs[0].seq == una  # 10 * 1280 bytes in 1240-byte segments
     conn = s.stack._by_id[cid]
@@ -80,7 +84,7 @@ def test_fast_retransmit_on_three_dupacks_newreno():
     assert s.now < 0.2  # long before any RTO
     rexmit = [x for x in new if x.seq == una]
     assert len(rexmit) == 1 and rexmit[0].payload == segs[0].payload
-    assert conn.recovery and conn.cc.ssthresh == max(len(b"".join(x.payload for x in segs)) // 2, 2 * 1240)
+    assert conn.recovery and conn.cc.ssthresh == max(int(len(b"".join(x.payload for x in segs)) * beta), 2 * 1240)
     assert s.stack.counters["fast_retransmit"] == 1
     # partial ACK: the next hole goes at once (NewReno)
     out = s.deliver(ACK, 5001, una + 3 * 1240)

@@ -9,10 +9,10 @@ ports) from the ``random_bytes`` it is given. Modules, one concern each:
     tcb          the control block: every variable of a connection, declared once
     connection   user calls (send/read/shutdown/abort), timers
     input        segment arrival (RFC 9293 3.10.7): fast path and the RFC's checks
-    sender       ACK processing, NewReno / SACK loss recovery, D-SACK undo, RTO
+    sender       ACK processing, NewReno-style / SACK loss recovery, D-SACK undo, RTO
     probes       tail loss probe (RFC 8985), zero-window probe, keepalive
     output       building segments: SYN, data, retransmissions, FIN, ACK, RST
-    congestion   cwnd / ssthresh arithmetic (NewReno, RFC 5681 / 6582)
+    congestion   cwnd / ssthresh arithmetic (CUBIC, RFC 9438, by default; NewReno, RFC 5681 / 6582)
     scoreboard   the sender's SACK scoreboard (RFC 2018 / 6675)
     rack         time-based loss detection (RACK, RFC 8985)
     reassembly   the receiver's out-of-order queue and SACK blocks

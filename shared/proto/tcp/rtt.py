@@ -2,13 +2,15 @@
 
     first sample R:   SRTT = R, RTTVAR = R/2
     later samples R': RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R'|,  SRTT = 7/8 SRTT + 1/8 R'
-    RTO = SRTT + max(G, 4 RTTVAR), clamped to [min_rto, max_rto]
+    RTO = SRTT + max(G, 4 RTTVAR, min_rto), at most max_rto
 
 Before any sample RTO is 1 s (2.1). On expiry the RTO doubles (5.5) and stays backed off
 until a new sample arrives (5.7 note, Karn's algorithm): the connection takes no sample
-from a retransmitted segment. Deviation: the minimum is 200 ms by default (Linux's
-TCP_RTO_MIN), not RFC 6298's recommended 1 s (2.4 "SHOULD"); a proxy on a tailnet with
-millisecond RTTs would otherwise stall a second on every tail loss. When the SYN or SYN-ACK
+from a retransmitted segment. Deviation: the floor is on the variance term, 200 ms by
+default, as Linux has it (TCP_RTO_MIN bounds its mdev), not RFC 6298's 1 s minimum on the
+whole RTO (2.4 "SHOULD"); a proxy on a tailnet with millisecond RTTs would otherwise stall
+a second on every tail loss, and on a 100+ ms path a floor on the whole RTO leaves it
+barely above one RTT, where a delay spike or reordering fires it spuriously. When the SYN or SYN-ACK
 had to be retransmitted, the RTO is 3 s until the first sample (RFC 6298 5.7).
 """
 
@@ -45,7 +47,7 @@ class RttEstimator:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
             self.srtt = 0.875 * self.srtt + 0.125 * r
         self.backoffs = 0
-        self.rto = min(max(self.srtt + max(GRANULARITY, 4 * self.rttvar), self.min_rto), self.max_rto)
+        self.rto = min(self.srtt + max(GRANULARITY, 4 * self.rttvar, self.min_rto), self.max_rto)
 
     def expired(self) -> None:
         """The retransmission timer fired: back off (RFC 6298 5.5)."""

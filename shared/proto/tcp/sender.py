@@ -138,7 +138,8 @@ class _Sender(_Probes):
         else:
             self.dupacks = 0
             if self.cwnd_limited:
-                cc.on_ack(acked)
+                srtt = self.rtt.srtt
+                cc.on_ack(acked, now, srtt if srtt is not None else 0.0)
         if ack >= self.snd_max:
             self.rtx_at = self.tlp_at = 0.0
         else:
@@ -224,8 +225,6 @@ class _Sender(_Probes):
             self.undo_retrans -= max(1, (end - start) // self.mss)
             if self.undo_retrans <= 0:
                 self.undo_retrans = -1
-                cc = self.cc
-                cc.cwnd = max(cc.cwnd, self.prior_cwnd)
-                cc.ssthresh = max(cc.ssthresh, self.prior_ssthresh)
+                self.cc.undo(self.prior_cwnd, self.prior_ssthresh)
                 self.stack.counters["undo"] += 1
                 self._mark()

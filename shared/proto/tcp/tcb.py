@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .congestion import NewReno
+from .congestion import ALGORITHMS, Cubic, NewReno
 from .events import Closed, Connected, Reset, Writable
 from .rack import Rack
 from .reassembly import Reassembly
@@ -48,6 +48,7 @@ class Config:
     """Settings shared by every connection of one stack (read-only once made)."""
 
     __slots__ = (
+        "congestion",
         "keepalive_count",
         "keepalive_idle",
         "keepalive_interval",
@@ -70,7 +71,8 @@ class Config:
                  send_buffer: int = 1 << 20, sack: bool = True, min_rto: float = 0.2, max_rto: float = 60.0,
                  syn_retries: int = 5, max_retries: int = 10, time_wait: float = 2.0,
                  request_timeout: float = 30.0, keepalive_idle: float | None = None,
-                 keepalive_interval: float = 10.0, keepalive_count: int = 5, ttl: int = 64) -> None:
+                 keepalive_interval: float = 10.0, keepalive_count: int = 5, ttl: int = 64,
+                 congestion: str = "cubic") -> None:
         self.mss4, self.mss6 = mss4, mss6
         self.recv_buffer, self.send_buffer = recv_buffer, send_buffer
         ws = 0
@@ -85,6 +87,10 @@ class Config:
         self.keepalive_idle, self.keepalive_interval, self.keepalive_count = (
             keepalive_idle, keepalive_interval, keepalive_count)
         self.ttl = ttl
+        if congestion not in ALGORITHMS:
+            raise ValueError(f"congestion control {congestion!r}: one of {', '.join(sorted(ALGORITHMS))}")
+        self.congestion = congestion
+        """The congestion control algorithm (`congestion.ALGORITHMS`)."""
 
 
 class _Tcb:
@@ -155,7 +161,7 @@ class _Tcb:
         self.peer_fin = False
         self.sack_ok = False
         # congestion control and loss recovery
-        self.cc = NewReno(mss)
+        self.cc: Cubic | NewReno = ALGORITHMS[cfg.congestion](mss)
         self.dupacks = 0
         self.recovery = False
         self.recover = iss
