@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, NamedTuple
 
 from sunbeam.ctl.watch import NetmapWatch
 
@@ -139,3 +141,43 @@ def until_ok(fn, timeout: float = 30.0):
         if res.returncode == 0 or time.monotonic() > deadline:
             return res
         time.sleep(1)
+
+
+def service_pids(node: SunbeamNode) -> dict[str, int]:
+    """Service name (``wg-0``, ``udp``, ...) -> pid, from ``sunbeam-ctl status --json``."""
+    return {s["service"]: s["pid"] for s in node.status().get("services", [])}
+
+
+class KilledRead(NamedTuple):
+    nbytes: int  # bytes read until EOF
+    sha256: str  # hex sha256 of those bytes
+    killed: dict[str, int]  # service -> the pid that was sent SIGKILL
+
+
+def read_killing(stream: IO[bytes], node: SunbeamNode, kills: list[tuple[int, str]]) -> KilledRead:
+    """Read ``stream`` (e.g. a curl download's stdout) to EOF, hashing it, and SIGKILL
+    ``node``'s service ``svc`` once ``after`` bytes have been read, for each ``(after, svc)``
+    in ``kills`` (ascending ``after``). A kill whose ``after`` was never reached is absent
+    from ``killed``."""
+    pending = sorted(kills)
+    digest = hashlib.sha256()
+    got = 0
+    killed: dict[str, int] = {}
+    while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]  # a BufferedReader (Popen stdout)
+        digest.update(chunk)
+        got += len(chunk)
+        while pending and got >= pending[0][0]:
+            _, svc = pending.pop(0)
+            killed[svc] = service_pids(node)[svc]
+            os.kill(killed[svc], signal.SIGKILL)
+    return KilledRead(got, digest.hexdigest(), killed)
+
+
+def wait_restarted(node: SunbeamNode, killed: dict[str, int], timeout: float = 20.0) -> dict[str, int]:
+    """Until every service in ``killed`` (service -> old pid) runs again under a new pid
+    (supervisord restarted it); the services' pids then."""
+    def restarted() -> dict[str, int] | None:
+        now = service_pids(node)
+        return now if all(now.get(svc) not in (None, pid) for svc, pid in killed.items()) else None
+
+    return wait_for(restarted, timeout, f"restart of {sorted(killed)} (old pids {killed})")

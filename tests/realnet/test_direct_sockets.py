@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 from sunbeam.refnet.blobs import blob_sha256
 from sunbeam.shared.keys import from_text
 from sunbeam.shared.sharding import owner
 
-from .sunbeam_node import SunbeamNode, wait_for
+from .sunbeam_node import SunbeamNode, read_killing, wait_for, wait_restarted
 
 pytestmark = pytest.mark.realnet
 
@@ -30,10 +27,6 @@ def node(refnet):
                     extra_env={"SUNBEAM_WG_WORKERS": "2", "SUNBEAM_DIRECT_SOCKETS": "1"})
     yield n
     n.close()
-
-
-def _pids(node: SunbeamNode) -> dict[str, int]:
-    return {s["service"]: s["pid"] for s in node.status().get("services", [])}
 
 
 def _worker_of(node: SunbeamNode, peer: dict) -> str:
@@ -89,28 +82,12 @@ def test_a_direct_peers_datagrams_go_to_its_workers_socket_and_survive_kill9(ref
         "curl", "-sS", "--fail", "--max-time", "180", "--limit-rate", "5M", "--socks5-hostname",
         f"127.0.0.1:{SOCKS}", f"http://{peer['name']}:{peer['service_port']}/blob/100M?seed=dkill"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    digest = hashlib.sha256()
-    got = 0
-    killed: dict[str, int] = {}
-    schedule = [(10 * MB, worker), (45 * MB, "udp")]
     assert curl.stdout is not None
-    while chunk := curl.stdout.read1(1 << 16):
-        digest.update(chunk)
-        got += len(chunk)
-        if schedule and got >= schedule[0][0]:
-            _, svc = schedule.pop(0)
-            killed[svc] = _pids(node)[svc]
-            os.kill(killed[svc], signal.SIGKILL)
+    got = read_killing(curl.stdout, node, [(10 * MB, worker), (45 * MB, "udp")])
     assert curl.wait(timeout=60) == 0, curl.stderr.read() if curl.stderr else ""
-    assert not schedule and set(killed) == {worker, "udp"}
-    assert got == 100 * MB and digest.hexdigest() == blob_sha256(100 * MB, "dkill")
-    deadline = time.monotonic() + 20
-    while True:
-        now = _pids(node)
-        if all(now.get(svc) not in (None, pid) for svc, pid in killed.items()):
-            break
-        assert time.monotonic() < deadline, (killed, now)
-        time.sleep(0.2)
+    assert set(got.killed) == {worker, "udp"}, got.killed
+    assert got.nbytes == 100 * MB and got.sha256 == blob_sha256(100 * MB, "dkill")
+    wait_restarted(node, got.killed)
     # the restarted worker opens its socket again once the restarted udp trusts the path
     _direct(node, peer)
     wait_for(lambda: node.counters(worker).get("direct.opened", 0) >= 1, 30, "a direct socket in the new worker")

@@ -3,7 +3,6 @@ and every service, status/peers/ping/stop, crash recovery under supervisord."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from sunbeam.ctl.daemon import process_alive
 from sunbeam.shared.keys import from_text
 from sunbeam.shared.sharding import owner
 
-from .sunbeam_node import SunbeamNode
+from .sunbeam_node import SunbeamNode, read_killing, service_pids, wait_restarted
 
 pytestmark = pytest.mark.realnet
 
@@ -34,10 +33,6 @@ def node(refnet):
                     extra_env={"SUNBEAM_WG_WORKERS": "2"})
     yield n
     n.close()
-
-
-def _pids(node: SunbeamNode) -> dict[str, int]:
-    return {s["service"]: s["pid"] for s in node.status().get("services", [])}
 
 
 def _supervisord_pid(node: SunbeamNode) -> int:
@@ -100,7 +95,7 @@ def test_connect_status_peers_ping_stop_transcript(refnet, node):
     assert again.returncode == 1 and "already running" in again.stdout, again.stdout
     assert _supervisord_pid(node) == sup  # the running one is untouched
 
-    pids = _pids(node)
+    pids = service_pids(node)
     stop = node.ctl("stop", timeout=60)
     assert stop.returncode == 0, stop.stdout
     assert stop.stdout.splitlines() == ["Asking VPN daemon to stop...", "Daemon acknowledged shutdown."]
@@ -123,36 +118,19 @@ def test_download_survives_kill9_of_worker_udp_and_derp(refnet, node):
         "curl", "-sS", "--fail", "--max-time", "180", "--limit-rate", "5M", "--socks5-hostname",
         f"127.0.0.1:{SOCKS}", f"http://{peer['name']}:{peer['service_port']}/blob/100M?seed=kill"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    digest = hashlib.sha256()
-    got = 0
-    killed: dict[str, int] = {}
-    schedule = [(3 * MB, worker), (30 * MB, "udp"), (55 * MB, "derp")]
     assert curl.stdout is not None
-    while chunk := curl.stdout.read1(1 << 16):
-        digest.update(chunk)
-        got += len(chunk)
-        if schedule and got >= schedule[0][0]:
-            _, svc = schedule.pop(0)
-            killed[svc] = _pids(node)[svc]
-            os.kill(killed[svc], signal.SIGKILL)
+    got = read_killing(curl.stdout, node, [(3 * MB, worker), (30 * MB, "udp"), (55 * MB, "derp")])
     assert curl.wait(timeout=60) == 0, curl.stderr.read() if curl.stderr else ""
-    assert not schedule and set(killed) == {worker, "udp", "derp"}
-    assert got == 100 * MB and digest.hexdigest() == blob_sha256(100 * MB, "kill")
-    # supervisord restarted each one: a new pid, running, and traffic flows again
-    deadline = time.monotonic() + 20
-    while True:
-        now = _pids(node)
-        if all(now.get(svc) not in (None, pid) for svc, pid in killed.items()):
-            break
-        assert time.monotonic() < deadline, (killed, now)
-        time.sleep(0.2)
+    assert set(got.killed) == {worker, "udp", "derp"}, got.killed
+    assert got.nbytes == 100 * MB and got.sha256 == blob_sha256(100 * MB, "kill")
+    wait_restarted(node, got.killed)  # supervisord restarted each one: a new pid, running; traffic flows again
     ping = node.ctl("ping", peer["name"], "-c", "2", timeout=60)
     assert ping.returncode == 0, ping.stdout
 
 
 def test_stale_sockets_of_a_killed_run_do_not_block_connect(refnet, node):
     assert node.ctl("connect", timeout=90).returncode == 0
-    pids = [_supervisord_pid(node), *_pids(node).values()]
+    pids = [_supervisord_pid(node), *service_pids(node).values()]
     for pid in pids:  # the whole daemon dies at once, as on a power cut
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -178,7 +156,7 @@ def test_connect_foreground_stops_on_sigterm(refnet, node):
             break
     assert CONNECTED.search("".join(seen)), seen
     sup = _supervisord_pid(node)
-    pids = _pids(node)
+    pids = service_pids(node)
     assert set(pids) == SERVICES
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
