@@ -7,18 +7,17 @@ offload setting, sbh1 back in A)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from sunbeam.refnet import linkemu, netns, topology
+from sunbeam.refnet.transfer import tcp_transfer
 
 pytestmark = pytest.mark.realnet
 
@@ -92,7 +91,7 @@ def _sequence_arrivals(info: dict, host: dict, count: int, spacing: float) -> li
             while time.perf_counter() < t0 + i * spacing:
                 pass
             tx.sendto(struct.pack("!I", i) + bytes(200), dest)
-        got = []
+        got: list[int] = []
         while len(got) < count:
             try:
                 got.append(struct.unpack("!I", rx.recv(2048)[:4])[0])
@@ -127,43 +126,14 @@ def test_jitter_alone_keeps_order(refnet_hosts, link_host):
     assert got == list(range(1000))
 
 
-def _tcp_transfer(src_ns: str, dst_ns: str, dst_addr: str, size: int) -> tuple[bool, float]:
-    """Send ``size`` random bytes over one TCP connection; (intact, MB/s)."""
-    data = os.urandom(size)
-    with netns.entered(dst_ns):
-        srv = socket.create_server((dst_addr, 0))
-    port = srv.getsockname()[1]
-    digest: list[str] = []
-
-    def receive() -> None:
-        conn, _ = srv.accept()
-        h = hashlib.sha256()
-        with conn:
-            while chunk := conn.recv(1 << 20):
-                h.update(chunk)
-        digest.append(h.hexdigest())
-
-    t = threading.Thread(target=receive)
-    t.start()
-    t0 = time.monotonic()
-    with netns.entered(src_ns):
-        c = socket.create_connection((dst_addr, port), timeout=60)
-    with c:
-        c.sendall(data)
-    t.join(timeout=120)
-    took = time.monotonic() - t0
-    srv.close()
-    return digest == [hashlib.sha256(data).hexdigest()], size / took / (1 << 20)
-
-
 @pytest.mark.parametrize("link_host", ["20ms/1%+reorder=1%"], indirect=True)
 def test_tcp_intact_both_ways(refnet_hosts, link_host):
     size = 8 << 20
-    ok, down = _tcp_transfer(refnet_hosts["netns"], link_host["netns"], topology.B_SPLIT_ADDR, size)
-    assert ok
-    ok, up = _tcp_transfer(link_host["netns"], refnet_hosts["netns"], topology.A_ADDR, size)
-    assert ok
-    print(f"kernel TCP over 20ms/1%+reorder=1%: A->B {down:.1f} MB/s, B->A {up:.1f} MB/s")
+    down = tcp_transfer(refnet_hosts["netns"], link_host["netns"], topology.B_SPLIT_ADDR, size, timeout=120)
+    assert down.intact, down
+    up = tcp_transfer(link_host["netns"], refnet_hosts["netns"], topology.A_ADDR, size, timeout=120)
+    assert up.intact, up
+    print(f"kernel TCP over 20ms/1%+reorder=1%: A->B {down.mb_per_s:.1f} MB/s, B->A {up.mb_per_s:.1f} MB/s")
     stats = topology.link_stats(refnet_hosts)
     for d in ("to_a", "to_b"):
         assert stats[d]["lost"] > 0 and stats[d]["held"] > 0 and stats[d]["send_errors"] == 0
