@@ -28,19 +28,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_vs_tailscaled import _warm, download, latency, upload  # noqa: E402
-from sides import Sunbeam, save_results, version_line  # noqa: E402
+from bench_vs_tailscaled import download, latency, upload  # noqa: E402
+from sides import Sunbeam, save_results, version_line, wait_reachable, write_payload  # noqa: E402
 
 from sunbeam.refnet import network  # noqa: E402
 
-MB = 1 << 20
 METRICS = ("latency_p50_ms", "latency_p99_ms", "download_mbps", "download_cpu_s_per_100mb", "upload_mbps",
            "upload_cpu_s_per_100mb")
 
@@ -51,9 +49,8 @@ def _peers(side: Sunbeam) -> dict:
 
 
 def _worker_counters(side: Sunbeam) -> dict[str, int]:
-    status = json.loads(side.ctl("status", "--json").stdout or "{}")
     out: dict[str, int] = {}
-    for s in status.get("services", []):
+    for s in side.services():
         if s["service"].startswith("wg-"):
             for k, v in (s.get("counters") or {}).items():
                 if k.startswith("direct."):
@@ -74,9 +71,7 @@ def _direct_path(side: Sunbeam, target: dict) -> None:
 def run(args: argparse.Namespace) -> dict:
     info = network.up(2, name=f"sbdirect-{os.getpid()}", log=lambda m: print(f"[refnet] {m}", file=sys.stderr))
     target = info["peers"][1]
-    payload = Path(info["workdir"]) / "upload.bin"
-    with payload.open("wb") as f:
-        f.write(os.urandom(args.size_mb * MB))
+    payload = write_payload(info, args.size_mb)
     sides = {"A_off": Sunbeam(info, hostname="sb-direct-off", socks_port=1080),
              "B_on": Sunbeam(info, hostname="sb-direct-on", socks_port=1081)}
     sides["A_off"].env["SUNBEAM_DIRECT_SOCKETS"] = "0"
@@ -88,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
         for side in sides.values():
             side.start()
         for side in sides.values():
-            _warm(info, side, target)
+            wait_reachable(info, side, target)
             _direct_path(side, target)
         before = _worker_counters(sides["B_on"])
         latency(info, sides["B_on"], target, count=50)

@@ -31,36 +31,36 @@ plus "machine", "ceiling" and "details" (per run figures).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sides import Sunbeam, cpu_seconds, save_results, version_line  # noqa: E402
+from sides import (  # noqa: E402
+    Side,
+    Sunbeam,
+    cpu_seconds,
+    fetch_blob,
+    post_upload,
+    save_results,
+    version_line,
+    wait_reachable,
+    write_payload,
+)
 
-from sunbeam.refnet import netns, network, topology  # noqa: E402
+from sunbeam.refnet import network, topology  # noqa: E402
 from sunbeam.refnet.install import install  # noqa: E402
 from sunbeam.refnet.tailscale import Peer  # noqa: E402
+from sunbeam.refnet.transfer import tcp_transfer  # noqa: E402
 
 MB = 1 << 20
 DEFAULT_PROFILES = ["20ms/0.5%", "50ms/1%+reorder=1%"]
 TS_INDEX = 50  # the tailscaled in B: SOCKS5 127.0.0.1:11130
-
-
-class Side(Protocol):
-    name: str
-    socks: str
-
-    def pids(self) -> list[int]: ...
 
 
 class TailscaledInB:
@@ -106,12 +106,6 @@ class TailscaledInB:
             self.proc.wait()
 
 
-def _curl(host: dict, socks: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(host["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", str(int(timeout)),
-                                                 "--socks5-hostname", socks, *args],
-                          capture_output=True, text=True, timeout=timeout + 30)
-
-
 def _wait_direct(info: dict, target: dict, hostname: str, timeout: float = 90) -> str:
     """Until the target peer (in A) reaches ``hostname`` directly (at B's 10.77.0.2); its CurAddr."""
     cli = target["tailscale_cli"]
@@ -131,23 +125,13 @@ def _wait_direct(info: dict, target: dict, hostname: str, timeout: float = 90) -
     raise RuntimeError(f"{hostname}: no direct path from {target['name']} within {timeout}s (CurAddr {last!r})")
 
 
-def _warm(host: dict, side: Side, target: dict) -> None:
-    url = f"http://{target['name']}:{target['service_port']}/whoami"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if _curl(host, side.socks, url, timeout=20).returncode == 0:
-            return
-        time.sleep(1)
-    raise RuntimeError(f"{side.name} cannot reach {target['name']} from B")
-
-
 def _proxy_counters(sb: Sunbeam) -> dict[str, int]:
     """sunbeam's proxy service counters (tcp_retransmit, tcp_rto, ...) from `status --json`."""
     try:
-        status = json.loads(sb.ctl("status", "--json").stdout or "{}")
-    except (json.JSONDecodeError, subprocess.TimeoutExpired):
+        services = sb.services()
+    except subprocess.TimeoutExpired:
         return {}
-    for svc in status.get("services", []):
+    for svc in services:
         if svc.get("service") == "proxy":
             counters = svc.get("counters") or {}
             return {k: v for k, v in counters.items() if isinstance(v, int)}
@@ -169,27 +153,13 @@ def _link_counts(info: dict) -> dict[str, dict[str, int]]:
 
 def _one_run(info: dict, host: dict, side: Side, target: dict, direction: str, size_mb: int, payload: Path,
              sb: Sunbeam | None) -> dict:
-    base = f"http://{target['name']}:{target['service_port']}"
     pids = side.pids()
     cpu0, emu0, link0 = cpu_seconds(pids), _emu_cpu(info), _link_counts(info)
     counters0 = _proxy_counters(sb) if sb is not None else {}
     if direction == "download":
-        res = _curl(host, side.socks, "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
-                    f"{base}/blob/{size_mb}M?seed=links")
-        if res.returncode != 0:
-            raise RuntimeError(f"{side.name} download failed: {res.stderr}")
-        size, took = res.stdout.split()
-        if int(size) != size_mb * MB:
-            raise RuntimeError(f"{side.name} download short: {size}")
+        secs = fetch_blob(host, side, target, size_mb, "links", timeout=900)
     else:
-        res = _curl(host, side.socks, "--data-binary", f"@{payload}", "-H", "Content-Type: application/octet-stream",
-                    "-w", "\n%{time_total}", f"{base}/upload")
-        if res.returncode != 0:
-            raise RuntimeError(f"{side.name} upload failed: {res.stderr}")
-        body, took = res.stdout.rsplit("\n", 1)
-        if json.loads(body)["bytes"] != size_mb * MB:
-            raise RuntimeError(f"{side.name} upload short: {body}")
-    secs = float(took)
+        secs = post_upload(host, side, target, payload, size_mb, timeout=900)
     link1 = _link_counts(info)
     out: dict = {"mbps": round(size_mb / secs, 2), "seconds": round(secs, 2),
                  "cpu_s": round(cpu_seconds(pids) - cpu0, 2),
@@ -200,49 +170,20 @@ def _one_run(info: dict, host: dict, side: Side, target: dict, direction: str, s
     return out
 
 
-def _tcp_transfer(src_ns: str, dst_ns: str, dst_addr: str, size: int) -> tuple[bool, float]:
-    """``size`` random bytes over one kernel TCP connection from ``src_ns`` to ``dst_ns``;
-    (arrived intact, MB/s)."""
-    data = os.urandom(size)
-    with netns.entered(dst_ns):
-        srv = socket.create_server((dst_addr, 0))
-    digest: list[str] = []
-
-    def receive() -> None:
-        conn, _ = srv.accept()
-        h = hashlib.sha256()
-        with conn:
-            while chunk := conn.recv(1 << 20):
-                h.update(chunk)
-        digest.append(h.hexdigest())
-
-    t = threading.Thread(target=receive)
-    t.start()
-    t0 = time.monotonic()
-    with netns.entered(src_ns):
-        c = socket.create_connection((dst_addr, srv.getsockname()[1]), timeout=60)
-    with c:
-        c.sendall(data)
-    t.join(timeout=300)
-    took = time.monotonic() - t0
-    srv.close()
-    return digest == [hashlib.sha256(data).hexdigest()], size / took / MB
-
-
 def ceiling(info: dict, size_mb: int) -> dict:
     """Kernel TCP, A -> B, through a 0 ms link: what the emulator forwards at most."""
     topology.attach(info, "split", link="0ms")
     try:
         emu0, t0 = _emu_cpu(info), time.monotonic()
-        ok, mbps = _tcp_transfer(info["netns"], info["host"]["netns"], topology.B_SPLIT_ADDR, size_mb * MB)
+        sent = tcp_transfer(info["netns"], info["host"]["netns"], topology.B_SPLIT_ADDR, size_mb * MB)
         took = time.monotonic() - t0
         cpu = (_emu_cpu(info) - emu0) / took * 100
         counts = _link_counts(info)
     finally:
         topology.detach(info)
-    if not ok:
-        raise RuntimeError("the ceiling transfer arrived damaged")
-    return {"mbps": round(mbps, 1), "emulator_cpu_pct": round(cpu, 1), "frames": counts["to_b"]["frames"]}
+    if not sent.intact:
+        raise RuntimeError(f"the ceiling transfer arrived damaged: {sent}")
+    return {"mbps": round(sent.mb_per_s, 1), "emulator_cpu_pct": round(cpu, 1), "frames": counts["to_b"]["frames"]}
 
 
 def run_profile(info: dict, profile: str, args: argparse.Namespace, payload: Path, seed: int) -> dict:
@@ -256,8 +197,8 @@ def run_profile(info: dict, profile: str, args: argparse.Namespace, payload: Pat
         ts = TailscaledInB(info, host, f"ts-links-{seed}")
         print(f"[bench] {profile}: sunbeam connect {sb.start():.1f}s, tailscaled up {ts.start():.1f}s", file=sys.stderr)
         sides: list[Side] = [sb, ts]
-        for side, hostname in ((sb, f"sunbeam-links-{seed}"), (ts, ts.hostname)):
-            _warm(host, side, target)
+        for side, hostname in zip(sides, (f"sunbeam-links-{seed}", ts.hostname), strict=True):
+            wait_reachable(host, side, target, timeout=90)
             print(f"[bench] {profile}: {side.name} direct at {_wait_direct(info, target, hostname)}", file=sys.stderr)
         for r in range(args.repeats):
             for side in sides if r % 2 == 0 else list(reversed(sides)):
@@ -301,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": version_line(), "size_mb": args.size_mb, "repeats": args.repeats, "cases": {},
                      "details": {}}
     try:
-        payload = Path(info["workdir"]) / "upload.bin"
-        payload.write_bytes(os.urandom(args.size_mb * MB))
+        payload = write_payload(info, args.size_mb)
         if args.ceiling_mb:
             results["ceiling"] = ceiling(info, args.ceiling_mb)
             print(f"[bench] emulator ceiling: {results['ceiling']}", file=sys.stderr)

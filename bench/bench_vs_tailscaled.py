@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import secrets
 import socket
@@ -48,32 +47,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sides import Sunbeam, Tailscaled, cpu_seconds, pss_bytes, rss_bytes, save_results, version_line  # noqa: E402
+from sides import (  # noqa: E402
+    Side,
+    Sunbeam,
+    Tailscaled,
+    cpu_seconds,
+    fetch_blob,
+    post_upload,
+    pss_bytes,
+    rss_bytes,
+    save_results,
+    version_line,
+    wait_reachable,
+    write_payload,
+)
 
 from sunbeam.refnet import netns, network  # noqa: E402
 
 MB = 1 << 20
 
 
-def _curl(info: dict, socks: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(info["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", str(int(timeout)),
-                                                 "--socks5-hostname", socks, *args],
-                          capture_output=True, text=True, timeout=timeout + 30)
-
-
-def _warm(info: dict, side, target: dict) -> None:
-    url = f"http://{target['name']}:{target['service_port']}/whoami"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if _curl(info, side.socks, url, timeout=20).returncode == 0:
-            return
-        time.sleep(1)
-    raise RuntimeError(f"{side.name} cannot reach {target['name']}")
-
-
-def download(info: dict, side, target: dict, size_mb: int, peak: list[int]) -> tuple[float, float]:
+def download(info: dict, side: Side, target: dict, size_mb: int, peak: list[int]) -> tuple[float, float]:
     """(MB/s, CPU seconds per 100 MB); ``peak`` gets the highest RSS seen meanwhile."""
-    url = f"http://{target['name']}:{target['service_port']}/blob/{size_mb}M?seed=bench"
     pids = side.pids()
     done = threading.Event()
 
@@ -85,35 +80,24 @@ def download(info: dict, side, target: dict, size_mb: int, peak: list[int]) -> t
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     cpu0 = cpu_seconds(pids)
-    res = _curl(info, side.socks, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url)
+    try:
+        took = fetch_blob(info, side, target, size_mb, "bench")
+    finally:
+        done.set()
+        sampler.join()
     cpu = cpu_seconds(pids) - cpu0
-    done.set()
-    sampler.join()
     peak[0] = max(peak[0], rss_bytes(pids))
-    if res.returncode != 0:
-        raise RuntimeError(f"{side.name} download failed: {res.stderr}")
-    size, took = res.stdout.split()
-    if int(size) != size_mb * MB:
-        raise RuntimeError(f"{side.name} download short: {size}")
-    return size_mb / float(took), cpu * 100 / size_mb
+    return size_mb / took, cpu * 100 / size_mb
 
 
-def upload(info: dict, side, target: dict, payload: Path, size_mb: int) -> tuple[float, float]:
-    url = f"http://{target['name']}:{target['service_port']}/upload"
+def upload(info: dict, side: Side, target: dict, payload: Path, size_mb: int) -> tuple[float, float]:
     pids = side.pids()
     cpu0 = cpu_seconds(pids)
-    res = _curl(info, side.socks, "--data-binary", f"@{payload}", "-H", "Content-Type: application/octet-stream",
-                "-w", "\n%{time_total}", url)
-    cpu = cpu_seconds(pids) - cpu0
-    if res.returncode != 0:
-        raise RuntimeError(f"{side.name} upload failed: {res.stderr}")
-    body, took = res.stdout.rsplit("\n", 1)
-    if json.loads(body)["bytes"] != size_mb * MB:
-        raise RuntimeError(f"{side.name} upload short: {body}")
-    return size_mb / float(took), cpu * 100 / size_mb
+    took = post_upload(info, side, target, payload, size_mb)
+    return size_mb / took, (cpu_seconds(pids) - cpu0) * 100 / size_mb
 
 
-def latency(info: dict, side, target: dict, count: int = 1000) -> tuple[float, float]:
+def latency(info: dict, side: Side, target: dict, count: int = 1000) -> tuple[float, float]:
     """p50, p99 in ms of a 64-byte echo over one SOCKS5 tunnel to the target's echo port."""
     host, port = side.socks.rsplit(":", 1)
     with netns.entered(info["netns"]):
@@ -162,7 +146,7 @@ def large_netmap(info: dict, sides: list, nodes: int) -> dict:
     t0 = time.monotonic()
     add_nodes(info, nodes)
     made = time.monotonic() - t0
-    out = {"nodes": nodes, "register_seconds": round(made, 1)}
+    out: dict = {"nodes": nodes, "register_seconds": round(made, 1)}
     for s in sides:
         want = before[s.name][1] + nodes
         deadline = time.monotonic() + 120
@@ -188,16 +172,14 @@ def med(xs: list[float]) -> float:
 def run(args: argparse.Namespace) -> dict:
     info = network.up(2, name=f"sbbench-{os.getpid()}", log=lambda m: print(f"[refnet] {m}", file=sys.stderr))
     target = info["peers"][1]
-    payload = Path(info["workdir"]) / "upload.bin"
-    with payload.open("wb") as f:
-        f.write(os.urandom(args.size_mb * MB))
+    payload = write_payload(info, args.size_mb)
     results: dict = {"machine": version_line(), "size_mb": args.size_mb, "rounds": args.rounds}
     sb, ts = Sunbeam(info), Tailscaled(info)
     try:
         connect = {"sunbeam": [sb.start()], "tailscaled": [ts.start()]}
-        sides = [sb, ts]
+        sides: list[Side] = [sb, ts]
         for s in sides:
-            _warm(info, s, target)
+            wait_reachable(info, s, target)
         time.sleep(3)
         results["rss_idle_mb"] = {s.name: round(rss_bytes(s.pids()) / MB, 1) for s in sides}
         results["pss_idle_mb"] = {s.name: round(pss_bytes(s.pids()) / MB, 1) for s in sides}
@@ -206,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
             "latency_p50_ms", "latency_p99_ms")}
         peak = {s.name: [0] for s in sides}
         for r in range(args.rounds):
-            for s in sides if r % 2 == 0 else reversed(sides):
+            for s in sides if r % 2 == 0 else sides[::-1]:
                 print(f"[bench] round {r + 1}: {s.name}", file=sys.stderr)
                 mbps, cpu = download(info, s, target, args.size_mb, peak[s.name])
                 rows["download_mbps"][s.name].append(mbps)
@@ -219,15 +201,16 @@ def run(args: argparse.Namespace) -> dict:
                 rows["latency_p99_ms"][s.name].append(p99)
         results["rss_load_mb"] = {n: round(p[0] / MB, 1) for n, p in peak.items()}
         results.update({k: {n: med(v) for n, v in d.items()} for k, d in rows.items()})
-        results["large_netmap"] = large_netmap(info, sides, args.nodes) if args.nodes else None
+        results["large_netmap"] = large_netmap(info, [sb, ts], args.nodes) if args.nodes else None
         parts = [sb.connect_parts]
         for r in range(1, args.rounds):  # fresh nodes: connect time from nothing
-            for cls in (Sunbeam, Tailscaled):
-                extra = cls(info, hostname=f"sunbeam-bench{r}", socks_port=1080 + r) if cls is Sunbeam else cls(info)
-                connect[extra.name].append(extra.start())
-                if cls is Sunbeam:
-                    parts.append(extra.connect_parts)
-                extra.stop()
+            fresh_sb = Sunbeam(info, hostname=f"sunbeam-bench{r}", socks_port=1080 + r)
+            connect["sunbeam"].append(fresh_sb.start())
+            parts.append(fresh_sb.connect_parts)
+            fresh_sb.stop()
+            fresh_ts = Tailscaled(info)
+            connect["tailscaled"].append(fresh_ts.start())
+            fresh_ts.stop()
         results["connect_s"] = {n: med(v) for n, v in connect.items()}
         parts = [p for p in parts if p]
         if parts:

@@ -7,6 +7,13 @@ reference network, plus the process measurements (RSS, CPU time) both are judged
                 its SOCKS5 on 127.0.0.1:11080+i; processes = that tailscaled
 
 Both join with the same reusable pre-auth key and reach the same target peer.
+
+Also what every bench that drives a contestant's SOCKS5 needs (bench_vs_tailscaled.py,
+bench_direct.py, bench_links.py): `curl_socks` (curl through it, in a namespace),
+`wait_reachable` (until the target answers through it), `fetch_blob` / `post_upload` (one
+timed, length-checked download / upload of the target's test service), `write_payload`
+(the file to upload). ``ns`` is a refnet info or host dict: its ``exec_prefix`` runs curl
+in the namespace the contestant's proxy listens in.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from sunbeam.refnet import network
 
 SUNBEAM_SOCKS = 1080
+MB = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -64,15 +73,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, float]:
-    """``connect`` split by the control service's log events: ``startup`` (until the TS2021
-    connection is up: ctl, supervisord, every service starting), ``register_wait`` (the
-    register request until its answer), ``first_map_wait`` (the streaming map request until
-    the first map response), ``announce_wait`` (until the server showed our home DERP region
-    in its view of us, which it shows peers at the same time: Running), ``rest`` (until the
-    ctl printed Connected)."""
+def first_events(log: Path) -> dict[str, float]:
+    """Event name -> wall time of its first line in a service log (JSON lines; a
+    ``control_state`` event counts as ``state_<State>``). An unreadable log has none."""
     seen: dict[str, float] = {}
-    for line in control_log.read_text(errors="replace").splitlines():
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return seen
+    for line in text.splitlines():
         try:
             event = json.loads(line)
             at = datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
@@ -81,7 +90,18 @@ def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, fl
         name = event.get("event")
         if name == "control_state":
             name = f"state_{event.get('state')}"
-        seen.setdefault(name, at)
+        seen.setdefault(str(name), at)
+    return seen
+
+
+def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, float]:
+    """``connect`` split by the control service's log events: ``startup`` (until the TS2021
+    connection is up: ctl, supervisord, every service starting), ``register_wait`` (the
+    register request until its answer), ``first_map_wait`` (the streaming map request until
+    the first map response), ``announce_wait`` (until the server showed our home DERP region
+    in its view of us, which it shows peers at the same time: Running), ``rest`` (until the
+    ctl printed Connected)."""
+    seen = first_events(control_log)
     try:
         running = seen["state_Running"]
         marks = [wall0, seen["ts2021_connected"], seen["registered"], seen.get("announce_wait", running), running]
@@ -90,6 +110,15 @@ def connect_parts(control_log: Path, wall0: float, total: float) -> dict[str, fl
     parts = [round(b - a, 3) for a, b in zip(marks, marks[1:], strict=False)]
     return {"startup": parts[0], "register_wait": parts[1], "first_map_wait": parts[2], "announce_wait": parts[3],
             "rest": round(total - sum(parts), 3)}
+
+
+class Side(Protocol):
+    """A contestant: its name, its SOCKS5 proxy (``host:port``) and its processes."""
+
+    name: str
+    socks: str
+
+    def pids(self) -> list[int]: ...
 
 
 class Sunbeam:
@@ -132,9 +161,16 @@ class Sunbeam:
         self.connect_parts = connect_parts(self.rundir / "control.log", wall0, took)
         return took
 
+    def services(self) -> list[dict]:
+        """The rows of `sunbeam-ctl status --json`'s services: service, pid, counters, ..."""
+        try:
+            status = json.loads(self.ctl("status", "--json").stdout or "{}")
+        except json.JSONDecodeError:
+            return []
+        return list(status.get("services") or [])
+
     def pids(self) -> list[int]:
-        status = json.loads(self.ctl("status", "--json").stdout or "{}")
-        pids = [s["pid"] for s in status.get("services", [])]
+        pids = [s["pid"] for s in self.services()]
         try:
             pids.append(int((self.rundir / "supervisord.pid").read_text()))
         except (OSError, ValueError):
@@ -142,8 +178,7 @@ class Sunbeam:
         return pids
 
     def control_pids(self) -> list[int]:
-        status = json.loads(self.ctl("status", "--json").stdout or "{}")
-        return [s["pid"] for s in status.get("services", []) if s["service"] == "control"]
+        return [s["pid"] for s in self.services() if s["service"] == "control"]
 
     def netmap_peers(self) -> int:
         res = self.ctl("netmap", "--json")
@@ -204,3 +239,57 @@ def save_results(results: dict, path: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"JSON: {out}")
+
+
+def curl_socks(ns: dict, socks: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``curl args...`` in ``ns``'s namespace through the SOCKS5 proxy ``socks`` (which
+    resolves the names); an HTTP error status fails it (``--fail``)."""
+    return subprocess.run(ns["exec_prefix"] + ["curl", "-sS", "--fail", "--max-time", str(int(timeout)),
+                                               "--socks5-hostname", socks, *args],
+                          check=False, capture_output=True, text=True, timeout=timeout + 30)
+
+
+def wait_reachable(ns: dict, side: Side, target: dict, timeout: float = 60) -> None:
+    """Until ``target``'s /whoami answers through ``side``'s proxy; RuntimeError after ``timeout`` s."""
+    url = f"http://{target['name']}:{target['service_port']}/whoami"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if curl_socks(ns, side.socks, url, timeout=20).returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"{side.name} cannot reach {target['name']} within {timeout:.0f}s")
+
+
+def fetch_blob(ns: dict, side: Side, target: dict, size_mb: int, seed: str, timeout: float = 600) -> float:
+    """Seconds (curl's time_total) to download ``size_mb`` MB of ``target``'s /blob through
+    ``side``'s proxy; RuntimeError if it failed or came short."""
+    res = curl_socks(ns, side.socks, "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
+                     f"http://{target['name']}:{target['service_port']}/blob/{size_mb}M?seed={seed}", timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"{side.name} download failed: {res.stderr}")
+    size, took = res.stdout.split()
+    if int(size) != size_mb * MB:
+        raise RuntimeError(f"{side.name} download short: {size}")
+    return float(took)
+
+
+def post_upload(ns: dict, side: Side, target: dict, payload: Path, size_mb: int, timeout: float = 600) -> float:
+    """Seconds (curl's time_total) to POST ``payload`` (``size_mb`` MB) to ``target``'s
+    /upload through ``side``'s proxy; RuntimeError unless the service counted every byte."""
+    res = curl_socks(ns, side.socks, "--data-binary", f"@{payload}", "-H", "Content-Type: application/octet-stream",
+                     "-w", "\n%{time_total}", f"http://{target['name']}:{target['service_port']}/upload",
+                     timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"{side.name} upload failed: {res.stderr}")
+    body, took = res.stdout.rsplit("\n", 1)
+    if json.loads(body)["bytes"] != size_mb * MB:
+        raise RuntimeError(f"{side.name} upload short: {body}")
+    return float(took)
+
+
+def write_payload(info: dict, size_mb: int) -> Path:
+    """``size_mb`` MB of random bytes in the reference network's workdir, for `post_upload`."""
+    payload = Path(info["workdir"]) / "upload.bin"
+    with payload.open("wb") as f:
+        f.write(os.urandom(size_mb * MB))
+    return payload
