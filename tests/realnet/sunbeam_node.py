@@ -75,14 +75,16 @@ class SunbeamNode:
             try:
                 self.stop(name)
             except subprocess.TimeoutExpired:
-                self.procs.get(name, None) and self.procs[name].kill()
+                proc = self.procs.get(name)
+                if proc is not None:
+                    proc.kill()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log(self, service: str = "control") -> str:
         for path in (self.base / f"{service}.log", self.rundir / f"{service}.log"):  # by hand / by supervisord
             if path.exists():
                 return path.read_text(errors="replace")
-        return 
+        return ""
 
     def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         """``sunbeam-ctl args...`` inside the namespace (``connect`` starts the daemon there)."""
