@@ -42,6 +42,9 @@ Errors: the client's garbage is a `ProtocolError` event (``reason`` is the count
 name) and, before a request was handed out, a 4xx/5xx response in `data_to_send()`;
 after a `ForwardRequest` (bad chunked body, EOF mid-body) no reply is possible: close
 both sides. Calling the API out of order (our bug) raises `RuntimeError`.
+
+h11 (~1.3 MB of code objects) is imported by the first `HttpProxyServer`, i.e. on the first
+connection to an http listener, not with the proxy: most proxies never serve one.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
-import h11
 from sunbeam.shared.netmap.names import parse_target
+
+if TYPE_CHECKING:
+    import h11
 
 __all__ = ["ConnectRequest", "ForwardRequest", "HttpProxyServer", "ProtocolError", "State"]
 
@@ -115,6 +121,7 @@ class HttpProxyServer:
     """One client connection of the HTTP proxy (server side)."""
 
     def __init__(self, *, max_head: int = MAX_HEAD, max_early_data: int = MAX_EARLY_DATA) -> None:
+        import h11  # lazily: see the module docstring
         self.state = State.REQUEST
         self.eof_received = False
         self.discarded = 0
@@ -161,6 +168,7 @@ class HttpProxyServer:
 
     def reply_connect(self, ok: bool, status: int = 502) -> None:
         """Answer the pending CONNECT: 200 Connection established, or ``status`` (4xx/5xx)."""
+        import h11
         if self.state is not State.CONNECT_PENDING:
             raise RuntimeError(f"reply_connect() in state {self.state.name}: no CONNECT is pending")
         if not ok:
@@ -183,6 +191,7 @@ class HttpProxyServer:
 
     def leftover(self) -> bytes:
         """Bytes the client sent after its CONNECT head. Only after a 200 reply."""
+        import h11
         if self.state is not State.TUNNEL:
             raise RuntimeError(f"leftover() in state {self.state.name}: no tunnel")
         data, _closed = self._conn.trailing_data
@@ -192,6 +201,7 @@ class HttpProxyServer:
     # --- internals --------------------------------------------------------------------
 
     def _drain(self) -> list[Event]:
+        import h11
         events: list[Event] = []
         while self.state in (State.REQUEST, State.CONNECT_PENDING, State.FORWARDING):
             try:
@@ -244,6 +254,7 @@ class HttpProxyServer:
         return ForwardRequest(host, port, head)
 
     def _forward_head(self, request: h11.Request, authority: str, path: str) -> bytes:
+        import h11
         raw = request.headers.raw_items()
         named = {token.strip().lower() for name, value in raw if name.lower() == b"connection"
                  for token in value.split(b",")}  # fmt: skip
@@ -277,6 +288,7 @@ class HttpProxyServer:
         return ProtocolError(reason, detail, status)
 
     def _send_error(self, status: int, message: str | None = None) -> None:
+        import h11
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
