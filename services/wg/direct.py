@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sunbeam.shared.proto.disco import looks_like_disco
+from sunbeam.shared.proto.discohead import looks_like_disco
 from sunbeam.shared.proto.wireguard import split_segments, transport_run_index
 from sunbeam.shared.runtime import RateLimitedLog
 from sunbeam.shared.runtime.counters import Counters

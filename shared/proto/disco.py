@@ -29,7 +29,8 @@ API: `looks_like_disco`, `seal`, `open_packet`, `parse`, and `DiscoBoxes` (preco
 shared keys per peer, for the service's hot path). Every malformed input raises
 `DiscoError` (with a short ``reason`` for counters) and nothing else; encoding a message
 with out-of-range fields raises ValueError (our bug). Addresses are text, as on the
-data-plane sockets: ``"1.2.3.4:41641"``, ``"[fd00::1]:41641"``.
+data-plane sockets: ``"1.2.3.4:41641"``, ``"[fd00::1]:41641"``. The header and the
+addresses live in discohead.py (no PyNaCl there), re-exported here.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ import struct
 import msgspec
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
+
+from .discohead import (
+    HEADER_LEN,
+    KEY_LEN,
+    MAGIC,
+    NONCE_LEN,
+    format_addr_port,
+    looks_like_disco,
+    parse_addr_port,
+    sender_key,
+)
 
 __all__ = [
     "DERP_MAGIC_IP",
@@ -62,10 +74,6 @@ __all__ = [
     "seal",
 ]
 
-MAGIC = "TS💬".encode()
-KEY_LEN = 32
-NONCE_LEN = 24
-HEADER_LEN = len(MAGIC) + KEY_LEN + NONCE_LEN  # 62
 BOX_OVERHEAD = 16
 TXID_LEN = 12
 EP_LEN = 16 + 2
@@ -90,34 +98,6 @@ class DiscoError(ValueError):
 
 
 # -- addresses ------------------------------------------------------------------------
-
-def parse_addr_port(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    """``"1.2.3.4:5"`` or ``"[v6]:5"`` (a ``%zone`` is kept) -> (address, port);
-    ValueError if malformed."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"bad address {text!r}")
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(host)
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"bad address {text!r}")
-        addr = ipaddress.IPv4Address(host)
-    if not port.isdigit() or not 0 <= int(port) <= 0xFFFF:
-        raise ValueError(f"bad port in {text!r}")
-    return addr, int(port)
-
-
-def format_addr_port(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
-    """The text form; v4-mapped IPv6 is shown as IPv4 (Go's ``Unmap``)."""
-    if addr.version == 6:
-        mapped = addr.ipv4_mapped  # type: ignore[union-attr]
-        if mapped is None:
-            return f"[{addr}]:{port}"
-        addr = mapped
-    return f"{addr}:{port}"
-
 
 def pack_addr_port(text: str) -> bytes:
     """18 wire bytes: 16-byte address (IPv4 v4-mapped, zone dropped) + u16 BE port."""
@@ -219,17 +199,6 @@ def parse(payload: bytes) -> Message:
 
 
 # -- packets --------------------------------------------------------------------------
-
-def looks_like_disco(pkt: bytes) -> bool:
-    """True if ``pkt`` starts with the magic and is long enough for the header
-    (upstream LooksLikeDiscoWrapper); a WireGuard message never does."""
-    return len(pkt) >= HEADER_LEN and pkt[:len(MAGIC)] == MAGIC
-
-
-def sender_key(pkt: bytes) -> bytes:
-    """The sender's disco public key of a packet that `looks_like_disco`."""
-    return bytes(pkt[len(MAGIC):len(MAGIC) + KEY_LEN])
-
 
 def _box(our_priv: bytes, peer_pub: bytes) -> Box:
     try:

@@ -48,7 +48,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from ..proto.disco import format_addr_port, parse_addr_port
+from ..proto.discohead import format_addr_port, parse_addr_port
 from .counters import Counters
 
 __all__ = ["MAX_GSO_BYTES", "MAX_GSO_SEGMENTS", "UdpSocket", "gso_runs"]
