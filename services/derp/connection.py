@@ -71,7 +71,7 @@ RECV_BUDGET = 16  # reads per readiness, so one busy region cannot starve the ot
 class RegionConnection:
     def __init__(self, loop: ServiceLoop, dial: Dial, node_private: bytes, *, counters: Counters,
                  log: StructLogger, noisy: RateLimitedLog, on_packet: Callable[[int, bytes, bytes], None],
-                 on_state: Callable[[RegionConnection], None], tls: ssl.SSLContext,
+                 on_state: Callable[[RegionConnection], None], tls: ssl.SSLContext | None,
                  preferred: bool = False) -> None:
         self.loop, self.dial, self.region = loop, dial, dial.region
         self.tls = tls
@@ -162,6 +162,8 @@ class RegionConnection:
             self.core.note_preferred(True)
         self.out = bytearray()
         tls = (insecure_context() if d.insecure else self.tls) if d.tls else None
+        if d.tls and tls is None:  # our bug: the service and dial_for disagree (regions.uses_tls)
+            raise RuntimeError(f"region {d.region}: a TLS dial without a TLS context")
         self._dialer = Dialer(self.loop, d.host, d.port, tls=tls, server_name=d.server_name,
                               connect_timeout=CONNECT_TIMEOUT, prepare=_tune,
                               on_done=lambda sock: self._dialed(sock, gen),

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.proto.tailcfg import DERPMap, DERPNode, DERPRegion
 
-__all__ = ["Dial", "dial_for", "home_region", "usable_node", "wanted_regions"]
+__all__ = ["Dial", "dial_for", "home_region", "usable_node", "uses_tls", "wanted_regions"]
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,19 @@ def _ip_literal(text: str | None) -> str | None:
         return None
 
 
+def uses_tls(control_url: str) -> bool:
+    """Regions are dialed with TLS unless the control URL is plain ``http://`` (tests, a
+    Headscale's embedded DERP on a private network)."""
+    return urlsplit(control_url).scheme != "http"
+
+
 def dial_for(region_id: int, derp_map: DERPMap | None, control_url: str) -> Dial | None:
     """How to reach ``region_id``; None if the map has no usable node for it."""
     node = usable_node(_regions(derp_map).get(region_id))
     if node is None:
         return None
     url = urlsplit(control_url)
-    tls = url.scheme != "http"
+    tls = uses_tls(control_url)
     host = _ip_literal(node.ipv4) or _ip_literal(node.ipv6) or node.host_name
     port = node.derp_port or (443 if tls else 3340)
     server_name = node.host_name

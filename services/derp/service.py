@@ -46,7 +46,7 @@ from sunbeam.shared.runtime.tlsctx import client_context
 from sunbeam.shared.sharding import owner
 
 from .connection import RegionConnection
-from .regions import dial_for, home_region, wanted_regions
+from .regions import dial_for, home_region, uses_tls, wanted_regions
 
 STATUS_INTERVAL = 5.0
 GRACE = 60.0
@@ -56,7 +56,9 @@ KEYS_POLL = 0.5
 class DerpService:
     def __init__(self, svc: Service) -> None:
         self.svc, self.loop, self.ctx = svc, svc.loop, svc.context
-        self.tls = client_context(self.ctx.ca_file)  # for every TLS region (https control URLs)
+        # for every TLS region; none under an http control URL, where no region uses TLS:
+        # the context holds the system's CA store (~1.1 MB)
+        self.tls = client_context(self.ctx.ca_file) if uses_tls(self.ctx.control_url) else None
         self.log, self.counters = svc.log, svc.counters
         self.noisy = RateLimitedLog(svc.log, max_lines=5, interval=60)
         self.node_private: bytes | None = None

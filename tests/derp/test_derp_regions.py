@@ -3,7 +3,7 @@ shape (hs:hscontrol/derp/server/derp_server.go ``GenerateRegion``)."""
 
 from __future__ import annotations
 
-from sunbeam.services.derp.regions import Dial, dial_for, home_region, wanted_regions
+from sunbeam.services.derp.regions import Dial, dial_for, home_region, uses_tls, wanted_regions
 from sunbeam.shared.netmap import Netmap, Peer
 from sunbeam.shared.proto.tailcfg import DERPMap, DERPNode, DERPRegion
 
@@ -60,3 +60,13 @@ def test_dial_unknown_or_unusable_region():
     assert dial_for(1, MAP, "http://x") is None
     assert dial_for(5, MAP, "http://x") is None
     assert dial_for(77, MAP, "http://x") is None
+
+
+def test_uses_tls_matches_every_dial():
+    # the service builds its TLS context (the CA store, ~1.1 MB) only when uses_tls says so:
+    # no dial may want TLS where uses_tls said no
+    for url in ("http://127.0.0.1:8080", "https://hs.example", "HTTP://hs.example", "https://x:8443"):
+        for region in (2, 999):
+            dial = dial_for(region, MAP, url)
+            assert dial is not None and dial.tls == uses_tls(url)
+    assert not uses_tls("http://hs.example") and uses_tls("https://hs.example")
