@@ -36,9 +36,9 @@ retry on its own.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 from enum import Enum
 
+import msgspec
 from sunbeam.shared.keys import NodeKeys
 from sunbeam.shared.proto.tailcfg import (
     BadControlMessage,
@@ -64,8 +64,7 @@ class Attempt(str, Enum):
     LOGOUT = "logout"
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(msgspec.Struct, frozen=True):
     """What we say about ourselves; fixed for a connection except ``preferred_derp``."""
 
     keys: NodeKeys
@@ -114,8 +113,7 @@ def map_stream_request(me: Identity) -> bytes:
     ))
 
 
-@dataclass(frozen=True)
-class RegisterOutcome:
+class RegisterOutcome(msgspec.Struct, frozen=True):
     authorized: bool = False
     needs_login: bool = False
     """RESUME refused: the server does not know the node key, or it expired."""

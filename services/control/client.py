@@ -39,10 +39,10 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 from sunbeam.shared.messages.account import AccountReply, AccountRequest
 from sunbeam.shared.netmap import NetmapBuilder
 from sunbeam.shared.proto.controlbase import Initiator
@@ -467,7 +467,7 @@ class ControlClient:
             self.set_preferred_derp(regions[0])
 
     def set_preferred_derp(self, region: int) -> None:
-        self.me = replace(self.me, preferred_derp=region)
+        self.me = msgspec.structs.replace(self.me, preferred_derp=region)
         self.pub.set_home_derp(region)
         self.log.info("preferred_derp", region=region)
         try:
@@ -480,7 +480,7 @@ class ControlClient:
         """Our UDP endpoints (from the udp service) changed: tell the server."""
         if endpoints == self.me.endpoints:
             return
-        self.me = replace(self.me, endpoints=endpoints)
+        self.me = msgspec.structs.replace(self.me, endpoints=endpoints)
         self.log.info("endpoints", endpoints=list(endpoints))
         self.send_lite_update()
 

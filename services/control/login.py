@@ -34,8 +34,9 @@ Owned by the control service's loop thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+import msgspec
 
 from .calls import Attempt, RegisterOutcome
 
@@ -52,8 +53,7 @@ class Verdict(str, Enum):
     ERROR = "error"  # Error(reason): the user must change something
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     verdict: Verdict
     reason: str = ""
 

@@ -19,17 +19,16 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import msgspec
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.proto.tailcfg import DERPMap, DERPNode, DERPRegion
 
 __all__ = ["Dial", "dial_for", "home_region", "usable_node", "uses_tls", "wanted_regions"]
 
 
-@dataclass(frozen=True)
-class Dial:
+class Dial(msgspec.Struct, frozen=True):
     """Where and how to connect to one region."""
 
     region: int

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
 from sunbeam.shared.proto.tailcfg import FilterRule
 
 TCP, UDP, ICMP4, ICMP6 = 6, 17, 1, 58
@@ -127,8 +127,7 @@ class _Set:
         return self.any or any(v == version and lo <= addr <= hi for v, lo, hi in self.intervals)
 
 
-@dataclass(frozen=True)
-class _Dst:
+class _Dst(msgspec.Struct, frozen=True):
     addrs: _Set
     first: int
     last: int

@@ -50,10 +50,10 @@ connection to an http listener, not with the proxy: most proxies never serve one
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+import msgspec
 from sunbeam.shared.netmap.names import parse_target
 
 if TYPE_CHECKING:
@@ -79,8 +79,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
+class ConnectRequest(msgspec.Struct, frozen=True):
     """``CONNECT host:port``: open a tunnel, then `HttpProxyServer.reply_connect`."""
 
     host: str
@@ -88,8 +87,7 @@ class ConnectRequest:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardRequest:
+class ForwardRequest(msgspec.Struct, frozen=True):
     """An absolute-form request: send ``head`` to ``host``:``port``, then `body_data()`."""
 
     host: str
@@ -98,8 +96,7 @@ class ForwardRequest:
     """The origin-form request line and headers, ending with the blank line."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolError:
+class ProtocolError(msgspec.Struct, frozen=True):
     """The client broke the protocol; send `data_to_send()` and close."""
 
     reason: str

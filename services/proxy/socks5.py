@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
 
+import msgspec
 from sunbeam.shared.netmap.names import is_valid_host
 
 __all__ = [
@@ -85,8 +85,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
+class ConnectRequest(msgspec.Struct, frozen=True):
     """The client asks to CONNECT to ``host``:``port``."""
 
     host: str
@@ -96,8 +95,7 @@ class ConnectRequest:
     atyp: AddressType
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolError:
+class ProtocolError(msgspec.Struct, frozen=True):
     """The client broke the protocol; the exchange is over (send `data_to_send`, close)."""
 
     reason: str

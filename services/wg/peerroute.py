@@ -7,15 +7,15 @@ Everything here is owned by the worker's loop thread.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+
+import msgspec
 
 __all__ = ["UDP_FRESH", "IterationBatches", "PeerRoute"]
 
 UDP_FRESH = 12.0  # s: a peer's last authenticated UDP source carries our handshakes this long
 
 
-@dataclass
-class PeerRoute:
+class PeerRoute(msgspec.Struct):
     """Where to send a peer's messages (from the netmap, plus what we learned)."""
 
     endpoints: tuple[str, ...] = ()
@@ -68,13 +68,12 @@ class PeerRoute:
         return None
 
 
-@dataclass
-class IterationBatches:
+class IterationBatches(msgspec.Struct):
     """What one loop iteration sends, per destination (udp, derp, proxy, another worker, disco
     wants), flushed by the loop's end-of-iteration callback."""
 
-    udp: dict[tuple[str, ...], list[bytes]] = field(default_factory=lambda: defaultdict(list))
-    derp: dict[tuple[bytes, int], list[bytes]] = field(default_factory=lambda: defaultdict(list))
-    proxy: dict[bytes, list[bytes]] = field(default_factory=lambda: defaultdict(list))
-    forward: dict[tuple[int, str], list[bytes]] = field(default_factory=lambda: defaultdict(list))
-    wanted: list[bytes] = field(default_factory=list)
+    udp: dict[tuple[str, ...], list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
+    derp: dict[tuple[bytes, int], list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
+    proxy: dict[bytes, list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
+    forward: dict[tuple[int, str], list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
+    wanted: list[bytes] = msgspec.field(default_factory=list)

@@ -39,8 +39,10 @@ No sockets, no clock, no randomness of its own (txids come from ``random_bytes``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
+
+import msgspec
 
 from .disco import CallMeMaybe, Message, Ping, Pong
 
@@ -79,22 +81,20 @@ class PathUpdate(NamedTuple):
     """The address trusted until now ("" for none): equal to ``addr`` when trust was renewed."""
 
 
-@dataclass
-class Output:
-    send: list[Send] = field(default_factory=list)
-    paths: list[PathUpdate] = field(default_factory=list)
+class Output(msgspec.Struct):
+    send: list[Send] = msgspec.field(default_factory=list)
+    paths: list[PathUpdate] = msgspec.field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.send += other.send
         self.paths += other.paths
 
 
-@dataclass
-class _Peer:
+class _Peer(msgspec.Struct):
     info: PeerInfo
-    learned: dict[str, float] = field(default_factory=dict)  # addr -> when learned
-    pings: dict[bytes, tuple[str, float]] = field(default_factory=dict)  # txid -> (addr, sent)
-    last_ping: dict[str, float] = field(default_factory=dict)  # addr -> last ping sent
+    learned: dict[str, float] = msgspec.field(default_factory=dict)  # addr -> when learned
+    pings: dict[bytes, tuple[str, float]] = msgspec.field(default_factory=dict)  # txid -> (addr, sent)
+    last_ping: dict[str, float] = msgspec.field(default_factory=dict)  # addr -> last ping sent
     best: str = ""
     best_rtt: float = 0.0
     trust_until: float = 0.0

@@ -25,7 +25,6 @@ Errors from the server side (refused upgrade, bad Noise, bad HTTP/2) raise
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from enum import Enum
 
 import h2.config
@@ -34,6 +33,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h11
+import msgspec
 
 from .controlbase import (
     HandshakeError,
@@ -62,39 +62,33 @@ class ControlProtocolError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class Connected:
+class Connected(msgspec.Struct, frozen=True):
     """Noise is up and HTTP/2 may be used. ``early_payload``: the server's early JSON, if any."""
 
     early_payload: dict | None
 
 
-@dataclass(frozen=True)
-class ResponseStarted:
+class ResponseStarted(msgspec.Struct, frozen=True):
     stream_id: int
     status: int
     headers: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
-class ResponseData:
+class ResponseData(msgspec.Struct, frozen=True):
     stream_id: int
     data: bytes
 
 
-@dataclass(frozen=True)
-class ResponseEnded:
+class ResponseEnded(msgspec.Struct, frozen=True):
     stream_id: int
 
 
-@dataclass(frozen=True)
-class StreamReset:
+class StreamReset(msgspec.Struct, frozen=True):
     stream_id: int
     error_code: int
 
 
-@dataclass(frozen=True)
-class ConnectionClosed:
+class ConnectionClosed(msgspec.Struct, frozen=True):
     reason: str
 
 

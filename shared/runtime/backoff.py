@@ -17,14 +17,14 @@ answers again, ``reset()`` when the client works again.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+
+import msgspec
 
 
-@dataclass
-class Backoff:
+class Backoff(msgspec.Struct):
     base: float = 1.0
     cap: float = 60.0
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = msgspec.field(default_factory=random.Random)
     failures: int = 0
 
     def next_delay(self) -> float:

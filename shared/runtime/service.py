@@ -25,12 +25,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import zmq
 
+from ..channels import CTL
 from ..config import ConfigError, Context, load_config
 from ..messages.codec import BadMessage
 from ..messages.ctl import (
@@ -50,7 +51,6 @@ from ..messages.ctl import (
 from .counters import Counters
 from .log import StructLogger, get_logger
 from .loop import ServiceLoop
-from ..channels import CTL
 from .rundir import RundirError, ensure_rundir
 from .shutdown import Shutdown
 from .stale import AlreadyRunning
@@ -58,8 +58,7 @@ from .stale import AlreadyRunning
 __all__ = ["Service", "run_service"]
 
 
-@dataclass
-class Service:
+class Service(msgspec.Struct):
     """What a service's ``setup`` gets: its identity, config, loop, log and counters."""
 
     name: str
@@ -69,14 +68,14 @@ class Service:
     counters: Counters
     worker: int | None = None
     state: str = "starting"
-    started_at: float = field(default_factory=time.time)
+    started_at: float = msgspec.field(default_factory=time.time)
     status_provider: Callable[[], Any] | None = None
     """Returns the `ControlStatus` put into `StatusReply` (the control service sets it)."""
     peers_provider: Callable[[], list[PeerStats]] | None = None
     """Returns the `PeerStats` put into `PeersReply` (each wg worker sets it)."""
     extra_counters: Callable[[], dict[str, int]] | None = None
     """Replaces the plain counters in health replies (e.g. a worker adding its device's)."""
-    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    on_stop: list[Callable[[], None]] = msgspec.field(default_factory=list)
     """Called after the loop ended and closed its sockets (e.g. to close TCP connections)."""
 
     def health(self) -> ServiceHealth:

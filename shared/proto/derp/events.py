@@ -7,7 +7,7 @@ connection is over). Keys are raw 32-byte node public keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 __all__ = [
     "Closed", "Connected", "Dropped", "Event", "Health", "KeepAlive", "PeerGone", "PeerPresent", "Ping", "Pong",
@@ -15,8 +15,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Connected:
+class Connected(msgspec.Struct, frozen=True):
     """ServerInfo arrived and opened: the server accepted us."""
 
     server_key: bytes
@@ -27,16 +26,14 @@ class Connected:
     rate_burst: int = 0
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(msgspec.Struct, frozen=True):
     """A packet relayed to us; ``src_key`` is the sender's node key."""
 
     src_key: bytes
     packet: bytes
 
 
-@dataclass(frozen=True)
-class PeerGone:
+class PeerGone(msgspec.Struct, frozen=True):
     """``key`` is no longer reachable through this server (``reason``: 0 disconnected,
     1 not here)."""
 
@@ -44,42 +41,36 @@ class PeerGone:
     reason: int
 
 
-@dataclass(frozen=True)
-class PeerPresent:
+class PeerPresent(msgspec.Struct, frozen=True):
     key: bytes
     addr: str | None = None
     """``"ip:port"`` / ``"[ip]:port"`` of the peer's connection, if the server said."""
     flags: int = 0
 
 
-@dataclass(frozen=True)
-class Ping:
+class Ping(msgspec.Struct, frozen=True):
     """The server pinged us; the core has already queued the Pong."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
-class Pong:
+class Pong(msgspec.Struct, frozen=True):
     """The answer to one of our `DerpClientCore.ping` calls."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
-class KeepAlive:
+class KeepAlive(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class Health:
+class Health(msgspec.Struct, frozen=True):
     """The server's view of our connection; ``problem`` "" = healthy again."""
 
     problem: str
 
 
-@dataclass(frozen=True)
-class Restarting:
+class Restarting(msgspec.Struct, frozen=True):
     """The server is restarting: reconnect after ``reconnect_in`` s, keep trying for
     ``try_for`` s (advisory)."""
 
@@ -87,16 +78,14 @@ class Restarting:
     try_for: float
 
 
-@dataclass(frozen=True)
-class Dropped:
+class Dropped(msgspec.Struct, frozen=True):
     """A known frame we could not parse; it was skipped (count it)."""
 
     frame_type: int
     reason: str
 
 
-@dataclass(frozen=True)
-class Closed:
+class Closed(msgspec.Struct, frozen=True):
     """The connection is over (server EOF or a protocol violation); reconnect."""
 
     reason: str
