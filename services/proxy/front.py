@@ -38,12 +38,12 @@ splice (bytes each way, seconds, how it ended). Owned by the proxy's loop thread
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sunbeam.shared.config import Listener
 from sunbeam.shared.netmap.routes import in_tailnet
 from sunbeam.shared.proto.tcp import NoFreePort
+from sunbeam.shared.runtime.log import DEBUG
 
 from . import httpproxy, outside, socks5
 from .splice import Splice
@@ -186,7 +186,7 @@ class Front:
             self.conn_id = side.engine.connect(src, (ip, port), self)
         except NoFreePort:
             return self._fail("no_free_port")
-        if side.log.logger.isEnabledFor(logging.DEBUG):
+        if side.log.is_enabled_for(DEBUG):
             info = side.engine.stack.info(self.conn_id)
             side.log.debug("conn_open", conn=self.conn_id, listener=self.kind, client=_peername(self.sock),
                            target=self.target, local=_hostport(info["local"]), remote=_hostport(info["remote"]))

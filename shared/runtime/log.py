@@ -14,6 +14,12 @@ Line format (keys in this order, then the record's own fields)::
 - ``exc``: the formatted traceback, for `StructLogger.exception` and ``exc_info=True``.
 - JSON string escaping keeps every record on one line, whatever a peer put in a field.
 
+No stdlib ``logging`` here: `get_logger` formats and writes the lines itself (`JsonSink`);
+logging and the traceback module it loads cost ~0.56 MB in every service process, and
+none of our code uses them. Where ``logging`` is imported anyway (a library, a test),
+records of the stdlib logger ``sunbeam.<service>`` come out as the same lines, their
+%-formatted message as ``event`` (logbridge.py). traceback is imported for ``exc`` only.
+
 `RateLimitedLog` caps lines per key (say, per peer and reason) so a peer sending garbage
 cannot flood the log: at most ``max_lines`` per ``interval`` seconds per key; suppressed
 lines are counted and the count is reported as ``suppressed=N`` on the key's next emitted
@@ -23,16 +29,26 @@ line (or by `report_suppressed()`).
 from __future__ import annotations
 
 import json
-import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from .secret import REDACTED, Secret
 
-__all__ = ["JsonFormatter", "RateLimitedLog", "StructLogger", "get_logger"]
+if TYPE_CHECKING:
+    from .logbridge import JsonFormatter
+
+__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "JsonFormatter", "JsonSink", "RateLimitedLog", "StructLogger",
+           "format_line", "get_logger", "level_number"]
+
+# the stdlib logging's level numbers
+DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+_LEVELS = {"DEBUG": DEBUG, "INFO": INFO, "WARNING": WARNING, "WARN": WARNING, "ERROR": ERROR,
+           "CRITICAL": CRITICAL, "FATAL": CRITICAL, "NOTSET": 0}
+_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error", CRITICAL: "critical"}
 
 _KV_ATTR = "sunbeam_kv"
 _CORE_KEYS = ("ts", "level", "service", "event")
@@ -57,76 +73,124 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a `logging.LogRecord` as one JSON line for ``service``."""
+def format_line(service: str, level: int, event: str, kv: Mapping[str, Any] | None, exc_info: Any,
+                created: float) -> str:
+    """One record as its JSON line (without the newline). ``exc_info``: an
+    ``(type, value, traceback)`` tuple for ``exc``, or None."""
+    line: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "level": _NAMES.get(level) or f"level {level}",
+        "service": service,
+        "event": event,
+    }
+    for key, value in (kv or {}).items():
+        line[f"_{key}" if key in _CORE_KEYS or key == "exc" else key] = _plain(value)
+    if exc_info:
+        line["exc"] = _format_exception(exc_info)
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def _format_exception(exc_info: Any) -> str:
+    import traceback  # only for a line that carries one (~0.1 MB)
+
+    text = "".join(traceback.format_exception(*exc_info))
+    return text.removesuffix("\n")
+
+
+def level_number(level: int | str) -> int:
+    """``"warning"``, ``"WARNING"`` or 30 -> 30 (the stdlib's numbers); ValueError if unknown."""
+    if isinstance(level, int):
+        return level
+    try:
+        return _LEVELS[level.upper()]
+    except KeyError:
+        raise ValueError(f"Unknown level: {level!r}") from None
+
+
+class JsonSink:
+    """Where the lines of one service go (stderr as it is at write time, a stream or a
+    file), and from which level; what `get_logger` gives a `StructLogger`. One per service
+    name, reconfigured in place, so every logger of the service follows a new destination.
+    Records are written under a lock (a resolver thread may log)."""
 
     def __init__(self, service: str) -> None:
-        super().__init__()
         self.service = service
+        self.level = INFO
+        self._stream: IO[str] | None = None  # None: sys.stderr at write time
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
 
-    def format(self, record: logging.LogRecord) -> str:
-        created = datetime.fromtimestamp(record.created, tz=timezone.utc)
-        kv: Mapping[str, Any] | None = getattr(record, _KV_ATTR, None)
-        # Records from other libraries: their %-formatted message (a Secret argument
-        # formats as "<redacted>" by itself).
-        event = str(record.msg) if kv is not None else record.getMessage()
-        line: dict[str, Any] = {
-            "ts": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "service": self.service,
-            "event": event,
-        }
-        for key, value in (kv or {}).items():
-            line[f"_{key}" if key in _CORE_KEYS or key == "exc" else key] = _plain(value)
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+    def configure(self, *, stream: IO[str] | None, path: str | None, level: int) -> None:
+        new_file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            self._file, self._stream, self.level = new_file, stream, level
+
+    def isEnabledFor(self, level: int) -> bool:  # the stdlib Logger's name
+        return level >= self.level
+
+    def log(self, level: int, msg: object, *, exc_info: bool = False,
+            extra: Mapping[str, object] | None = None) -> None:
+        """What `StructLogger` calls (the stdlib ``Logger.log`` shape)."""
+        if level < self.level:
+            return
+        kv: Any = (extra or {}).get(_KV_ATTR)
+        self.write(format_line(self.service, level, str(msg), kv, sys.exc_info() if exc_info else None, time.time()))
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            out = self._file or self._stream or sys.stderr
+            try:
+                out.write(line + "\n")
+                out.flush()
+            except (OSError, ValueError):  # stderr gone (supervisord stopping), a closed stream
+                pass
 
 
-class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at emit time (tests replace it)."""
+class _Sink(Protocol):
+    def isEnabledFor(self, level: int) -> bool: ...
 
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property  # type: ignore[override]
-    def stream(self) -> IO[str]:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: IO[str]) -> None:
-        pass
+    def log(self, level: int, msg: object, *, exc_info: bool = ...,
+            extra: Mapping[str, object] | None = ...) -> None: ...
 
 
 class StructLogger:
-    """``log.info("event_name", key=value, ...)`` on top of a stdlib logger."""
+    """``log.info("event_name", key=value, ...)`` on a `JsonSink` (or on a stdlib logger)."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: _Sink) -> None:
         self._logger = logger
 
     @property
-    def logger(self) -> logging.Logger:
+    def logger(self) -> _Sink:
         return self._logger
+
+    def is_enabled_for(self, level: int) -> bool:
+        return self._logger.isEnabledFor(level)
 
     def log(self, level: int, event: str, /, *, exc_info: bool = False, **kv: Any) -> None:
         if self._logger.isEnabledFor(level):
             self._logger.log(level, event, extra={_KV_ATTR: kv}, exc_info=exc_info)
 
     def debug(self, event: str, /, **kv: Any) -> None:
-        self.log(logging.DEBUG, event, **kv)
+        self.log(DEBUG, event, **kv)
 
     def info(self, event: str, /, **kv: Any) -> None:
-        self.log(logging.INFO, event, **kv)
+        self.log(INFO, event, **kv)
 
     def warning(self, event: str, /, **kv: Any) -> None:
-        self.log(logging.WARNING, event, **kv)
+        self.log(WARNING, event, **kv)
 
     def error(self, event: str, /, **kv: Any) -> None:
-        self.log(logging.ERROR, event, **kv)
+        self.log(ERROR, event, **kv)
 
     def exception(self, event: str, /, **kv: Any) -> None:
         """An error line with the current exception's traceback in ``exc``."""
-        self.log(logging.ERROR, event, exc_info=True, **kv)
+        self.log(ERROR, event, exc_info=True, **kv)
+
+
+_SINKS: dict[str, JsonSink] = {}
 
 
 def get_logger(
@@ -134,33 +198,27 @@ def get_logger(
     *,
     stream: IO[str] | None = None,
     path: str | None = None,
-    level: int | str = logging.INFO,
+    level: int | str = INFO,
 ) -> StructLogger:
-    """The JSON logger of ``service`` (stdlib logger ``sunbeam.<service>``).
+    """The JSON logger of ``service``.
 
     The first call, or any call naming a destination (``stream`` or file ``path``),
     (re)configures it; otherwise the existing configuration is reused. Default
-    destination: stderr, where supervisord collects it.
+    destination: stderr, where supervisord collects it. Where the stdlib's logging is
+    already imported, its logger ``sunbeam.<service>`` writes the same lines (logbridge.py).
     """
-    logger = logging.getLogger(f"sunbeam.{service}")
-    ours = [h for h in logger.handlers if isinstance(h.formatter, JsonFormatter)]
-    if ours and stream is None and path is None:
-        return StructLogger(logger)
-    for old in ours:
-        logger.removeHandler(old)
-        old.close()
-    handler: logging.Handler
-    if path is not None:
-        handler = logging.FileHandler(path, encoding="utf-8")
-    elif stream is not None:
-        handler = logging.StreamHandler(stream)
-    else:
-        handler = _CurrentStderrHandler()
-    handler.setFormatter(JsonFormatter(service))
-    logger.addHandler(handler)
-    logger.setLevel(level.upper() if isinstance(level, str) else level)
-    logger.propagate = False
-    return StructLogger(logger)
+    sink = _SINKS.get(service)
+    if sink is not None and stream is None and path is None:
+        return StructLogger(sink)
+    number = level_number(level)
+    if sink is None:
+        sink = _SINKS[service] = JsonSink(service)
+    sink.configure(stream=stream, path=path, level=number)
+    if "logging" in sys.modules:
+        from .logbridge import bridge
+
+        bridge(sink)
+    return StructLogger(sink)
 
 
 class _KeyWindow:
@@ -215,13 +273,13 @@ class RateLimitedLog:
         return True
 
     def info(self, key: str, event: str, /, **kv: Any) -> bool:
-        return self.log(logging.INFO, key, event, **kv)
+        return self.log(INFO, key, event, **kv)
 
     def warning(self, key: str, event: str, /, **kv: Any) -> bool:
-        return self.log(logging.WARNING, key, event, **kv)
+        return self.log(WARNING, key, event, **kv)
 
     def error(self, key: str, event: str, /, **kv: Any) -> bool:
-        return self.log(logging.ERROR, key, event, **kv)
+        return self.log(ERROR, key, event, **kv)
 
     def suppressed(self, key: str) -> int:
         """Lines suppressed for ``key`` and not yet reported."""
@@ -259,3 +317,13 @@ class RateLimitedLog:
         for key, window in list(self._windows.items()):
             if now - window.start >= self._interval and not window.suppressed:
                 del self._windows[key]
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:  # JsonFormatter needs logging: imported on first use
+        if name == "JsonFormatter":
+            from .logbridge import JsonFormatter
+
+            return JsonFormatter
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,8 @@ NOT_AT_START = {
     "nacl": ("wg", "proxy"),  # the workers tell disco apart without opening it (discohead)
     "numpy": ("control", "derp", "udp", "wg", "proxy"),  # the proxy: at its first bulk batch
     "ssl": ("udp", "wg", "proxy"),
+    "logging": ("derp", "udp", "wg", "proxy"),  # our JSON lines need none (control: hpack uses it)
+    "traceback": ("derp", "udp", "wg", "proxy"),  # only for a line with an exception
 }
 
 
