@@ -7,28 +7,37 @@ Every service binds ``ipc://<rundir>/<service>-ctl.sock``; `discover` lists the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import zmq
-
-from ..shared.channels import CTL
-from ..shared.messages.ctl import CTL_REPLY_CODEC, CTL_REQUEST_CODEC, CtlReply, CtlRequest
+from ..shared.runtime.rundir import socket_path
 from ..shared.runtime.stale import SocketState, probe
 
-CTL_SUFFIX = CTL.name.format(service="") + ".sock"  # "-ctl.sock"
+if TYPE_CHECKING:
+    import zmq
+
+    from ..shared.messages.ctl import CtlReply, CtlRequest
+
+# = CTL.name (shared/channels.py; tests/unit/test_ctl_imports.py holds them equal): channels
+# loads zmq and every message type, which `connect` imports only once supervisord is
+# starting, and `discover` runs before (is this context running?)
+CTL_NAME = "{service}-ctl"
+CTL_SUFFIX = CTL_NAME.format(service="") + ".sock"  # "-ctl.sock"
 
 
 class CtlTimeout(TimeoutError):
     pass
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):  # not a dataclass: `dataclasses` is one more import before supervisord starts
     service: str
     path: Path
     live: bool
+
+
+def ctl_path(rundir: Path, service: str) -> Path:
+    """= ``CTL.path(rundir, service=service)``."""
+    return socket_path(rundir, CTL_NAME.format(service=service))
 
 
 def discover(rundir: Path) -> list[Found]:
@@ -41,6 +50,10 @@ def discover(rundir: Path) -> list[Found]:
 
 
 def request(path: Path, msg: CtlRequest, *, timeout: float = 2.0, context: zmq.Context[Any] | None = None) -> CtlReply:
+    import zmq
+
+    from ..shared.messages.ctl import CTL_REPLY_CODEC, CTL_REQUEST_CODEC
+
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

@@ -34,38 +34,43 @@ Exit codes: 0 done; 1 refused / failed / did not stop in time; 2 config error (c
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import gc
+import importlib
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
-import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import zmq
-
-from ..shared.channels import CONTROL_PUB, CTL
 from ..shared.config import Context
-from ..shared.messages.ctl import StatusReply, StatusRequest, StopRequest
-from ..shared.messages.netmap import ControlStatus
 from ..shared.runtime.portcheck import check_listeners
 from ..shared.runtime.rundir import ensure_rundir
 from ..shared.runtime.stale import SocketState, probe
-from .client import CtlTimeout, discover, request
+from .client import CtlTimeout, ctl_path, discover, request
+
+if TYPE_CHECKING:
+    import zmq
+
+    from ..shared.messages.netmap import ControlStatus
+
+# What `connect` needs only once supervisord runs (zmq, msgspec and the messages, supervisor's
+# XML-RPC client: ~40 ms of imports) is imported where it is used, so the ctl starts
+# supervisord first and imports them while supervisord starts.
 
 CONNECT_TIMEOUT = 20.0  # a healthy connect takes 1-3 s; past this the cause line says what is wrong
 STOP_TIMEOUT = 30.0
 POLL = 0.05  # one look costs ~1 ms of CPU here (supervisord XML-RPC, sockets, control status);
 # a control state change wakes the wait at once (`_ControlWakeup`)
 FIRST_POLL, FIRST_POLL_FOR = 0.01, 3.0  # until supervisord first answers
+# What the wait needs once supervisord answers, imported while supervisord starts, one module
+# between two looks (each ~10 ms): the ctl is idle then, while later the same ~40 ms of CPU
+# would be taken from the control service's start (control_import +8..34 ms, A/B runs).
+PRELOAD = ("zmq", "..shared.channels", "xmlrpc.client", ".supervisorrpc")
 LOG_TAIL_LINES = 15
 SERVICES = ("control", "derp", "udp", "proxy")
 PRIVATE_UMASK = 0o077  # sockets, logs and the pid file: the owning user only
@@ -109,21 +114,18 @@ def supervisord_pid(rundir: Path) -> int | None:
 def supervisor_records(rundir: Path, timeout: float = 2.0) -> list[dict[str, Any]] | None:
     """supervisord's ``getAllProcessInfo`` records; None when it does not answer within
     ``timeout`` (a stopped or stuck supervisord must not hang us)."""
-    from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
-
     sock = rundir / "supervisor.sock"
-    if probe(sock) is not SocketState.LIVE:
+    if probe(sock) is not SocketState.LIVE:  # (during connect: the look that wakes supervisord)
         return None
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None,
-                                                                                        f"unix://{sock}"))
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # supervisor's unix-socket connection takes no timeout of its own
+    import xmlrpc.client
+
+    from .supervisorrpc import UnixTransport
+
     try:
-        records = proxy.supervisor.getAllProcessInfo()
+        with xmlrpc.client.ServerProxy("http://localhost", transport=UnixTransport(sock, timeout)) as proxy:
+            records = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error):
         return None
-    finally:
-        socket.setdefaulttimeout(previous)
     return records if isinstance(records, list) else None
 
 
@@ -203,9 +205,11 @@ class _LogMarks:
 
 
 def control_status(rundir: Path) -> ControlStatus | None:
-    path = CTL.path(rundir, service="control")
+    path = ctl_path(rundir, "control")
     if probe(path) is not SocketState.LIVE:
         return None
+    from ..shared.messages.ctl import StatusReply, StatusRequest
+
     try:
         reply = request(path, StatusRequest(), timeout=1.0)
     except CtlTimeout:
@@ -217,24 +221,35 @@ class _ControlWakeup:
     """A SUB socket on ``control-pub``: the control service publishes every state change
     (and netmap change) there, so `_wait_up` looks again at once instead of at its next
     poll (Running was seen 25 ms late on average with POLL alone). What arrives only wakes
-    us: the state is still read from the control service's ctl socket, as before."""
+    us: the state is still read from the control service's ctl socket, as before.
+
+    The socket is made at the first `wait`, once supervisord answered: zmq's import (~10 ms)
+    then runs while control starts, not in front of the ctl's first look at supervisord."""
 
     def __init__(self, rundir: Path) -> None:
-        self.sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RECONNECT_IVL, 10)  # control binds it shortly after we start (default 100 ms)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(CONTROL_PUB.endpoint(rundir))
+        self.rundir = rundir
+        self.sock: zmq.Socket[Any] | None = None
 
     def wait(self, timeout: float) -> None:
         """Until something is published or ``timeout`` seconds passed; drains what came."""
+        import zmq
+
+        if self.sock is None:
+            from ..shared.channels import CONTROL_PUB
+
+            self.sock = zmq.Context.instance().socket(zmq.SUB)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.RECONNECT_IVL, 10)  # control binds it shortly after (default 100 ms)
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+            self.sock.connect(CONTROL_PUB.endpoint(self.rundir))
         if self.sock.poll(int(timeout * 1000)):
             with contextlib.suppress(zmq.Again):
                 while True:
                     self.sock.recv(zmq.NOBLOCK)
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def show_auth_url(url: str) -> None:
@@ -287,17 +302,14 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
         outcome = _wait_up(rundir, proc, expected_services(ctx.wg_workers), timeout, say, on_auth_url)
     except KeyboardInterrupt:
         outcome = "interrupted"
-    if isinstance(outcome, ControlStatus):
+    if not isinstance(outcome, str):  # the ControlStatus
         if on_connected is not None:
             on_connected(outcome)
         else:
             say(connected_line(outcome))
         if foreground:
             return _stay(proc, rundir, say)
-        # the ctl exits next: at exit, skip the cyclic collection over every object of the
-        # process (sockets are closed, output flushed at exit all the same): 28 -> 7 ms
-        atexit.register(gc.freeze)
-        return 0
+        return 0  # the ctl exits next, without the final collection (cli.main)
     say(f"Connect failed: {outcome}")
     for service in _suspects(rundir, outcome, ctx.wg_workers):
         lines = marks.tail(service)
@@ -354,17 +366,21 @@ def _wait_loop(rundir: Path, proc: subprocess.Popen[Any], services: list[str], t
     fast_until = time.monotonic() + FIRST_POLL_FOR
     shown: tuple[Any, ...] = ()
     shown_url = ""
+    preload = list(PRELOAD)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return f"supervisord exited with status {proc.returncode}"
-        table = process_table(rundir)
-        fatal = sorted(name for name, state in table.items() if state == "FATAL")
-        if fatal:
-            return f"{', '.join(fatal)} could not start (supervisord gave up after its retries)"
         live = {f.service for f in discover(rundir) if f.live}
         up = sum(1 for s in services if s in live)
         control = control_status(rundir)
         state = control.state if control else "starting"
+        done = state == "Running" and up == len(services)
+        # supervisord's table (an XML-RPC round trip, ~3 ms) only while something is missing:
+        # with every service up, none can be FATAL
+        table = {} if done else process_table(rundir)
+        fatal = sorted(name for name, pstate in table.items() if pstate == "FATAL")
+        if fatal:
+            return f"{', '.join(fatal)} could not start (supervisord gave up after its retries)"
         if control is not None and control.state == "Error":
             return control.reason or "the control service reported an error"
         if control is not None and control.auth_url:
@@ -377,12 +393,16 @@ def _wait_loop(rundir: Path, proc: subprocess.Popen[Any], services: list[str], t
             shown = now_shown
             reason = f" ({control.reason})" if control and control.reason else ""
             say(f"  services up {up}/{len(services)}, control: {state}{reason}")
-        if control is not None and control.state == "Running" and up == len(services):
+        if done:
+            assert control is not None
             return control
         # until supervisord answers, look often: it spawns the services only when its first
         # poll returns, which is at its 1 s tick unless a connection (ours) wakes it sooner
         if not table and time.monotonic() < fast_until:
-            time.sleep(FIRST_POLL)
+            if preload:
+                importlib.import_module(preload.pop(0), __package__)
+            else:
+                time.sleep(FIRST_POLL)
         else:
             wakeup.wait(POLL)
     waited = f"not connected within {timeout:g}s"
@@ -445,6 +465,8 @@ def stop(rundir: Path, say: Callable[[str], None] = print) -> int:
     else:
         for found in discover(rundir):
             if found.live:
+                from ..shared.messages.ctl import StopRequest
+
                 with contextlib.suppress(CtlTimeout):
                     request(found.path, StopRequest(reason="sunbeam-ctl stop"))
     deadline = time.monotonic() + STOP_TIMEOUT

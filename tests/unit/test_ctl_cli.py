@@ -94,7 +94,8 @@ def test_permission_denied_is_one_line():
         (private / "run").mkdir(mode=0o700, parents=True)
         os.chmod(private, 0o700)
         # import first: root's Python installation may not be readable by nobody
-        code = ("import os, sys, supervisor.xmlrpc; from sunbeam.ctl.cli import main; "
+        # (`status` is imported when the command runs: import it too)
+        code = ("import os, sys, supervisor.xmlrpc, sunbeam.ctl.status; from sunbeam.ctl.cli import main; "
                 "os.setgid(65534); os.setuid(65534); sys.exit(main(['status']))")
         env = _env_of(base / "home") | {"SUNBEAM_RUNTIME_DIR": str(private / "run"), "SUNBEAM_CONTROL_URL": "http://x"}
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
