@@ -26,6 +26,12 @@ is the median of the runs, with min-max. The harness line (ip netns exec + the
 interpreter's start, `python -c pass`) says how much of ctl_start is not our code.
 
     python bench/bench_connect.py [--runs 7] [--name sb-connect] [--keep] [--json PATH]
+                                  [--trees DIR_A DIR_B ...]
+
+``--trees``: A/B runs. Each DIR holds a ``sunbeam`` package (``DIR/sunbeam/{ctl,shared,
+services,refnet}``, copies or symlinks of two checkouts), put first on PYTHONPATH for the
+ctl, supervisord and every service of its runs; the runs alternate A, B, A, B... so that
+both see the same moments of a busy machine, and each tree gets its own table.
 
 Needs root (network namespace) and the reference binaries (`sunbeam-refnet install`).
 Timings on a shared 2-core machine are noisy: use several runs.
@@ -132,6 +138,10 @@ def one_connect(sb: Sunbeam, ctl: str | None = None) -> dict[str, float]:
     phases["total"] = round(end - wall0, 4)
     phases["ours"] = round(sum(phases[n] for n, ours in PHASES if ours), 4)
     phases["server"] = round(sum(phases[n] for n, ours in PHASES if not ours), 4)
+    # for information: how long supervisord, ready, waited to be woken (it spawns at the end
+    # of its first poll, which a connection to its socket ends: the ctl's first look)
+    if "started" in sup:
+        phases["sup_idle"] = round(sup["spawned:control"] - sup["started"], 4)
     # for information: when each other service was up (its "started" line), after t0
     for svc in ("derp", "udp", "wg-0", "wg-1", "proxy"):
         started = _json_events(sb.rundir / f"{svc}.log").get("started")
@@ -157,8 +167,8 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                 "max": max(r[k] for r in runs)} for k in keys}
 
 
-def print_table(summary: dict[str, dict[str, float]], n: int) -> None:
-    print(f"\nconnect -> Connected, fresh node, {n} runs: median (min-max), ms")
+def print_table(summary: dict[str, dict[str, float]], n: int, label: str = "") -> None:
+    print(f"\nconnect -> Connected, fresh node, {n} runs{label}: median (min-max), ms")
     for name, ours in PHASES:
         s = summary[name]
         print(f"  {name:<16} {s['median'] * 1000:7.0f}  ({s['min'] * 1000:.0f}-{s['max'] * 1000:.0f})"
@@ -166,6 +176,10 @@ def print_table(summary: dict[str, dict[str, float]], n: int) -> None:
     for name in ("ours", "server", "total"):
         s = summary[name]
         print(f"  {name:<16} {s['median'] * 1000:7.0f}  ({s['min'] * 1000:.0f}-{s['max'] * 1000:.0f})")
+    if "sup_idle" in summary:
+        s = summary["sup_idle"]
+        print(f"  (of supervisord: ready, waiting for the ctl's first look {s['median'] * 1000:.0f} "
+              f"({s['min'] * 1000:.0f}-{s['max'] * 1000:.0f}))")
     ups = [k for k in summary if k.startswith("up_")]
     if ups:
         print("  services up (after t0): " + ", ".join(f"{k[3:]} {summary[k]['median'] * 1000:.0f}" for k in ups))
@@ -177,7 +191,9 @@ def main() -> int:
     ap.add_argument("--name", default="sb-connect", help="the reference network's name (reused if up)")
     ap.add_argument("--keep", action="store_true", help="leave the reference network up")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--trees", nargs="+", metavar="DIR", help="A/B: alternate runs between these PYTHONPATH trees")
     args = ap.parse_args()
+    trees: list[str | None] = list(args.trees) if args.trees else [None]
     if os.geteuid() != 0:
         print("needs root (network namespace)", file=sys.stderr)
         return 1
@@ -186,28 +202,37 @@ def main() -> int:
     if started_here:
         info = network.up(2, name=args.name, log=lambda m: None)
     assert info is not None
-    runs = []
+    runs: dict[str, list[dict[str, float]]] = {str(t): [] for t in trees}
     try:
         base = harness(info)
         for i in range(args.runs):
-            sb = Sunbeam(info, hostname=f"connect-{os.getpid()}-{i}")
-            try:
-                phases = one_connect(sb)
-            finally:
-                sb.stop()
-            runs.append(phases)
-            print(f"run {i + 1}: total {phases['total']:.3f} s, ours {phases['ours']:.3f}, "
-                  f"server {phases['server']:.3f}", flush=True)
-            time.sleep(1.0)  # let the stop settle before the next start
+            for tree in trees:
+                sb = Sunbeam(info, hostname=f"connect-{os.getpid()}-{i}")
+                if tree is not None:
+                    sb.env["PYTHONPATH"] = os.pathsep.join(p for p in (tree, sb.env.get("PYTHONPATH")) if p)
+                try:
+                    phases = one_connect(sb)
+                finally:
+                    sb.stop()
+                runs[str(tree)].append(phases)
+                print(f"run {i + 1}{f' ({tree})' if tree else ''}: total {phases['total']:.3f} s, "
+                      f"ours {phases['ours']:.3f}, server {phases['server']:.3f}", flush=True)
+                time.sleep(1.0)  # let the stop settle before the next start
     finally:
         if started_here and not args.keep:
             network.down(args.name)
-    summary = summarize(runs)
-    print_table(summary, len(runs))
+    summaries = {}
+    for tree, tree_runs in runs.items():
+        summaries[tree] = summarize(tree_runs)
+        print_table(summaries[tree], len(tree_runs), f" ({tree})" if tree != "None" else "")
     print(f"  harness: ip netns exec + bare `python -c pass` {base * 1000:.0f} ms (part of ctl_start)")
     if args.json:
-        save_results({"machine": version_line(), "runs": runs, "summary": summary, "harness_s": round(base, 4)},
-                     args.json)
+        result: dict = {"machine": version_line(), "harness_s": round(base, 4)}
+        if args.trees:
+            result["trees"] = {t: {"runs": runs[t], "summary": summaries[t]} for t in runs}
+        else:
+            result.update(runs=runs["None"], summary=summaries["None"])
+        save_results(result, args.json)
     return 0
 
 
