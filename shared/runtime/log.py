@@ -39,7 +39,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from .secret import REDACTED, Secret
 
 if TYPE_CHECKING:
-    from .logbridge import JsonFormatter
+    import logging
 
 __all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "JsonFormatter", "JsonSink", "RateLimitedLog", "StructLogger",
            "format_line", "get_logger", "level_number"]
@@ -106,6 +106,22 @@ def level_number(level: int | str) -> int:
         return _LEVELS[level.upper()]
     except KeyError:
         raise ValueError(f"Unknown level: {level!r}") from None
+
+
+class JsonFormatter:
+    """Formats a stdlib ``logging.LogRecord`` as one JSON line for ``service``: a
+    ``logging.Formatter`` as far as a Handler is concerned (it only calls ``format``),
+    without importing logging."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        kv: Any = getattr(record, _KV_ATTR, None)
+        # Records from other code: their %-formatted message (a Secret argument formats as
+        # "<redacted>" by itself).
+        event = str(record.msg) if kv is not None else record.getMessage()
+        return format_line(self.service, record.levelno, event, kv, record.exc_info, record.created)
 
 
 class JsonSink:
@@ -318,12 +334,3 @@ class RateLimitedLog:
             if now - window.start >= self._interval and not window.suppressed:
                 del self._windows[key]
 
-
-if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> Any:  # JsonFormatter needs logging: imported on first use
-        if name == "JsonFormatter":
-            from .logbridge import JsonFormatter
-
-            return JsonFormatter
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,37 +11,29 @@ service's `JsonSink`: the same line format, the record's %-formatted message as
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .log import _KV_ATTR, format_line
+from .log import JsonFormatter
 
 if TYPE_CHECKING:
     from .log import JsonSink
 
-__all__ = ["JsonFormatter", "bridge"]
-
-
-class JsonFormatter(logging.Formatter):
-    """Formats a `logging.LogRecord` as one JSON line for ``service``."""
-
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def format(self, record: logging.LogRecord) -> str:
-        kv: Any = getattr(record, _KV_ATTR, None)
-        event = str(record.msg) if kv is not None else record.getMessage()
-        return format_line(self.service, record.levelno, event, kv, record.exc_info, record.created)
+__all__ = ["bridge"]
 
 
 class _SinkHandler(logging.Handler):
     def __init__(self, sink: JsonSink) -> None:
         super().__init__()
         self.sink = sink
-        self.setFormatter(JsonFormatter(sink.service))
+        self.json = JsonFormatter(sink.service)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink.write(self.format(record))
+        try:
+            line = self.json.format(record)
+        except Exception:  # noqa: BLE001  (a message whose %-arguments do not fit: as the stdlib's handlers)
+            self.handleError(record)
+            return
+        self.sink.write(line)
 
 
 def bridge(sink: JsonSink) -> None:
