@@ -99,6 +99,17 @@ def test_cubic_undo_restores_window_and_w_max():
     assert (cc.cwnd, cc.ssthresh, cc.w_max) == prior and cc.epoch < 0
 
 
+def test_two_flows_cut_less_and_grow_faster():
+    """flows=2 (Chromium QUIC's emulation): beta_2 = 0.85, alpha_2 = 3 * 4 * 0.15 / 1.85."""
+    cc = Cubic(MSS, flows=2)
+    _loss(cc, 100)
+    assert cc.ssthresh == 85 * MSS and cc.w_max == 100 * MSS
+    w = _rounds(cc, 0.0, 0.005, 10)  # the Reno-friendly region: alpha_2 per round trip
+    assert w[-1] == pytest.approx(85 + 10 * 12 * 0.15 / 1.85, abs=1)
+    _loss(cc, 90)  # fast convergence with beta_2
+    assert cc.w_max == pytest.approx(90 * MSS * 1.85 / 2)
+
+
 def test_slow_start_is_the_same_for_both():
     for algo in ALGORITHMS.values():
         cc = algo(MSS)
@@ -119,3 +130,6 @@ def test_config_names_the_algorithm():
     assert Config(congestion="newreno").congestion == "newreno"
     with pytest.raises(ValueError, match="one of cubic, newreno"):
         Config(congestion="bbr")
+    assert Config().flows == 1 and Config(flows=2).flows == 2
+    with pytest.raises(ValueError, match="flows 0"):
+        Config(flows=0)

@@ -30,6 +30,14 @@ CUBIC (RFC 9438; W in segments, t in seconds since the congestion avoidance epoc
                      forward, so an application-limited pause does not count as growth
                      time (Linux's CA_EVENT_TX_START)
     undo             a recovery proven needless (D-SACK) restores W_max with cwnd/ssthresh
+    N flows          ``flows`` = N > 1 makes one connection respond as N standard flows
+                     sharing the path would in aggregate (Chromium QUIC's CUBIC, which
+                     emulates N = 2 by default): beta_N = (N - 1 + beta) / N (one of the N
+                     flows cuts), alpha_N = 3 N^2 (1 - beta_N) / (1 + beta_N), N per round
+                     trip past W_max. On a path with random (non-congestive) loss the
+                     window's equilibrium doubles for N = 2 (AIMD: W ~ sqrt(alpha (1 + beta)
+                     / (2 (1 - beta) p))); against other flows on a congested bottleneck it
+                     takes what two of them would.
 
 What happens to cwnd *during* fast recovery (inflation per duplicate ACK, deflation per
 partial ACK, RFC 6582; or the pipe of RFC 6675 with SACK) belongs to the sender
@@ -45,7 +53,6 @@ INITIAL_WINDOW = 10
 INFINITE = 1 << 62
 BETA = 0.7
 C = 0.4
-ALPHA = 3 * (1 - BETA) / (1 + BETA)
 
 
 class NewReno:
@@ -53,7 +60,8 @@ class NewReno:
 
     __slots__ = ("acked", "cwnd", "mss", "ssthresh")
 
-    def __init__(self, mss: int) -> None:
+    def __init__(self, mss: int, flows: int = 1) -> None:
+        """``flows``: CUBIC's; NewReno is always one flow."""
         self.mss = mss
         self.cwnd = INITIAL_WINDOW * mss
         self.ssthresh = INFINITE
@@ -98,11 +106,15 @@ class Cubic:
     """CUBIC's cwnd / ssthresh of one connection; owned by its `Connection`. Internal
     windows (``w_max``, ``origin``, ``w_est``) are in bytes; C is scaled by the MSS."""
 
-    __slots__ = ("cwnd", "epoch", "grow", "k", "last", "mss", "origin", "prior_w_max", "ssthresh",
-                 "w_est", "w_max")
+    __slots__ = ("alpha", "alpha_past_max", "beta", "cwnd", "epoch", "grow", "k", "last", "mss", "origin",
+                 "prior_w_max", "ssthresh", "w_est", "w_max")
 
-    def __init__(self, mss: int) -> None:
+    def __init__(self, mss: int, flows: int = 1) -> None:
         self.mss = mss
+        self.beta = (flows - 1 + BETA) / flows
+        self.alpha = 3 * flows * flows * (1 - self.beta) / (1 + self.beta)
+        """Reno-friendly growth per round trip below W_max (RFC 9438 4.3 for N = 1)."""
+        self.alpha_past_max = float(flows)
         self.cwnd = INITIAL_WINDOW * mss
         self.ssthresh = INFINITE
         self.w_max = 0.0
@@ -149,7 +161,7 @@ class Cubic:
             target = cwnd
         elif target > 1.5 * cwnd:
             target = 1.5 * cwnd
-        self.w_est += (ALPHA if self.w_est < self.w_max else 1.0) * mss * acked / cwnd
+        self.w_est += (self.alpha if self.w_est < self.w_max else self.alpha_past_max) * mss * acked / cwnd
         cubic_now = self.origin + C * mss * (t - self.k) ** 3
         if cubic_now < self.w_est:
             grow = self.w_est - cwnd + self.grow  # the Reno-friendly region
@@ -164,8 +176,9 @@ class Cubic:
     def _reduce(self, flight: int) -> None:
         cwnd = min(self.cwnd, flight) if flight > 0 else self.cwnd
         self.prior_w_max = self.w_max
-        self.w_max = cwnd * (1 + BETA) / 2 if cwnd < self.w_max else float(cwnd)
-        self.ssthresh = max(int(cwnd * BETA), 2 * self.mss)
+        beta = self.beta
+        self.w_max = cwnd * (1 + beta) / 2 if cwnd < self.w_max else float(cwnd)
+        self.ssthresh = max(int(cwnd * beta), 2 * self.mss)
         self.epoch = -1.0
 
     def on_loss(self, flight: int) -> None:

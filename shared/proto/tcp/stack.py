@@ -79,7 +79,7 @@ class TcpStack:
                  recv_buffer: int = 1 << 20, send_buffer: int = 1 << 20, max_requests: int = 1024,
                  **options: Any) -> None:
         """``options`` go to `Config` (sack, min_rto, max_rto, syn_retries, max_retries,
-        time_wait, request_timeout, keepalive_idle/interval/count, ttl, congestion)."""
+        time_wait, request_timeout, keepalive_idle/interval/count, ttl, congestion, flows)."""
         self.cfg = Config(mss4=mss4, mss6=mss6, recv_buffer=recv_buffer, send_buffer=send_buffer, **options)
         self.ports = PortChooser(random_bytes(32))
         self._now = 0.0

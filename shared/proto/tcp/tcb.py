@@ -49,6 +49,7 @@ class Config:
 
     __slots__ = (
         "congestion",
+        "flows",
         "keepalive_count",
         "keepalive_idle",
         "keepalive_interval",
@@ -72,7 +73,7 @@ class Config:
                  syn_retries: int = 5, max_retries: int = 10, time_wait: float = 2.0,
                  request_timeout: float = 30.0, keepalive_idle: float | None = None,
                  keepalive_interval: float = 10.0, keepalive_count: int = 5, ttl: int = 64,
-                 congestion: str = "cubic") -> None:
+                 congestion: str = "cubic", flows: int = 1) -> None:
         self.mss4, self.mss6 = mss4, mss6
         self.recv_buffer, self.send_buffer = recv_buffer, send_buffer
         ws = 0
@@ -91,6 +92,10 @@ class Config:
             raise ValueError(f"congestion control {congestion!r}: one of {', '.join(sorted(ALGORITHMS))}")
         self.congestion = congestion
         """The congestion control algorithm (`congestion.ALGORITHMS`)."""
+        if not 1 <= flows <= 8:
+            raise ValueError(f"flows {flows!r}: 1..8")
+        self.flows = flows
+        """How many standard flows one connection responds as (CUBIC; `congestion`)."""
 
 
 class _Tcb:
@@ -161,7 +166,7 @@ class _Tcb:
         self.peer_fin = False
         self.sack_ok = False
         # congestion control and loss recovery
-        self.cc: Cubic | NewReno = ALGORITHMS[cfg.congestion](mss)
+        self.cc: Cubic | NewReno = ALGORITHMS[cfg.congestion](mss, cfg.flows)
         self.dupacks = 0
         self.recovery = False
         self.recover = iss
