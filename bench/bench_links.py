@@ -21,7 +21,11 @@ Before the cases, ``--ceiling-mb`` MB of kernel TCP from A to B through a 0 ms l
 measure the emulator's own ceiling (MB/s and its CPU).
 
     python bench/bench_links.py [--profiles "20ms/0.5%" "50ms/1%+reorder=1%"] [--size-mb 50]
-                                [--repeats 2] [--ceiling-mb 200] [--json PATH]
+                                [--repeats 2] [--ceiling-mb 200] [--variants flows=1 ...] [--json PATH]
+
+``--variants`` adds sunbeam sides with other TCP settings of the proxy (``flows=1``: one
+RFC 9438 CUBIC flow instead of the default two; ``congestion=newreno``), each its own node
+and SOCKS5 port, taking turns with the others: a before/after of a TCP change in one run.
 
 Needs root and the reference binaries. Traffic stays in the namespaces. Prints a table,
 writes JSON (``--json``): {case: {"sunbeam": MB/s, "tailscaled": MB/s, "ratio": x}, ...}
@@ -42,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sides import (  # noqa: E402
+    SUNBEAM_SOCKS,
     Side,
     Sunbeam,
     cpu_seconds,
@@ -60,6 +65,8 @@ from sunbeam.refnet.transfer import tcp_transfer  # noqa: E402
 
 MB = 1 << 20
 DEFAULT_PROFILES = ["20ms/0.5%", "50ms/1%+reorder=1%"]
+VARIANT_ENV = {"flows": "SUNBEAM_TCP_FLOWS", "congestion": "SUNBEAM_TCP_CONGESTION"}
+"""``--variants`` keys -> the proxy's environment (services/proxy/tcpengine.py)."""
 TS_INDEX = 50  # the tailscaled in B: SOCKS5 127.0.0.1:11130
 
 
@@ -191,28 +198,38 @@ def run_profile(info: dict, profile: str, args: argparse.Namespace, payload: Pat
     host = topology.attach(info, "split", link=profile, seed=seed)
     sb: Sunbeam | None = None
     ts: TailscaledInB | None = None
-    runs: dict[str, dict[str, list[dict]]] = {d: {"sunbeam": [], "tailscaled": []} for d in args.directions}
+    variants: list[Sunbeam] = []
     try:
         sb = Sunbeam(host, hostname=f"sunbeam-links-{seed}")  # fresh names: no stale node to confuse
         ts = TailscaledInB(info, host, f"ts-links-{seed}")
         print(f"[bench] {profile}: sunbeam connect {sb.start():.1f}s, tailscaled up {ts.start():.1f}s", file=sys.stderr)
-        sides: list[Side] = [sb, ts]
-        for side, hostname in zip(sides, (f"sunbeam-links-{seed}", ts.hostname), strict=True):
+        hostnames = [f"sunbeam-links-{seed}", ts.hostname]
+        for i, variant in enumerate(args.variants):
+            v = Sunbeam(host, hostname=f"sunbeam-links-{seed}-v{i}", socks_port=SUNBEAM_SOCKS + 1 + i)
+            v.name = f"sunbeam[{variant}]"
+            v.env.update(variant_env(variant))
+            variants.append(v)
+            print(f"[bench] {profile}: {v.name} connect {v.start():.1f}s", file=sys.stderr)
+            hostnames.append(f"sunbeam-links-{seed}-v{i}")
+        sides: list[Side] = [sb, ts, *variants]
+        runs: dict[str, dict[str, list[dict]]] = {d: {side.name: [] for side in sides} for d in args.directions}
+        for side, hostname in zip(sides, hostnames, strict=True):
             wait_reachable(host, side, target, timeout=90)
             print(f"[bench] {profile}: {side.name} direct at {_wait_direct(info, target, hostname)}", file=sys.stderr)
         for r in range(args.repeats):
             for side in sides if r % 2 == 0 else list(reversed(sides)):
                 for direction in args.directions:
                     res = _one_run(info, host, side, target, direction, args.size_mb, payload,
-                                   sb if side is sb else None)
+                                   side if isinstance(side, Sunbeam) else None)
                     print(f"[bench] {profile} {direction} #{r + 1} {side.name}: {res['mbps']} MB/s "
                           f"(emulator {res['emulator_cpu_pct']} % CPU) {res.get('proxy_tcp', '')}", file=sys.stderr)
                     runs[direction][side.name].append(res)
     finally:
         if ts is not None:
             ts.stop()
-        if sb is not None:
-            sb.stop()
+        for one in (sb, *variants):
+            if one is not None:
+                one.stop()
         topology.detach(info)
     return runs
 
@@ -222,7 +239,9 @@ def summarise(results: dict, profile: str, runs: dict[str, dict[str, list[dict]]
         case = f"{profile} {direction}"
         row = {n: round(statistics.median(r["mbps"] for r in rs), 2) for n, rs in by_side.items() if rs}
         if row.get("tailscaled"):
-            row["ratio"] = round(row["sunbeam"] / row["tailscaled"], 3)
+            for name in [n for n in row if n.startswith("sunbeam")]:
+                key = "ratio" if name == "sunbeam" else f"ratio {name}"
+                row[key] = round(row[name] / row["tailscaled"], 3)
         results["cases"][case] = row
         results["details"][case] = by_side
 
@@ -235,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--directions", nargs="+", default=["download", "upload"], choices=["download", "upload"])
     ap.add_argument("--ceiling-mb", type=int, default=200, help="0: skip the emulator's ceiling")
     ap.add_argument("--seed", type=int, default=20)
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="more sunbeam sides with other TCP settings, e.g. flows=1 'congestion=newreno,flows=1'")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    for variant in args.variants:
+        variant_env(variant)  # a typo fails here, not after the network is up
     info = network.up(2, name=f"sblinks-{os.getpid()}", hosts=True,
                       log=lambda m: print(f"[refnet] {m}", file=sys.stderr))
     results: dict = {"machine": version_line(), "size_mb": args.size_mb, "repeats": args.repeats, "cases": {},
@@ -269,7 +292,20 @@ def table(results: dict) -> str:
     for case, row in results["cases"].items():
         lines.append(f"{case:40} {row.get('sunbeam', float('nan')):>9} {row.get('tailscaled', float('nan')):>11} "
                      f"{row.get('ratio', float('nan')):>7}")
+        for name in [n for n in row if n.startswith("sunbeam[")]:
+            lines.append(f"{'  ' + name:40} {row[name]:>9} {'':>11} {row.get(f'ratio {name}', float('nan')):>7}")
     return "\n".join(lines)
+
+
+def variant_env(variant: str) -> dict[str, str]:
+    """``flows=1,congestion=newreno`` -> the proxy's environment for that sunbeam side."""
+    env = {}
+    for item in variant.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key not in VARIANT_ENV:
+            raise SystemExit(f"--variants {variant!r}: expected key=value with keys {', '.join(VARIANT_ENV)}")
+        env[VARIANT_ENV[key]] = value
+    return env
 
 
 if __name__ == "__main__":
