@@ -39,16 +39,17 @@ import gc
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..shared.config import ConfigError, ConfigNotFound, Context, load_config
-from ..shared.config.load import default_runtime_dir
 from ..shared.runtime.rundir import RundirError
-from . import daemon, output
+from . import daemon, heldsupervisord, output
+
+if TYPE_CHECKING:
+    from ..shared.config import Context
 
 # Each command's module (account, status, peers, lookup, exitnode) is imported in `main` when
-# that command runs, and the version only for --version: `connect` starts supervisord
-# sooner without the others' imports (importlib.metadata alone is ~15 ms).
+# that command runs, the config's (msgspec) once `connect` started supervisord's interpreter
+# (heldsupervisord.py), and the version only for --version: importlib.metadata alone is ~15 ms.
 
 
 def _version() -> str:
@@ -120,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
 def _context(args: argparse.Namespace) -> Context | Path | int:
     """The context; for commands that only look, without a config file, the default
     context's runtime directory; or an exit code after a config error."""
+    from ..shared.config import ConfigError, ConfigNotFound, load_config
+    from ..shared.config.load import default_runtime_dir
+
     config, context = getattr(args, "config", None), getattr(args, "context", None)
     try:
         # the auth key is optional: without one, connect and login log in interactively
@@ -147,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "supervisord-conf":
         print(daemon.supervisord_conf())
         return 0
+    if args.cmd in ("connect", "login"):
+        heldsupervisord.prestart()  # supervisord's interpreter starts while we read the config
+    try:
+        return _run(args)
+    finally:
+        heldsupervisord.cancel()  # not started: refused, failed, or already running
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..shared.config import Context
+
     found = _context(args)
     if isinstance(found, int):
         return found

@@ -47,15 +47,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..shared.config import Context
-from ..shared.runtime.portcheck import check_listeners
 from ..shared.runtime.rundir import ensure_rundir
 from ..shared.runtime.stale import SocketState, probe
+from . import heldsupervisord
 from .client import CtlTimeout, ctl_path, discover, request
 
 if TYPE_CHECKING:
     import zmq
 
+    from ..shared.config import Context
     from ..shared.messages.netmap import ControlStatus
 
 # What `connect` needs only once supervisord runs (zmq, msgspec and the messages, supervisor's
@@ -277,6 +277,8 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
         return 1
     # a listener that cannot listen would make the proxy fail after the node registered:
     # say which, before anything starts
+    from ..shared.runtime.portcheck import check_listeners
+
     problems = check_listeners(ctx.listeners)
     if problems:
         for line in problems:
@@ -291,13 +293,18 @@ def connect(ctx: Context, *, config: str | None, foreground: bool, timeout: floa
     say(f"Starting sunbeam ({workers}; logs in {rundir})...")
     # supervisord's own lines (its CRIT warnings about root and the unix socket among
     # them) go to supervisord.out in the foreground too: the terminal shows sunbeam's lines
-    out_fd = os.open(rundir / "supervisord.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(out_fd, 0o600)  # an older file keeps its mode through O_CREAT
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=subprocess.STDOUT,
-                                start_new_session=not foreground, close_fds=True, umask=PRIVATE_UMASK)
-    finally:
-        os.close(out_fd)
+    held = heldsupervisord.take()
+    proc = held.release(conf, env, rundir / "supervisord.out", new_session=not foreground,
+                        umask=PRIVATE_UMASK) if held is not None else None
+    if proc is None:  # none held (connect called on its own) or it died: start one now
+        out_fd = os.open(rundir / "supervisord.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(out_fd, 0o600)  # an older file keeps its mode through O_CREAT
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd,
+                                    stderr=subprocess.STDOUT, start_new_session=not foreground, close_fds=True,
+                                    umask=PRIVATE_UMASK)
+        finally:
+            os.close(out_fd)
     try:
         outcome = _wait_up(rundir, proc, expected_services(ctx.wg_workers), timeout, say, on_auth_url)
     except KeyboardInterrupt:

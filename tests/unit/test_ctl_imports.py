@@ -24,12 +24,19 @@ NOT_BEFORE_SPAWN = ("zmq", "xmlrpc.client", "importlib.metadata", "sunbeam.share
                     "sunbeam.ctl.account", "sunbeam.ctl.status", "sunbeam.ctl.peers", "sunbeam.ctl.lookup",
                     "sunbeam.ctl.exitnode", "sunbeam.ctl.watch", "dataclasses")
 
-# connect with Popen replaced: print what is imported when supervisord would start, stop there
+# connect with Popen replaced: print what is imported when supervisord's interpreter is
+# started (held, heldsupervisord.py) and when it is let go (supervisord starts), stop there
 PROBE = textwrap.dedent("""
     import json, os, subprocess, sys
+    class Go:
+        def write(self, line):
+            print(json.dumps({"at": "release", "line": json.loads(line), "modules": sorted(sys.modules)}), flush=True)
+            os._exit(0)
+    class Held:
+        stdin = Go()
     def spawn(cmd, **kw):
-        print(json.dumps({"cmd": cmd, "modules": sorted(sys.modules)}), flush=True)
-        os._exit(0)
+        print(json.dumps({"at": "spawn", "cmd": cmd, "modules": sorted(sys.modules)}), flush=True)
+        return Held()
     subprocess.Popen = spawn
     from sunbeam.ctl.cli import main
     sys.exit(main(["--config", sys.argv[1], "connect"]))
@@ -42,18 +49,24 @@ def test_the_ctl_socket_is_the_ctl_channel(tmp_path):
     assert client.ctl_path(tmp_path, "control") == CTL.path(tmp_path, service="control")
 
 
-def test_connect_spawns_supervisord_before_the_heavy_imports(tmp_path):
+def test_connect_starts_supervisord_before_the_heavy_imports(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[contexts.t]\ncontrol_url = "http://127.0.0.1:9"\nauth_key = "k"\n'
                    f'runtime_dir = "{tmp_path / "run"}"\n')
     res = subprocess.run([sys.executable, "-c", PROBE, str(cfg)], check=False, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stderr
-    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
-    assert lines, res.stdout + res.stderr  # the probe saw the spawn
-    seen = json.loads(lines[-1])
-    assert "supervisor.supervisord" in seen["cmd"]
-    early = [m for m in NOT_BEFORE_SPAWN if m in seen["modules"]]
+    seen = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [s["at"] for s in seen] == ["spawn", "release"], res.stdout + res.stderr
+    spawn, release = seen
+    # supervisord's interpreter starts before the config is even imported...
+    assert spawn["cmd"][1:] == ["-m", "sunbeam.ctl.heldsupervisord"]
+    assert "sunbeam.shared.config" not in spawn["modules"] and "msgspec" not in spawn["modules"]
+    # ...and becomes supervisord once the checks passed, before the rest is imported
+    assert release["line"]["conf"].endswith("supervisord.conf")
+    assert release["line"]["env"]["SUNBEAM_RUNTIME_DIR"] == str(tmp_path / "run")
+    assert "sunbeam.shared.runtime.portcheck" in release["modules"]  # the checks ran
+    early = [m for m in NOT_BEFORE_SPAWN if m in release["modules"]]
     assert early == [], f"imported before supervisord starts: {early}"
 
 
