@@ -131,6 +131,11 @@ def one_connect(sb: Sunbeam, ctl: str | None = None) -> dict[str, float]:
         raise RuntimeError("sunbeam-ctl connect failed:\n" + "".join(out))
     sup = _supervisord_events(sb.rundir / "supervisord.log")
     ctl = _json_events(sb.rundir / "control.log")
+    for _ in range(50):  # control may log Running just after the ctl saw it on its socket
+        if "state_Running" in ctl:
+            break
+        time.sleep(0.02)
+        ctl = _json_events(sb.rundir / "control.log")
     first_map = ctl.get("preferred_derp", ctl.get("announce_wait", ctl["state_Running"]))
     marks = [wall0, lines["Starting sunbeam"], sup["spawned:control"], ctl["keys"], ctl["started"],
              ctl["ts2021_connected"], ctl["registered"], first_map, ctl["state_Running"], lines["Connected"], end]
