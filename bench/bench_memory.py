@@ -37,12 +37,15 @@ import os
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 KB = 1024
 MB = 1 << 20
+PAGE = 4096
+PFN_MASK = (1 << 55) - 1  # /proc/<pid>/pagemap: bits 0-54 the page frame, bit 63 present
 SERVICES = ("control", "derp", "udp", "wg", "proxy")
 ROLLUP_KEYS = ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous", "Shared_Clean", "Shared_Dirty")
 
@@ -197,22 +200,65 @@ def processes(args: argparse.Namespace) -> dict:
         except (OSError, ValueError):
             pass
         rows = {name: figures(rollup(pid)) | {"pid": pid} for name, pid in procs}
-        total = {k: round(sum(r[k] for r in rows.values()), 1) for k in ("rss_mb", "pss_mb", "uss_mb", "anon_mb")}
+        own = own_pss(dict(procs))
+        for name, mb in own.items():
+            rows[name]["own_pss_mb"] = mb
+        total = {k: round(sum(r.get(k, 0.0) for r in rows.values()), 1)
+                 for k in ("rss_mb", "pss_mb", "own_pss_mb", "uss_mb", "anon_mb")}
         return {"connect_s": round(took, 2), "workers": args.workers, "processes": rows, "total": total}
     finally:
         sb.stop()
         network.down(info["name"])
 
 
+def _resident_pfns(pid: int) -> set[int]:
+    """The physical page frames ``pid`` maps (needs root: without it the kernel shows 0)."""
+    pfns: set[int] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            try:
+                pagemap.seek(start // PAGE * 8)
+                entries = array("Q", pagemap.read((end - start) // PAGE * 8))
+            except (OSError, ValueError):  # [vsyscall]
+                continue
+            pfns.update(e & PFN_MASK for e in entries if e >> 63 and e & PFN_MASK)
+    return pfns
+
+
+def own_pss(procs: dict[str, int]) -> dict[str, float]:
+    """PSS counted among ``procs`` alone: each resident page split among those of them that
+    map it, as if nothing else ran. Plain PSS also splits the pages of libpython, libzmq,
+    OpenSSL... with every other process mapping them (another sunbeam, a test run, the
+    bench's own peers' Python services), so it moves with what else runs on the machine;
+    this does not. The total is the set's real footprint (its distinct pages). Empty
+    without root."""
+    pages: dict[str, set[int]] = {}
+    for name, pid in procs.items():
+        try:
+            pages[name] = _resident_pfns(pid)
+        except OSError:
+            return {}
+    counts: dict[int, int] = {}
+    for pfns in pages.values():
+        for pfn in pfns:
+            counts[pfn] = counts.get(pfn, 0) + 1
+    if not counts:
+        return {}
+    return {name: round(sum(PAGE / counts[p] for p in pfns) / MB, 2) for name, pfns in pages.items()}
+
+
 def table(results: dict) -> str:
     lines = []
     run = results.get("run")
     if run:
-        lines.append(f"idle, {run['workers']} workers (MB)      RSS      PSS      USS     anon")
+        lines.append(f"idle, {run['workers']} workers (MB)      RSS      PSS  own PSS      USS     anon")
         for name, r in sorted(run["processes"].items()):
-            lines.append(f"  {name:22} {r['rss_mb']:8.1f} {r['pss_mb']:8.1f} {r['uss_mb']:8.1f} {r['anon_mb']:8.1f}")
+            lines.append(f"  {name:22} {r['rss_mb']:8.1f} {r['pss_mb']:8.1f} {r.get('own_pss_mb', 0.0):8.1f} "
+                         f"{r['uss_mb']:8.1f} {r['anon_mb']:8.1f}")
         t = run["total"]
-        lines.append(f"  {'total':22} {t['rss_mb']:8.1f} {t['pss_mb']:8.1f} {t['uss_mb']:8.1f} {t['anon_mb']:8.1f}")
+        lines.append(f"  {'total':22} {t['rss_mb']:8.1f} {t['pss_mb']:8.1f} {t['own_pss_mb']:8.1f} {t['uss_mb']:8.1f} "
+                     f"{t['anon_mb']:8.1f}")
     imp = results.get("imports")
     if imp:
         b = imp["bare_interpreter"]
