@@ -42,10 +42,10 @@ Usage, in a service shell::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import zmq
 
 from .messages.account import ACCOUNT_REPLY_CODEC, ACCOUNT_REQUEST_CODEC
@@ -79,8 +79,7 @@ _TYPES: dict[str, tuple[int, int]] = {
 }
 
 
-@dataclass(frozen=True)
-class Channel:
+class Channel(msgspec.Struct, frozen=True):
     name: str
     """The socket file's stem; ``{k}`` stands for a worker's number, ``{service}`` for a
     service's name."""

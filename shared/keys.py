@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from .runtime.secret import Secret
 
@@ -70,8 +71,7 @@ def from_text(prefix: str, text: object) -> bytes:
         raise KeyFormatError(f"{prefix} key is not hex") from None
 
 
-@dataclass(frozen=True)
-class KeyPair:
+class KeyPair(msgspec.Struct, frozen=True):
     private: Secret
     public: bytes
 
@@ -89,8 +89,7 @@ class KeyPair:
         return value
 
 
-@dataclass(frozen=True)
-class NodeKeys:
+class NodeKeys(msgspec.Struct, frozen=True):
     machine: KeyPair
     node: KeyPair
     disco: KeyPair

@@ -7,13 +7,12 @@ comes before its `Closed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 __all__ = ["Closed", "Connected", "ConnectionRequest", "Event", "PeerFinished", "Readable", "Reset", "Writable"]
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionRequest:
+class ConnectionRequest(msgspec.Struct, frozen=True):
     """A SYN arrived for a port we listen on; answer with `accept` or `refuse`."""
 
     conn_id: int
@@ -23,36 +22,31 @@ class ConnectionRequest:
     """Our address and port it connects to."""
 
 
-@dataclass(frozen=True, slots=True)
-class Connected:
+class Connected(msgspec.Struct, frozen=True):
     """The three-way handshake completed (ESTABLISHED), either role."""
 
     conn_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class Readable:
+class Readable(msgspec.Struct, frozen=True):
     """New in-order data can be `read` (at most one per connection per `receive`/timer)."""
 
     conn_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class Writable:
+class Writable(msgspec.Struct, frozen=True):
     """Send-buffer space opened (at least a quarter of it) after `send` accepted less than offered."""
 
     conn_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class PeerFinished:
+class PeerFinished(msgspec.Struct, frozen=True):
     """The peer's FIN: once the readable data is read, the stream from the peer is at EOF."""
 
     conn_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class Reset:
+class Reset(msgspec.Struct, frozen=True):
     """The connection failed; unread data is discarded. A `Closed` follows."""
 
     conn_id: int
@@ -63,8 +57,7 @@ class Reset:
     ``refused``, ``host_unreachable``, ``net_unreachable``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Closed:
+class Closed(msgspec.Struct, frozen=True):
     """Fully closed (both FINs acknowledged, or reset, aborted or refused); the id is gone."""
 
     conn_id: int
