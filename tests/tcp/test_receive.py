@@ -78,3 +78,42 @@ def test_overlapping_retransmission_is_trimmed():
     s.deliver(ACK, 1001, mine, b"abcdef")
     s.deliver(ACK, 1004, mine, b"defghi")  # 3 old bytes, 3 new ones
     assert s.stack.read(cid) == b"abcdefghi"
+
+
+def _batch(s: Scripted, first_seq: int, ack: int, n: int) -> list:
+    """``n`` in-order 1000-byte segments from ``first_seq`` in one receive batch; our ACKs."""
+    pkts = [s.packet(ACK, first_seq + i * 1000, ack, bytes(1000)) for i in range(n)]
+    s.stack.receive(pkts, s.now)
+    return [x for x in s.out() if not x.payload]
+
+
+def test_one_stretch_ack_per_batch_until_a_hole_then_every_second_segment():
+    """A clean path: one ACK per batch. After out-of-order data (a loss), in-order segments
+    are ACKed every second one for a while (quick ACKs), so losing one ACK does not leave a
+    whole burst unacknowledged until the sender's RTO."""
+    s = Scripted()
+    cid, synack = s.passive_open()
+    ack = synack.seq + 1
+    seq = 1001
+    acks = _batch(s, seq, ack, 8)
+    assert [a.ack for a in acks] == [seq + 8000]  # one stretch ACK for the batch
+    seq += 8000
+    # a hole: the segment at seq is lost, the next one arrives (immediate duplicate ACK)
+    (dup,) = s.deliver(ACK, seq + 1000, ack, bytes(1000))
+    assert dup.ack == seq
+    (filled,) = s.deliver(ACK, seq, ack, bytes(1000))  # the retransmission fills it
+    assert filled.ack == seq + 2000
+    seq += 2000
+    acks = _batch(s, seq, ack, 8)
+    assert [a.ack for a in acks] == [seq + 2000 * i for i in range(1, 5)]  # every second segment
+    seq += 8000
+    conn = s.stack._by_id[cid]
+    for _ in range(300 // 8):  # the quick-ACK mode runs out; stretch ACKs again
+        _batch(s, seq, ack, 8)
+        seq += 8000
+    assert conn.quick_acks == 0
+    assert [a.ack for a in _batch(s, seq, ack, 8)] == [seq + 8000]
+    got = 0
+    while chunk := s.stack.read(cid):
+        got += len(chunk)
+    assert got == seq + 8000 - 1001  # every byte delivered once, in order

@@ -9,7 +9,13 @@ ACK. That ACK goes out at the next `poll`: one (stretch) ACK per batch and conne
 as receive-side coalescing (GRO) makes Linux do. Deviation: RFC 9293 3.8.6.3 / RFC 1122
 4.2.3.2 ask for an ACK at least every second full-sized segment; the sender's byte
 counting (`congestion`) does not need it. Out-of-order data, a filled gap, a FIN and
-anything unacceptable are acknowledged at once.
+anything unacceptable are acknowledged at once. Quick ACKs: out-of-order data (a loss,
+or reordering) also makes the next `QUICK_ACKS` in-order segments ACKed every second one,
+as the RFC asks (Linux's quickack mode after a hole): on a lossy path a burst answered by
+one stretch ACK stalls the sender for a whole RTO when that one ACK is lost (seen on the
+emulated link, 20 ms each way + 0.5 % loss: tailscaled's sender waited 200 ms 3-5 times
+per 15 MB with us, 1-2 times with its own receiver); a clean path never enters it, so
+bulk transfers keep one ACK per batch.
 
 Everything else takes the slow path (`_slow_input`), which follows the RFC's checks in
 order, one method each (the third, security, and the sixth, URG, do not apply):
@@ -71,6 +77,10 @@ from .states import (
 __all__: list[str] = []
 
 MIN_MSS = 64
+QUICK_ACKS = 256
+"""In-order segments ACKed every second one after out-of-order data (Linux allows up to 16
+quick ACKs per event with a per-segment ACK default; ours is one ACK per batch, so the
+mode lasts about as long as a lossy path goes between two losses at 0.5 %)."""
 
 
 class _Input(_Sender):
@@ -95,6 +105,12 @@ class _Input(_Sender):
                     if not self.readable:
                         self.readable = True
                         self.stack._readable.append(self)
+                    if self.quick_acks:
+                        self.quick_acks -= 1
+                        self.unacked_segs += 1
+                        if self.unacked_segs >= 2:
+                            self._send_ack_now()
+                            return
                     if not self.ack_pending:
                         self.ack_pending = True
                         self._mark()
@@ -258,6 +274,7 @@ class _Input(_Sender):
             if fin:
                 ooo.fin = seq + len(data)
             self.stack.counters["out_of_order"] += 1
+            self.quick_acks = QUICK_ACKS
             self._send_ack_now()
             return
         if data:

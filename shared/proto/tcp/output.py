@@ -130,6 +130,7 @@ class _Output(_Tcb):
     def _send_ack_now(self) -> None:
         """An ACK right away (out-of-order data, a gap filled, an unacceptable segment)."""
         self.ack_pending = False
+        self.unacked_segs = 0
         self._tx(self.stack._out, self.snd_max, ACK, b"", self._ack_options())
 
     def _send_rst_now(self, seq: int) -> None:
@@ -177,6 +178,7 @@ class _Output(_Tcb):
             return
         if not self._output_data(now, out) and self.ack_pending:
             self.ack_pending = False
+            self.unacked_segs = 0
             self._tx(out, self.snd_max, ACK, b"", self._ack_options())
 
     def _output_data(self, now: float, out: list[bytes]) -> int:

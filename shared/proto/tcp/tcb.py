@@ -114,7 +114,7 @@ class _Tcb:
         # timers (absolute times; 0 = off)
         "rtx_at", "tlp_at", "rack_at", "persist_at", "tw_at", "ka_at", "req_at", "heap_at", "retries", "probes", "last_rx",
         # bookkeeping
-        "ack_pending", "dirty", "readable", "closed_emitted", "retransmits", "fast_retransmits", "timeouts",
+        "ack_pending", "quick_acks", "unacked_segs", "dirty", "readable", "closed_emitted", "retransmits", "fast_retransmits", "timeouts",
     )
 
     def __init__(self, stack: TcpStack, cfg: Config, conn_id: int, laddr: bytes, lport: int, raddr: bytes,
@@ -200,6 +200,10 @@ class _Tcb:
         self.last_rx = now
         # bookkeeping
         self.ack_pending = self.dirty = self.readable = self.closed_emitted = False
+        self.quick_acks = 0
+        """In-order segments still to be ACKed every second one (`input`: after out-of-order data)."""
+        self.unacked_segs = 0
+        """In-order segments received since our last ACK, counted while ``quick_acks``."""
         self.retransmits = self.fast_retransmits = self.timeouts = 0
 
     # --- helpers every layer uses ----------------------------------------------------
