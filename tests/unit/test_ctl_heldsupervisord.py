@@ -11,23 +11,9 @@ import time
 from sunbeam.ctl import heldsupervisord
 from sunbeam.ctl.daemon import process_table, supervisord_pid
 
-CONF = """\
-[supervisord]
-nodaemon=true
-logfile=%(ENV_HELD_TEST_DIR)s/supervisord.log
-pidfile=%(ENV_HELD_TEST_DIR)s/supervisord.pid
-childlogdir=%(ENV_HELD_TEST_DIR)s
+from .sleeperconf import sleeper_conf
 
-[unix_http_server]
-file=%(ENV_HELD_TEST_DIR)s/supervisor.sock
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[program:sleeper]
-command=sleep 60
-startsecs=0
-"""
+CONF = sleeper_conf("%(ENV_HELD_TEST_DIR)s")
 
 
 def test_without_the_go_line_it_exits_having_done_nothing(tmp_path):

@@ -10,27 +10,11 @@ import time
 
 from sunbeam.ctl.daemon import process_table, supervisor_records
 
-CONF = """\
-[supervisord]
-nodaemon=true
-logfile={d}/supervisord.log
-pidfile={d}/supervisord.pid
-childlogdir={d}
-
-[unix_http_server]
-file={d}/supervisor.sock
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[program:sleeper]
-command=sleep 60
-startsecs=0
-"""
+from .sleeperconf import sleeper_conf
 
 
 def test_a_real_supervisord_answers(tmp_path):
-    (tmp_path / "s.conf").write_text(CONF.format(d=tmp_path))
+    (tmp_path / "s.conf").write_text(sleeper_conf(str(tmp_path)))
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(tmp_path / "s.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -55,23 +55,33 @@ BETA = 0.7
 C = 0.4
 
 
-class NewReno:
-    """cwnd / ssthresh of one connection; owned by its `Connection`."""
+class _Window:
+    """What both algorithms keep: cwnd / ssthresh of one connection, in bytes; owned by its
+    `Connection`."""
 
-    __slots__ = ("acked", "cwnd", "mss", "ssthresh")
+    __slots__ = ("cwnd", "mss", "ssthresh")
 
-    def __init__(self, mss: int, flows: int = 1) -> None:
-        """``flows``: CUBIC's; NewReno is always one flow."""
+    def __init__(self, mss: int) -> None:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW * mss
         self.ssthresh = INFINITE
-        self.acked = 0
-        """Bytes acked in congestion avoidance since cwnd last grew."""
 
     def set_mss(self, mss: int) -> None:
         """The MSS became known (handshake): the initial window follows it."""
         self.mss = mss
         self.cwnd = INITIAL_WINDOW * mss
+
+
+class NewReno(_Window):
+    """NewReno's window arithmetic."""
+
+    __slots__ = ("acked",)
+
+    def __init__(self, mss: int, flows: int = 1) -> None:
+        """``flows``: CUBIC's; NewReno is always one flow."""
+        super().__init__(mss)
+        self.acked = 0
+        """Bytes acked in congestion avoidance since cwnd last grew."""
 
     def on_ack(self, acked: int, now: float, srtt: float) -> None:
         """``acked`` new bytes were acknowledged outside recovery while cwnd-limited."""
@@ -102,21 +112,19 @@ class NewReno:
         self.ssthresh = max(self.ssthresh, prior_ssthresh)
 
 
-class Cubic:
-    """CUBIC's cwnd / ssthresh of one connection; owned by its `Connection`. Internal
-    windows (``w_max``, ``origin``, ``w_est``) are in bytes; C is scaled by the MSS."""
+class Cubic(_Window):
+    """CUBIC's window arithmetic. Internal windows (``w_max``, ``origin``, ``w_est``) are in
+    bytes; C is scaled by the MSS."""
 
-    __slots__ = ("alpha", "alpha_past_max", "beta", "cwnd", "epoch", "grow", "k", "last", "mss", "origin",
-                 "prior_w_max", "ssthresh", "w_est", "w_max")
+    __slots__ = ("alpha", "alpha_past_max", "beta", "epoch", "grow", "k", "last", "origin", "prior_w_max",
+                 "w_est", "w_max")
 
     def __init__(self, mss: int, flows: int = 1) -> None:
-        self.mss = mss
+        super().__init__(mss)
         self.beta = (flows - 1 + BETA) / flows
         self.alpha = 3 * flows * flows * (1 - self.beta) / (1 + self.beta)
         """Reno-friendly growth per round trip below W_max (RFC 9438 4.3 for N = 1)."""
         self.alpha_past_max = float(flows)
-        self.cwnd = INITIAL_WINDOW * mss
-        self.ssthresh = INFINITE
         self.w_max = 0.0
         """The window before the last reduction (bytes)."""
         self.prior_w_max = 0.0
@@ -129,11 +137,6 @@ class Cubic:
         """Growth owed to cwnd below one byte (carried between ACKs)."""
         self.last = 0.0
         """The last cwnd-limited ACK in avoidance (for idle detection)."""
-
-    def set_mss(self, mss: int) -> None:
-        """The MSS became known (handshake): the initial window follows it."""
-        self.mss = mss
-        self.cwnd = INITIAL_WINDOW * mss
 
     def on_ack(self, acked: int, now: float, srtt: float) -> None:
         """``acked`` new bytes were acknowledged outside recovery while cwnd-limited."""
