@@ -94,8 +94,9 @@ def test_permission_denied_is_one_line():
         (private / "run").mkdir(mode=0o700, parents=True)
         os.chmod(private, 0o700)
         # import first: root's Python installation may not be readable by nobody
-        # (the config and `status` are imported when the command runs: import them too)
-        code = ("import os, sys, supervisor.xmlrpc, sunbeam.shared.config, sunbeam.ctl.status; "
+        # (the config and `status` are imported when the command runs, shutil by argparse's
+        # formatter: import them too)
+        code = ("import os, sys, shutil, supervisor.xmlrpc, sunbeam.shared.config, sunbeam.ctl.status; "
                 "from sunbeam.ctl.cli import main; "
                 "os.setgid(65534); os.setuid(65534); sys.exit(main(['status']))")
         env = _env_of(base / "home") | {"SUNBEAM_RUNTIME_DIR": str(private / "run"), "SUNBEAM_CONTROL_URL": "http://x"}
@@ -110,7 +111,9 @@ def test_permission_denied_is_one_line():
 def test_an_unreadable_home_is_a_config_error_not_a_traceback(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("this test switches to an unprivileged uid and needs root", pytrace=False)
-    code = ("import os, sys, sunbeam.shared.config; from sunbeam.ctl.cli import main; "
+    # import first: root's Python installation may not be readable by nobody (argparse's
+    # formatter imports shutil when the parser is built; a site hook may have loaded it already)
+    code = ("import os, sys, shutil, sunbeam.shared.config; from sunbeam.ctl.cli import main; "
             "os.setgid(65534); os.setuid(65534); sys.exit(main(['status']))")
     res = subprocess.run([sys.executable, "-c", code], env=_env_of(tmp_path / "home"), capture_output=True,
                          text=True, timeout=30)
