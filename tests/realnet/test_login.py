@@ -57,7 +57,16 @@ class Lines:
         return m
 
     def finish(self, timeout: float) -> tuple[int, str]:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # evidence for a hang: what it printed, and where it and its children sit
+            ps = subprocess.run(["ps", "-o", "pid,ppid,stat,wchan:24,etime,args", "--ppid", str(self.proc.pid),
+                                 "-p", str(self.proc.pid)], check=False, capture_output=True, text=True).stdout
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"sunbeam-ctl did not exit within {timeout}s; it printed:\n{''.join(self.seen)}"
+                                 f"\nprocesses:\n{ps}") from None
         while (line := self.lines.get(timeout=5)) is not None:
             self.seen.append(line)
         return code, "".join(self.seen)
