@@ -168,7 +168,7 @@ def _one_run(info: dict, host: dict, side: Side, target: dict, direction: str, s
     else:
         secs = post_upload(host, side, target, payload, size_mb, timeout=900)
     link1 = _link_counts(info)
-    out: dict = {"mbps": round(size_mb / secs, 2), "seconds": round(secs, 2),
+    out: dict = {"mbps": round(size_mb / secs, 3), "seconds": round(secs, 2),
                  "cpu_s": round(cpu_seconds(pids) - cpu0, 2),
                  "emulator_cpu_pct": round((_emu_cpu(info) - emu0) / secs * 100, 1),
                  "link": {d: {k: link1[d][k] - link0[d][k] for k in link1[d]} for d in link1}}
@@ -237,7 +237,7 @@ def run_profile(info: dict, profile: str, args: argparse.Namespace, payload: Pat
 def summarise(results: dict, profile: str, runs: dict[str, dict[str, list[dict]]]) -> None:
     for direction, by_side in runs.items():
         case = f"{profile} {direction}"
-        row = {n: round(statistics.median(r["mbps"] for r in rs), 2) for n, rs in by_side.items() if rs}
+        row = {n: round(statistics.median(r["mbps"] for r in rs), 3) for n, rs in by_side.items() if rs}
         if row.get("tailscaled"):
             for name in [n for n in row if n.startswith("sunbeam")]:
                 key = "ratio" if name == "sunbeam" else f"ratio {name}"
