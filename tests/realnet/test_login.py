@@ -27,8 +27,11 @@ class Lines:
     """A running ``sunbeam-ctl`` whose output is read line by line with timeouts."""
 
     def __init__(self, node: SunbeamNode, *args: str) -> None:
-        self.proc = subprocess.Popen(node.refnet["exec_prefix"] + ["sunbeam-ctl", *args], env=node.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # SIGINT as at a terminal (coreutils env resets it): a suite started in the background
+        # of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and the ctl would then
+        # ignore our Ctrl-C too (two fresh-clone runs started that way hung here)
+        self.proc = subprocess.Popen(node.refnet["exec_prefix"] + ["env", "--default-signal=INT", "sunbeam-ctl", *args],
+                                     env=node.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
