@@ -161,6 +161,7 @@ class ControlClient:
         self._dialing: Dialer | KeyFetch | None = None  # a connection being opened (never blocking the loop)
         self._out = bytearray()  # bytes for the server that its socket could not take yet
         self.conn: ControlConnection | None = None
+        self.mapping = False  # this connection is registered and has opened its map stream
         self.streams: dict[int, Any] = {}
         self.builder = NetmapBuilder()
         self._idle_timer: Any = None
@@ -253,6 +254,7 @@ class ControlClient:
             except OSError:
                 pass
         self.sock, self.conn = None, None
+        self.mapping = False
         self._out = bytearray()
         if self._dialing is not None:
             self._dialing.cancel()
@@ -382,14 +384,16 @@ class ControlClient:
 
     def start_map(self) -> None:
         """Registered: tell the server our keys and endpoints, open the map stream."""
+        self.mapping = True
         self.send_lite_update()
         self._post(calls.MAP_PATH, calls.map_stream_request(self.me), _MapStream(self))
         self.arm_idle(STREAM_IDLE_TIMEOUT, "map stream silent for too long")
 
     def send_lite_update(self) -> None:
-        """Tell the server our DiscoKey, endpoints and PreferredDERP without a new stream
-        (registered only: `start_map` sends the latest after a login)."""
-        if self.conn is None or self.pub.state is State.NEEDS_LOGIN:
+        """Tell the server our DiscoKey, endpoints and PreferredDERP without a new stream.
+        Only once this connection is registered and mapping: before that (no connection, the
+        TS2021 upgrade or handshake under way, a login pending) `start_map` sends the latest."""
+        if self.conn is None or not self.mapping:
             return
         self.call(calls.MAP_PATH, calls.lite_update_request(self.me), self._on_lite_update)
         self.flush()
