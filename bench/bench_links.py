@@ -65,7 +65,8 @@ from sunbeam.refnet.transfer import tcp_transfer  # noqa: E402
 
 MB = 1 << 20
 DEFAULT_PROFILES = ["20ms/0.5%", "50ms/1%+reorder=1%"]
-VARIANT_ENV = {"flows": "SUNBEAM_TCP_FLOWS", "congestion": "SUNBEAM_TCP_CONGESTION"}
+VARIANT_ENV = {"flows": "SUNBEAM_TCP_FLOWS", "congestion": "SUNBEAM_TCP_CONGESTION",
+               "quick_acks": "SUNBEAM_TCP_QUICK_ACKS"}
 """``--variants`` keys -> the proxy's environment (services/proxy/tcpengine.py)."""
 TS_INDEX = 50  # the tailscaled in B: SOCKS5 127.0.0.1:11130
 

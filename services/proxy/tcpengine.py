@@ -52,6 +52,9 @@ SEND_BUFFER = 4 << 20
 1 MB: ~118 MB/s for a 200 MB upload, 4 MB: ~130 (tailscaled: up to 6 MB)."""
 ENV_CONGESTION = "SUNBEAM_TCP_CONGESTION"
 ENV_FLOWS = "SUNBEAM_TCP_FLOWS"
+ENV_QUICK_ACKS = "SUNBEAM_TCP_QUICK_ACKS"
+TCP_QUICK_ACKS = 16
+"""After out-of-order data, in-order segments ACKed every second one (`tcp.input`)."""
 TCP_FLOWS = 2
 """Each proxied connection's CUBIC responds to loss as two standard flows would together
 (Chromium QUIC's default emulation): the local application behind the proxy, and the
@@ -70,6 +73,17 @@ class ConnHandler(Protocol):
     def on_closed(self) -> None: ...
 
 
+def _env_int(svc: Service, name: str, default: int, lo: int, hi: int) -> int:
+    """``$name`` as an integer in [lo, hi]; anything else is logged and ``default`` used."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if text.isdigit() and lo <= int(text) <= hi:
+        return int(text)
+    svc.log.warning("bad_env", name=name, value=text[:40], using=default, choices=f"{lo}-{hi}")
+    return default
+
+
 class TcpEngine:
     def __init__(self, svc: Service, plane: IpPlane) -> None:
         self.svc = svc
@@ -81,12 +95,9 @@ class TcpEngine:
             svc.log.warning("bad_env", name=ENV_CONGESTION, value=congestion[:40], using="cubic",
                             choices=sorted(CONGESTION_ALGORITHMS))
             congestion = "cubic"
-        flows = os.environ.get(ENV_FLOWS, str(TCP_FLOWS))
-        if flows not in ("1", "2", "3", "4"):
-            svc.log.warning("bad_env", name=ENV_FLOWS, value=flows[:40], using=TCP_FLOWS, choices="1-4")
-            flows = str(TCP_FLOWS)
         self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER,
-                              congestion=congestion, flows=int(flows))
+                              congestion=congestion, flows=_env_int(svc, ENV_FLOWS, TCP_FLOWS, 1, 8),
+                              quick_acks=_env_int(svc, ENV_QUICK_ACKS, TCP_QUICK_ACKS, 0, 1024))
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self.timer = CoreTimer(self.loop, self.stack.next_timer, self.loop.now, self._on_timer)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import pytest
 from sunbeam.shared.proto.tcp import PeerFinished, Readable
 from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, parse_options
+from sunbeam.shared.proto.tcp.tcb import Config
 
 from .scripted import Scripted
 
@@ -117,3 +119,24 @@ def test_one_stretch_ack_per_batch_until_a_hole_then_every_second_segment():
     while chunk := s.stack.read(cid):
         got += len(chunk)
     assert got == seq + 8000 - 1001  # every byte delivered once, in order
+
+
+def test_quick_acks_are_bounded_and_configurable():
+    """Linux's TCP_MAX_QUICKACKS (16) by default; 0 turns the mode off (one stretch ACK per
+    batch even after a hole); out-of-range values are refused."""
+    assert Config().quick_acks == 16
+    with pytest.raises(ValueError, match="quick_acks -1"):
+        Config(quick_acks=-1)
+    with pytest.raises(ValueError, match="quick_acks 1025"):
+        Config(quick_acks=1025)
+    for quick, expect in ((16, 8), (0, 1)):
+        s = Scripted(quick_acks=quick)
+        _cid, synack = s.passive_open()
+        ack, seq = synack.seq + 1, 1001
+        s.deliver(ACK, seq + 1000, ack, bytes(1000))  # a hole at seq
+        (filled,) = s.deliver(ACK, seq, ack, bytes(1000))
+        assert filled.ack == seq + 2000
+        seq += 2000
+        acks = _batch(s, seq, ack, 32)
+        assert len(acks) == expect + (1 if quick else 0), (quick, [a.ack for a in acks])
+        assert acks[-1].ack == seq + 32000

@@ -145,7 +145,7 @@ def test_long_rtt_tail_losses_are_probed_not_timed_out():
     not a collapse to one segment (the refnet link bench saw 36-42 RTOs per 20 MB, 0 probes)."""
     rng = random.Random(11)
     a, b = make_stack("10.0.0.1", 11), make_stack("10.0.0.2", 12)
-    ab, ba = Impairer(21, loss=0.02), Impairer(22, loss=0.02)
+    ab, ba = Impairer(41, loss=0.02), Impairer(42, loss=0.02)  # draws with tail losses
     pair = Pair(a, b, ab, ba, delay=100)
     t = Transfer(pair, "10.0.0.2", 80, rng.randbytes(4 * MB), b"", src_a="10.0.0.1")
     t.run(max_seconds=600)

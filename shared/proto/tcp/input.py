@@ -10,12 +10,17 @@ as receive-side coalescing (GRO) makes Linux do. Deviation: RFC 9293 3.8.6.3 / R
 4.2.3.2 ask for an ACK at least every second full-sized segment; the sender's byte
 counting (`congestion`) does not need it. Out-of-order data, a filled gap, a FIN and
 anything unacceptable are acknowledged at once. Quick ACKs: out-of-order data (a loss,
-or reordering) also makes the next `QUICK_ACKS` in-order segments ACKed every second one,
-as the RFC asks (Linux's quickack mode after a hole): on a lossy path a burst answered by
-one stretch ACK stalls the sender for a whole RTO when that one ACK is lost (seen on the
-emulated link, 20 ms each way + 0.5 % loss: tailscaled's sender waited 200 ms 3-5 times
-per 15 MB with us, 1-2 times with its own receiver); a clean path never enters it, so
-bulk transfers keep one ACK per batch.
+or reordering) also makes the next ``Config.quick_acks`` (16, Linux's TCP_MAX_QUICKACKS)
+in-order segments ACKed every second one, as the RFC asks (Linux's quickack mode after a
+hole): on a lossy path a burst answered by one stretch ACK stalls the sender for a whole
+RTO when that one ACK is lost (seen on the emulated link, 20 ms each way + 0.5 % loss:
+tailscaled's sender waited 200 ms 3-5 times per 15 MB with us, 1-2 times with its own
+receiver); a clean path never enters it, so bulk transfers keep one ACK per batch. Not
+more than 16: with 256, a download that lost several MB when its direct path died kept
+every ACK per second segment through the recovery over DERP; tailscaled's sender grew its
+window per ACK into bursts its DERP write queue evicted (magicsock_send_derp_dropped: 536
+of 998 in half a second), lost its retransmissions, and sat in RTO backoff (14, 27, 55,
+111 s) -- 6 of 7 runs of test_disco's UDP-cut download timed out, 0 of 6 with 16 or 0.
 
 Everything else takes the slow path (`_slow_input`), which follows the RFC's checks in
 order, one method each (the third, security, and the sixth, URG, do not apply):
@@ -77,7 +82,6 @@ from .states import (
 __all__: list[str] = []
 
 MIN_MSS = 64
-QUICK_ACKS = 256
 """In-order segments ACKed every second one after out-of-order data (Linux allows up to 16
 quick ACKs per event with a per-segment ACK default; ours is one ACK per batch, so the
 mode lasts about as long as a lossy path goes between two losses at 0.5 %)."""
@@ -274,7 +278,7 @@ class _Input(_Sender):
             if fin:
                 ooo.fin = seq + len(data)
             self.stack.counters["out_of_order"] += 1
-            self.quick_acks = QUICK_ACKS
+            self.quick_acks = self.cfg.quick_acks
             self._send_ack_now()
             return
         if data:

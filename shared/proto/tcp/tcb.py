@@ -58,6 +58,7 @@ class Config:
         "min_rto",
         "mss4",
         "mss6",
+        "quick_acks",
         "recv_buffer",
         "request_timeout",
         "sack",
@@ -73,7 +74,7 @@ class Config:
                  syn_retries: int = 5, max_retries: int = 10, time_wait: float = 2.0,
                  request_timeout: float = 30.0, keepalive_idle: float | None = None,
                  keepalive_interval: float = 10.0, keepalive_count: int = 5, ttl: int = 64,
-                 congestion: str = "cubic", flows: int = 1) -> None:
+                 congestion: str = "cubic", flows: int = 1, quick_acks: int = 16) -> None:
         self.mss4, self.mss6 = mss4, mss6
         self.recv_buffer, self.send_buffer = recv_buffer, send_buffer
         ws = 0
@@ -95,6 +96,11 @@ class Config:
         if not 1 <= flows <= 8:
             raise ValueError(f"flows {flows!r}: 1..8")
         self.flows = flows
+        if not 0 <= quick_acks <= 1024:
+            raise ValueError(f"quick_acks {quick_acks!r}: 0..1024")
+        self.quick_acks = quick_acks
+        """After out-of-order data, how many in-order segments are ACKed every second one
+        (`input`); 0: none."""
         """How many standard flows one connection responds as (CUBIC; `congestion`)."""
 
 
