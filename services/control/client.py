@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -63,7 +62,13 @@ from sunbeam.shared.runtime.backoff import ReconnectBackoff
 from sunbeam.shared.runtime.dial import Dialer, send_available
 from sunbeam.shared.runtime.log import RateLimitedLog
 from sunbeam.shared.runtime.service import Service
-from sunbeam.shared.runtime.tlsctx import client_context, untrusted_reason
+from sunbeam.shared.runtime.tlsctx import (
+    client_context,
+    is_cert_error,
+    is_tls_socket,
+    untrusted_reason,
+    would_block,
+)
 
 from . import calls, lastderp
 from .keyfetch import KeyFetch
@@ -71,6 +76,9 @@ from .publication import Publication
 from .registrar import Registrar
 from .serverkey import ServerKeyError
 from .state import State
+
+if TYPE_CHECKING:
+    import ssl  # only for annotations: an http:// control URL never loads ssl (tlsctx)
 
 IO_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0  # the kernel resends a SYN after 1 s and 3 s; then a new attempt
@@ -200,7 +208,7 @@ class ControlClient:
             self._server_answered()
         if isinstance(exc, ServerKeyError):
             return self.fail_permanently(str(exc)) if exc.permanent else self.retry_later(str(exc))
-        if isinstance(exc, ssl.SSLCertVerificationError):  # the user must trust the CA (ca_file) or fix the URL
+        if is_cert_error(exc):  # the user must trust the CA (ca_file) or fix the URL
             return self.fail_permanently(untrusted_reason(f"{self.host}:{self.port}", exc))
         self.retry_later(self._unreachable(getattr(exc, "strerror", None) or str(exc)))
 
@@ -227,7 +235,7 @@ class ControlClient:
 
     def _on_dialed(self, sock: socket.socket) -> None:
         self._dialing = None
-        if isinstance(sock, ssl.SSLSocket):
+        if is_tls_socket(sock):
             self._server_answered()
         self.sock = sock
         self._out = bytearray()
@@ -321,9 +329,9 @@ class ControlClient:
             return
         try:
             data = sock.recv(RECV_SIZE)
-            while isinstance(sock, ssl.SSLSocket) and sock.pending():
+            while is_tls_socket(sock) and sock.pending():
                 data += sock.recv(RECV_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError):
+        except would_block(want_write=False):  # SSLWantWriteError: an error below, as it always was
             return
         except OSError as exc:
             return self.drop_connection(f"connection error: {exc}")

@@ -13,14 +13,17 @@ Ownership: the control service's loop thread.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sunbeam.shared.runtime.dial import Dialer, send_available
+from sunbeam.shared.runtime.tlsctx import is_tls_socket, would_block
 
 from .serverkey import KeyAnswer, ServerKeyError
+
+if TYPE_CHECKING:
+    import ssl  # only for annotations: an http:// control URL never loads ssl (tlsctx)
 
 __all__ = ["KeyFetch"]
 
@@ -62,7 +65,7 @@ class KeyFetch:
             sock.close()
             return
         self.sock = sock
-        self.answered = self.answered or isinstance(sock, ssl.SSLSocket)  # its certificate came
+        self.answered = self.answered or is_tls_socket(sock)  # its certificate came
         self.loop.on_readable(sock, self._read)
         self._write()
 
@@ -84,7 +87,7 @@ class KeyFetch:
             return
         try:
             data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except would_block():
             return
         except OSError as exc:
             return self._fail(exc)

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import h11
 from sunbeam.shared.keys import KeyFormatError, from_text
 from sunbeam.shared.proto.httpanswer import NOT_CONTROL_SERVER, describe_answer, excerpt
 from sunbeam.shared.runtime.tlsctx import client_context
+
+if TYPE_CHECKING:
+    import ssl  # only for annotations: an http:// control URL never loads ssl (tlsctx)
 
 MAX_BODY = 64 * 1024
 

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sunbeam.shared.proto.derp import (
     Closed,
@@ -53,9 +52,17 @@ from sunbeam.shared.runtime.counters import Counters
 from sunbeam.shared.runtime.dial import Dialer, send_available
 from sunbeam.shared.runtime.log import RateLimitedLog, StructLogger
 from sunbeam.shared.runtime.loop import ServiceLoop
-from sunbeam.shared.runtime.tlsctx import insecure_context, untrusted_reason
+from sunbeam.shared.runtime.tlsctx import (
+    insecure_context,
+    is_tls_socket,
+    untrusted_reason,
+    would_block,
+)
 
 from .regions import Dial
+
+if TYPE_CHECKING:
+    import ssl  # only for annotations: no TLS region, no ssl loaded (tlsctx)
 
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 15.0
@@ -178,7 +185,7 @@ class RegionConnection:
             return
         self._dialer = None
         self.sock = sock
-        if isinstance(sock, ssl.SSLSocket) and not self.answered:  # its certificate came
+        if is_tls_socket(sock) and not self.answered:  # its certificate came
             self.answered = True
             self.backoff.answered()
         self._start_derp(gen)
@@ -216,7 +223,7 @@ class RegionConnection:
                 return
             try:
                 data = self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except would_block():
                 break
             except OSError as exc:
                 return self._fail(f"connection error: {exc}")
@@ -232,7 +239,7 @@ class RegionConnection:
                 return
         else:
             # budget used up: TLS may hold decrypted bytes the poller cannot see
-            if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            if is_tls_socket(self.sock) and self.sock.pending():
                 self._arm("read", 0, lambda: self._on_readable(gen), gen)
         self.flush()
 

@@ -28,10 +28,14 @@ import errno
 import ipaddress
 import os
 import socket
-import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .tlsctx import would_block
+
+if TYPE_CHECKING:
+    import ssl  # imported where a TLS handshake runs: plain-HTTP processes never load it
 
 __all__ = ["Dialer", "send_available"]
 
@@ -45,7 +49,7 @@ def send_available(sock: socket.socket, out: bytearray) -> None:
     while out:
         try:
             sent = sock.send(out)
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+        except would_block():  # ssl's want-read/write only if ssl is loaded (tlsctx)
             return
         del out[:sent]
 
@@ -164,6 +168,8 @@ class Dialer:
     # -- 3. TLS -------------------------------------------------------------------------
 
     def _tls_step(self, _source: Any = None) -> None:
+        import ssl  # loaded already: self.tls is an ssl.SSLContext (not at the top: tlsctx)
+
         sock = self.sock
         if self._over or not isinstance(sock, ssl.SSLSocket):
             return
