@@ -22,7 +22,7 @@ NOT_AT_START = {
     "h11": ("udp", "wg", "proxy"),  # the proxy: only with a client on an http listener
     "nacl": ("wg", "proxy"),  # the workers tell disco apart without opening it (discohead)
     "numpy": ("control", "derp", "udp", "wg", "proxy"),  # the proxy: at its first bulk batch
-    "ssl": ("udp", "wg", "proxy"),
+    "ssl": ("control", "derp", "udp", "wg", "proxy"),  # control, derp: only with TLS in use (tlsctx)
     "logging": ("derp", "udp", "wg", "proxy"),  # our JSON lines need none (control: hpack uses it)
     "traceback": ("derp", "udp", "wg", "proxy"),  # only for a line with an exception
 }
