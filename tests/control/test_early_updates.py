@@ -26,39 +26,30 @@ import zmq
 from sunbeam.shared.channels import DERP_PUB, UDP_PUB
 from sunbeam.shared.messages.dataplane import DerpStatus, UdpStatus
 
+from .test_server_answers import raw_server
+
 SERVER_KEY = json.dumps({"publicKey": "mkey:" + "11" * 32}).encode()
 
 
 @contextmanager
 def upgrade_holding_server() -> Iterator[tuple[str, threading.Event]]:
-    """Answers ``GET /key``; holds every other request (the upgrade) open, unanswered. The
-    event is set once an upgrade request arrived."""
-    lsock = socket.create_server(("127.0.0.1", 0))
-    upgrading = threading.Event()
-    held: list[socket.socket] = []
+    """Answers ``GET /key``; holds every other request (the upgrade) open, unanswered, until
+    the block ends. The event is set once an upgrade request arrived."""
+    upgrading, done = threading.Event(), threading.Event()
 
-    def run() -> None:
-        while True:
-            try:
-                conn, _ = lsock.accept()
-            except OSError:
-                return
-            request = conn.recv(65536)
-            if request.startswith(b"GET /key"):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                             + str(len(SERVER_KEY)).encode() + b"\r\nConnection: close\r\n\r\n" + SERVER_KEY)
-                conn.close()
-            else:
-                held.append(conn)
-                upgrading.set()
+    def answer(conn: socket.socket, request: bytes) -> None:
+        if request.startswith(b"GET /key"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(SERVER_KEY)).encode() + b"\r\nConnection: close\r\n\r\n" + SERVER_KEY)
+        else:
+            upgrading.set()
+            done.wait(60)
 
-    threading.Thread(target=run, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{lsock.getsockname()[1]}", upgrading
-    finally:
-        lsock.close()
-        for conn in held:
-            conn.close()
+    with raw_server(answer) as url:
+        try:
+            yield url, upgrading
+        finally:
+            done.set()
 
 
 def _status(env: dict[str, str]) -> dict:

@@ -83,9 +83,14 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
 
 
 @contextmanager
-def raw_server(answer: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A TCP server that reads the request, then does ``answer(conn)`` and closes."""
+def raw_server(answer: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    """A TCP server: each connection (in a thread of its own) reads the request, then does
+    ``answer(conn, request)`` and closes."""
     lsock = socket.create_server(("127.0.0.1", 0))
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            answer(conn, conn.recv(65536))
 
     def run() -> None:
         while True:
@@ -93,9 +98,7 @@ def raw_server(answer: Callable[[socket.socket], None]) -> Iterator[str]:
                 conn, _ = lsock.accept()
             except OSError:
                 return
-            with conn:
-                conn.recv(65536)
-                answer(conn)
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
 
     threading.Thread(target=run, daemon=True).start()
     try:
@@ -178,13 +181,13 @@ def test_plain_text_keeps_its_angle_brackets():
 
 
 def test_connection_closed_without_answer_is_no_answer():
-    with raw_server(lambda conn: None) as url, pytest.raises(OSError) as err:
+    with raw_server(lambda conn, request: None) as url, pytest.raises(OSError) as err:
         fetch_server_key(url, 130, timeout=5)
     assert isinstance(err.value, Unanswered)  # the client retries it as unreachable
 
 
 def test_not_http_at_all():
-    with raw_server(lambda conn: conn.sendall(b"SSH-2.0-OpenSSH_9.6\x1b[31m\r\n")) as url:
+    with raw_server(lambda conn, request: conn.sendall(b"SSH-2.0-OpenSSH_9.6\x1b[31m\r\n")) as url:
         err = _key_error(url)
     assert str(err) == f"malformed HTTP answer from {url}/key: {NOT_CONTROL_SERVER} (it said: 'SSH-2.0-OpenSSH_9.6 [31m')"
     assert_one_line(str(err))
