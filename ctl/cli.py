@@ -200,12 +200,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.cmd == "whois":
             from .lookup import whois_command
 
-            return whois_command(rundir, args.ip, args.json, accept_routes=bool(ctx and ctx.accept_routes),
-                                 exit_node=ctx.exit_node if ctx else None)
+            return whois_command(rundir, args.ip, args.json, ctx)
         if args.cmd == "exit-node":
             from .exitnode import exit_node_list_command
 
-            return exit_node_list_command(rundir, args.json, exit_node=ctx.exit_node if ctx else None)
+            return exit_node_list_command(rundir, args.json, ctx)
         if args.cmd == "ping":
             from .peers import ping_command
 

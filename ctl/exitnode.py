@@ -3,10 +3,11 @@
 A peer offers an exit node when its AllowedIPs hold a default route (approved by the
 admin; shared/netmap/routes.py `offers_exit`); it offers subnet routes when they hold
 other prefixes than its own addresses (`subnet_routes`). Whether we use them is the
-context's business, read from the config the CLI loads (the same file and environment the
-services read when they started): subnet routes with ``accept_routes``, one exit node
-named by ``exit_node`` (`choose_exit_node`, which also says why a configured one is not
-usable).
+context's business: subnet routes with ``accept_routes``, one exit node named by
+``exit_node`` (`choose_exit_node`, which also says why a configured one is not usable), as
+the running proxy read them when it started (routing.py; the config the CLI loads only
+when the proxy does not answer). When the config file now says otherwise, one more line
+says so.
 
 ``exit-node list`` (like ``tailscale exit-node list``), sorted by name::
 
@@ -16,9 +17,10 @@ usable).
 then one line: the exit node in use, why the configured one is not usable (its
 ``problem``), or that none is configured. No peer offering one: ``no exit nodes: no peer
 offers one``. ``--json``: one object: ``exit_nodes`` (name, hostname, magicdns_name, id,
-ip, addresses, online, expired, in_use), ``configured`` (the context's ``exit_node``, null
-when none or no config), ``in_use`` (the MagicDNS name or null), ``problem``, ``error``
-(null, or why nothing could be listed).
+ip, addresses, online, expired, in_use), ``configured`` (the context's ``exit_node`` in the
+config file now, null when none or no config), ``running_exit_node`` (only when the running
+proxy answered: the ``exit_node`` it uses, null for none), ``in_use`` (the MagicDNS name or
+null), ``problem``, ``error`` (null, or why nothing could be listed).
 
 Exit codes: 0 listed (also when none is offered, or the configured one is not usable);
 1 not running or no netmap.
@@ -30,11 +32,15 @@ import ipaddress
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..shared.netmap import Netmap, Peer
 from ..shared.netmap.routes import ExitChoice, choose_exit_node, offers_exit, routed_prefixes, subnet_routes
 from .lookup import fetch_netmap, node_ips
+from .routing import routes_in_use
+
+if TYPE_CHECKING:
+    from ..shared.config import Context
 
 __all__ = ["exit_node_list_command", "exit_rows", "format_exit_table", "format_routes", "route_facts"]
 
@@ -105,10 +111,11 @@ def _verdict(configured: str | None, choice: ExitChoice) -> str:
     return "no exit node in use (exit_node is not set in the context)"
 
 
-def exit_node_list_command(rundir: Path, as_json: bool, *, exit_node: str | None = None) -> int:
-    """``sunbeam-ctl exit-node list [--json]``; returns the exit code."""
-    doc: dict[str, Any] = {"exit_nodes": [], "configured": exit_node or None, "in_use": None, "problem": None,
-                           "error": None}
+def exit_node_list_command(rundir: Path, as_json: bool, ctx: Context | None = None) -> int:
+    """``sunbeam-ctl exit-node list [--json]``; returns the exit code. The exit node in use:
+    the running proxy's ``exit_node``, else ``ctx``'s (None: no config: none)."""
+    doc: dict[str, Any] = {"exit_nodes": [], "configured": (ctx.exit_node if ctx else None) or None,
+                           "in_use": None, "problem": None, "error": None}
     netmap = fetch_netmap(rundir)
     if isinstance(netmap, str):
         doc["error"] = netmap
@@ -116,8 +123,12 @@ def exit_node_list_command(rundir: Path, as_json: bool, *, exit_node: str | None
             print(json.dumps(doc, indent=2))
         print(f"sunbeam-ctl: {netmap}", file=sys.stderr)
         return 1
+    used = routes_in_use(rundir, ctx)
+    exit_node = used.exit_node
     choice = choose_exit_node(netmap, exit_node)
     rows = exit_rows(netmap, choice)
+    if used.running is not None:
+        doc["running_exit_node"] = used.running.exit_node or None
     doc.update(exit_nodes=rows, problem=choice.problem,
                in_use=choice.peer.name.rstrip(".") or _short(choice.peer) if choice.peer else None)
     if as_json:
@@ -125,4 +136,6 @@ def exit_node_list_command(rundir: Path, as_json: bool, *, exit_node: str | None
         return 0
     print(format_exit_table(rows) if rows else "no exit nodes: no peer offers one")
     print(_verdict(exit_node, choice))
+    if used.note:
+        print(used.note)
     return 0

@@ -16,7 +16,8 @@ per line, IPv4 first (like ``tailscale ip``)::
 its user from the netmap's ``user_profiles``; an address no node owns but a peer's subnet
 route covers, or that a peer's exit node would carry (outside the tailnet's ranges), is
 shown as *routed by* that peer, with whether we use that route (``accept_routes``, the
-configured ``exit_node``).
+configured ``exit_node``: those the running proxy uses, else the config's, routing.py;
+one more line when the config file now says otherwise).
 
 ``--json``: always one object. ``ip``: ``name`` (MagicDNS name, no trailing dot),
 ``hostname``, ``self``, ``addresses``, ``error`` (null when fine). ``whois``: ``ip``,
@@ -36,7 +37,7 @@ import ipaddress
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..shared.netmap import Netmap, Peer, SelfNode
 from ..shared.netmap.names import NameTable
@@ -47,7 +48,11 @@ from ..shared.netmap.routes import (
     subnet_routes,
 )
 from .client import discover
+from .routing import routes_in_use
 from .watch import read_netmap
+
+if TYPE_CHECKING:
+    from ..shared.config import Context
 
 __all__ = ["close_matches", "fetch_netmap", "find_node", "find_peer", "ip_command", "node_ips", "owner_of",
            "parse_ip_arg", "unknown_peer", "whois", "whois_command"]
@@ -281,9 +286,9 @@ def format_whois(doc: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<11}{v}" for k, v in rows)
 
 
-def whois_command(rundir: Path, target: str, as_json: bool, *, accept_routes: bool = False,
-                  exit_node: str | None = None) -> int:
-    """``sunbeam-ctl whois IP [--json]``; returns the exit code."""
+def whois_command(rundir: Path, target: str, as_json: bool, ctx: Context | None = None) -> int:
+    """``sunbeam-ctl whois IP [--json]``; returns the exit code. The routes in use: the
+    running proxy's settings, else ``ctx``'s (None: no config: none)."""
     addr = parse_ip_arg(target)
     doc: dict[str, Any] = {"ip": None, "node": None, "routed_by": [], "error": None}
     if addr is None:
@@ -296,8 +301,12 @@ def whois_command(rundir: Path, target: str, as_json: bool, *, accept_routes: bo
     netmap = fetch_netmap(rundir)
     if isinstance(netmap, str):
         return _fail(doc, netmap, as_json)
-    doc = whois(netmap, addr, accept_routes=accept_routes, exit_peer=choose_exit_node(netmap, exit_node).peer)
+    used = routes_in_use(rundir, ctx)
+    doc = whois(netmap, addr, accept_routes=used.accept_routes,
+                exit_peer=choose_exit_node(netmap, used.exit_node).peer)
     if doc["error"]:
         return _fail(doc, doc["error"], as_json)
     print(json.dumps(doc, indent=2) if as_json else format_whois(doc))
+    if not as_json and used.note and doc["node"] is None:  # (only routed addresses depend on them)
+        print(used.note)
     return 0

@@ -19,7 +19,8 @@ publishes it without routes (services/control/expiry.py), so nothing is sent to 
 
 ROUTES (exitnode.py `format_routes`): the subnet routes the peer offers, ``accepted`` or
 not (the context's ``accept_routes``), and ``exit node`` when it offers one, ``(in use)``
-when it is the context's ``exit_node``.
+when it is the context's ``exit_node`` (both as the running proxy uses them, else the
+config's, routing.py; one more line when the config file now says otherwise).
 
 ``--json``: a list of objects, one per peer, raw numbers: ``name``, ``id``, ``key``,
 ``addresses`` (without prefix length), ``online`` (true/false/null = unknown), ``expired``
@@ -59,6 +60,7 @@ from ..shared.netmap.routes import choose_exit_node
 from .client import ask_each, discover
 from .exitnode import format_routes, route_facts
 from .lookup import close_matches, find_peer, unknown_peer
+from .routing import routes_in_use
 from .watch import read_netmap
 
 __all__ = ["close_matches", "collect_stats", "find_peer", "format_ago", "format_bytes", "format_path", "format_table", "peer_rows",
@@ -181,8 +183,8 @@ def _not_running(why: str, as_json: bool) -> int:
 
 
 def peers_command(rundir: Path, as_json: bool, ctx: Context | None = None) -> int:
-    """``sunbeam-ctl peers [--json]``; returns the exit code. ``ctx`` (None: no config)
-    says which routes we use."""
+    """``sunbeam-ctl peers [--json]``; returns the exit code. Which routes we use: the
+    running proxy's settings, else ``ctx``'s (None: no config: none)."""
     if not any(f.live for f in discover(Path(rundir))):
         return _not_running("VPN: not running", as_json)
     netmap = _read_netmap(rundir)
@@ -191,12 +193,15 @@ def peers_command(rundir: Path, as_json: bool, ctx: Context | None = None) -> in
                             as_json)
     stats, failed = collect_stats(rundir)
     now = time.time()
-    exit_peer = choose_exit_node(netmap, ctx.exit_node if ctx else None).peer
-    rows = peer_rows(netmap, stats, now, accept_routes=bool(ctx and ctx.accept_routes), exit_peer=exit_peer)
+    used = routes_in_use(rundir, ctx)
+    exit_peer = choose_exit_node(netmap, used.exit_node).peer
+    rows = peer_rows(netmap, stats, now, accept_routes=used.accept_routes, exit_peer=exit_peer)
     if as_json:
         print(json.dumps(rows, indent=2))
     elif rows:
         print(format_table(rows, now))
+        if used.note:
+            print(used.note)
     else:
         print("no peers")
     for service in failed:

@@ -13,13 +13,15 @@ Sockets (all ``ipc://<rundir>/<name>.sock``):
     wg-<k>-in    PUSH, connected ToPeer(peer_key, packets) to worker owner(peer)   (outbox.py)
     control-pub  SUB, connected  the netmap: our addresses, peers' AllowedIPs     (plane.py)
     proxy-ping   REP, bound      PingPeer -> PingResult                            (pingserver.py)
-    proxy-ctl    REP, bound      health / status / stop (run_service)
+    proxy-ctl    REP, bound      health / status / stop (run_service); the status reply
+                                 carries the ``accept_routes`` / ``exit_node`` read at start
 
 The packet work is sans-IO in `sunbeam.shared.proto.ip` (`IpResponder`) and `pingrun.py`.
 """
 
 from __future__ import annotations
 
+from sunbeam.shared.messages.ctl import RoutingSettings
 from sunbeam.shared.runtime.service import Service, run_service
 
 from .local import LocalSide
@@ -29,6 +31,8 @@ from .tcpengine import TcpEngine
 
 
 def setup(svc: Service) -> None:
+    # what the plane routes by (plane.py apply_netmap), for `sunbeam-ctl whois/peers/exit-node`
+    svc.routing = RoutingSettings(accept_routes=svc.context.accept_routes, exit_node=svc.context.exit_node)
     plane = IpPlane(svc)
     PingServer(svc, plane)
     LocalSide(svc, TcpEngine(svc, plane))

@@ -7,7 +7,7 @@ added later with defaults stay compatible with older peers.
     request             reply
     -----------------   -----------------------------------------
     `StatusRequest`     `StatusReply` (health, plus the control state from the control
-                        service)
+                        service, the routing settings in use from the proxy)
     `HealthRequest`     `ServiceHealth`
     `PeersRequest`      `PeersReply` (a wg worker: one `PeerStats` per peer it owns;
                         every other service: no peers)
@@ -38,6 +38,7 @@ __all__ = [
     "PeerStats",
     "PeersReply",
     "PeersRequest",
+    "RoutingSettings",
     "ServiceHealth",
     "StatusReply",
     "StatusRequest",
@@ -123,12 +124,24 @@ class ServiceHealth(_CtlMessage, frozen=True):
     """The service's `Counters` snapshot (drops, bad messages, ...)."""
 
 
+class RoutingSettings(msgspec.Struct, frozen=True):
+    """The routing settings the proxy uses: the context's as it read them when it started
+    (a later edit of the config file takes effect at the next start)."""
+
+    accept_routes: bool = False
+    """Peers' subnet routes are used."""
+    exit_node: str | None = None
+    """The ``exit_node`` setting (a peer's name or tailnet IP); None: none."""
+
+
 class StatusReply(_CtlMessage, frozen=True):
     """A service's answer to `StatusRequest`."""
 
     health: ServiceHealth
     control: ControlStatus | None = None
     """The control session's state (only the control service sets it)."""
+    routing: RoutingSettings | None = None
+    """The routing settings in use (only the proxy sets it)."""
 
 
 CtlRequest = StatusRequest | StopRequest | HealthRequest | PeersRequest

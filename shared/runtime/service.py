@@ -10,9 +10,9 @@
    context's level;
 4. one `Shutdown` fed by SIGTERM/SIGINT and by `StopRequest` on the service's ctl socket;
 5. bind the ctl REP socket ``ipc://<rundir>/<service>-ctl.sock`` answering `HealthRequest`
-   with `ServiceHealth`, `StatusRequest` with `StatusReply`, `PeersRequest` with
-   `PeersReply` (the peers from ``service.peers_provider``; none when unset), `StopRequest`
-   with `Ack` (then shutdown);
+   with `ServiceHealth`, `StatusRequest` with `StatusReply` (with ``service.routing``),
+   `PeersRequest` with `PeersReply` (the peers from ``service.peers_provider``; none when
+   unset), `StopRequest` with `Ack` (then shutdown);
 6. call ``setup(service)`` so the service binds/connects its own sockets on ``service.loop``;
 7. run the loop; exit 0 on a requested stop, non-zero when our own code raised.
 
@@ -43,6 +43,7 @@ from ..messages.ctl import (
     PeersReply,
     PeersRequest,
     PeerStats,
+    RoutingSettings,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -71,6 +72,8 @@ class Service(msgspec.Struct):
     started_at: float = msgspec.field(default_factory=time.time)
     status_provider: Callable[[], Any] | None = None
     """Returns the `ControlStatus` put into `StatusReply` (the control service sets it)."""
+    routing: RoutingSettings | None = None
+    """The routing settings put into `StatusReply` (the proxy sets those it uses)."""
     peers_provider: Callable[[], list[PeerStats]] | None = None
     """Returns the `PeerStats` put into `PeersReply` (each wg worker sets it)."""
     extra_counters: Callable[[], dict[str, int]] | None = None
@@ -99,7 +102,7 @@ def _serve_ctl(svc: Service, sock: zmq.Socket[Any]) -> None:
         sock.send(CTL_REPLY_CODEC.encode(svc.health()))
     elif isinstance(req, StatusRequest):
         control = svc.status_provider() if svc.status_provider else None
-        sock.send(CTL_REPLY_CODEC.encode(StatusReply(health=svc.health(), control=control)))
+        sock.send(CTL_REPLY_CODEC.encode(StatusReply(health=svc.health(), control=control, routing=svc.routing)))
     elif isinstance(req, PeersRequest):
         peers = svc.peers_provider() if svc.peers_provider else []
         sock.send(CTL_REPLY_CODEC.encode(PeersReply(service=svc.name, peers=peers)))

@@ -157,7 +157,8 @@ def test_exit_node_list_when_no_peer_offers_one(node):
     assert res.stdout.splitlines() == ["no exit nodes: no peer offers one",
                                        "no exit node in use (exit_node is not set in the context)"]
     doc = _json(node.ctl("exit-node", "list", "--json"))
-    assert doc == {"exit_nodes": [], "configured": None, "in_use": None, "problem": None, "error": None}
+    assert doc == {"exit_nodes": [], "configured": None, "running_exit_node": None, "in_use": None, "problem": None,
+                   "error": None}
 
 
 def test_peers_shows_no_routes_here(refnet, node):

@@ -217,6 +217,20 @@ def test_cli_shows_routes_exit_nodes_and_who_routes_an_address(refnet_gateway, n
     assert gateway.SUBNET in text, text
 
 
+def test_cli_reports_the_exit_node_the_running_proxy_uses_not_a_later_config(refnet_gateway, nodes):
+    node = nodes["exit"]
+    started_with = dict(node.env)
+    del node.env["SUNBEAM_EXIT_NODE"]  # the config as edited after the start (env: what the ctl reads)
+    try:
+        doc = _ctl_json(node, "exit-node", "list")
+        text = node.ctl("exit-node", "list").stdout
+    finally:
+        node.env = started_with
+    assert [(e["name"], e["in_use"]) for e in doc["exit_nodes"]] == [(gateway.NAME, True)], doc
+    assert doc["configured"] is None and doc["running_exit_node"] == gateway.NAME, doc
+    assert f"the running proxy uses exit_node = {gateway.NAME!r}; the config now says no exit_node" in text, text
+
+
 def _dig(net: dict, kind: str, *args: str) -> str:
     res = subprocess.run(net["exec_prefix"] + ["dig", "@127.0.0.1", "-p", str(PORTS[kind] + 3), "+time=8",
                                                 "+tries=1", *args], capture_output=True, text=True, timeout=30)

@@ -19,6 +19,7 @@ from sunbeam.shared.messages.ctl import (
     PeersReply,
     PeersRequest,
     PeerStats,
+    RoutingSettings,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -67,6 +68,7 @@ REPLIES: dict[str, list[object]] = {
     "control-account": [AccountReply(ok=True, state="Running")],
     "proxy-ping": [PingResult(dst_ip="100.64.0.1", rtts=[0.001, None])],
     "{service}-ctl": [Ack(), ErrorReply(message="no"), HEALTH, StatusReply(health=HEALTH),
+                      StatusReply(health=HEALTH, routing=RoutingSettings(accept_routes=True, exit_node="gw")),
                       PeersReply(service="wg-0", peers=[PeerStats(key="nodekey:" + "ab" * 32)])],
 }
 
@@ -119,3 +121,15 @@ def test_no_socket_name_is_written_outside_the_channels_module():
                 if literal.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_status_reply_routing_is_optional_both_ways():
+    """The proxy's routing settings: a plain map on the wire; a reply from an older service
+    (no such field) decodes with routing None."""
+    codec = channels.CTL.reply_codec
+    assert codec is not None
+    reply = StatusReply(health=HEALTH, routing=RoutingSettings(accept_routes=False, exit_node="100.64.0.3"))
+    wire = msgspec.msgpack.decode(codec.encode(reply))
+    assert wire["routing"] == {"accept_routes": False, "exit_node": "100.64.0.3"}
+    del wire["routing"]
+    assert codec.decode(msgspec.msgpack.encode(wire)) == StatusReply(health=HEALTH)
