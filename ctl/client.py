@@ -16,7 +16,7 @@ from ..shared.runtime.stale import SocketState, probe
 if TYPE_CHECKING:
     import zmq
 
-    from ..shared.messages.ctl import CtlReply, CtlRequest
+    from ..shared.messages.ctl import CtlReply, CtlRequest, StatusReply
 
 # = CTL.name (shared/channels.py; tests/unit/test_ctl_imports.py holds them equal): channels
 # loads zmq and every message type, which `connect` imports only once supervisord is
@@ -67,6 +67,21 @@ def request(path: Path, msg: CtlRequest, *, timeout: float = 2.0, context: zmq.C
         raise CtlTimeout(f"no answer from {path} within {timeout}s") from exc
     finally:
         sock.close()
+
+
+def service_status(rundir: Path, service: str, *, timeout: float = 2.0) -> StatusReply | None:
+    """``service``'s `StatusReply`; None when its ctl socket is not live, it does not answer
+    within ``timeout``, or it answers something else."""
+    path = ctl_path(rundir, service)
+    if probe(path) is not SocketState.LIVE:
+        return None
+    from ..shared.messages.ctl import StatusReply, StatusRequest
+
+    try:
+        reply = request(path, StatusRequest(), timeout=timeout)
+    except CtlTimeout:
+        return None
+    return reply if isinstance(reply, StatusReply) else None
 
 
 def ask_each(found: list[Found], msg: CtlRequest, *, timeout: float = 2.0) -> tuple[list[tuple[Found, CtlReply]], list[str]]:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from ..shared.runtime.rundir import ensure_rundir
 from ..shared.runtime.stale import SocketState, probe
 from . import heldsupervisord
-from .client import CtlTimeout, ctl_path, discover, request
+from .client import CtlTimeout, discover, request, service_status
 
 if TYPE_CHECKING:
     import zmq
@@ -205,16 +205,8 @@ class _LogMarks:
 
 
 def control_status(rundir: Path) -> ControlStatus | None:
-    path = ctl_path(rundir, "control")
-    if probe(path) is not SocketState.LIVE:
-        return None
-    from ..shared.messages.ctl import StatusReply, StatusRequest
-
-    try:
-        reply = request(path, StatusRequest(), timeout=1.0)
-    except CtlTimeout:
-        return None
-    return reply.control if isinstance(reply, StatusReply) else None
+    reply = service_status(rundir, "control", timeout=1.0)
+    return reply.control if reply is not None else None
 
 
 class _ControlWakeup:

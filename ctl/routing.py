@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..shared.runtime.stale import SocketState, probe
-from .client import CtlTimeout, ctl_path, request
+from .client import service_status
 
 if TYPE_CHECKING:
     from ..shared.config import Context
@@ -36,17 +35,13 @@ class RoutesInUse(NamedTuple):
 def proxy_routing(rundir: Path, timeout: float = PROXY_TIMEOUT) -> RoutingSettings | None:
     """The routing settings the running proxy uses; None when it is not running, does not
     answer within ``timeout``, or does not say (an older proxy)."""
-    path = ctl_path(Path(rundir), "proxy")
-    if probe(path) is not SocketState.LIVE:
-        return None
     from ..shared.messages.codec import BadMessage
-    from ..shared.messages.ctl import StatusReply, StatusRequest
 
     try:
-        reply = request(path, StatusRequest(), timeout=timeout)
-    except (CtlTimeout, BadMessage, OSError):
+        reply = service_status(Path(rundir), "proxy", timeout=timeout)
+    except (BadMessage, OSError):
         return None
-    return reply.routing if isinstance(reply, StatusReply) else None
+    return reply.routing if reply is not None else None
 
 
 def _settings(accept_routes: bool, exit_node: str | None, keys: list[str]) -> str:
