@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from sunbeam.ctl import heldsupervisord
 from sunbeam.ctl.daemon import process_table, supervisord_pid
@@ -14,6 +17,12 @@ from sunbeam.ctl.daemon import process_table, supervisord_pid
 from .sleeperconf import sleeper_conf
 
 CONF = sleeper_conf("%(ENV_HELD_TEST_DIR)s")
+
+
+def _loaded_at_start() -> set[str]:
+    out = subprocess.run([sys.executable, "-c", "import sys; print(*sys.modules)"], capture_output=True,
+                         text=True, check=True).stdout
+    return set(out.split())
 
 
 def test_without_the_go_line_it_exits_having_done_nothing(tmp_path):
@@ -47,6 +56,11 @@ def test_released_it_is_supervisord_with_our_environment(tmp_path):
         assert os.getsid(proc.pid) == proc.pid != os.getsid(0)  # a session of its own
         assert stat.S_IMODE((tmp_path / "supervisord.out").stat().st_mode) == 0o600
         assert stat.S_IMODE((tmp_path / "supervisord.log").stat().st_mode) == 0o600  # the umask
+        # it serves XML-RPC (process_table above) without the optional imports it never uses,
+        # unless the interpreter loads them before any code of ours runs (a site hook)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        for name, lib in (("ssl", "/_ssl."), ("bz2", "/_bz2."), ("lzma", "/_lzma.")):
+            assert name in _loaded_at_start() or lib not in maps, lib
     finally:
         proc.terminate()
         proc.wait(timeout=20)
