@@ -121,6 +121,40 @@ class _Input(_Sender):
                 return
         self._slow_input(seqw, ackw, flags, wnd, pkt, opt, off, end, now)
 
+    def input_run(self, seqw: int, ackw: int, wnd: int, run: list[tuple[bytes, int, int, int]], now: float) -> None:
+        """Data segments without options, contiguous from ``seqw``, all with ACK ``ackw``
+        and window ``wnd`` (``run``: (packet, data start, data end, flags), flags ACK and
+        maybe PSH): the same as `input` for each in turn, in one step when the first takes
+        the fast path, no quick ACK is owed, and the window holds them all. Their `_ack`
+        calls would differ only in SND.WL1, which ends at the last one's sequence number."""
+        rcv_nxt = self.rcv_nxt
+        state = self.state
+        total = 0
+        for _pkt, off, end, _flags in run:
+            total += end - off
+        if (not self.quick_acks and self.ooo is None and (state == ESTABLISHED or state == FIN_WAIT_2)
+                and seqw == rcv_nxt & M32 and total <= self.rcv_adv - rcv_nxt):
+            una = self.snd_una
+            d = (ackw - una) & M32
+            if d <= self.snd_max - una:
+                self.last_rx = now
+                last = run[-1]
+                self._ack(una + d, wnd << self.snd_ws, rcv_nxt + total - (last[2] - last[1]), total, last[3], (), now)
+                buf = self.rcv_buf
+                for pkt, off, end, _flags in run:
+                    buf += pkt[off:end]
+                self.rcv_nxt = rcv_nxt + total
+                if not self.readable:
+                    self.readable = True
+                    self.stack._readable.append(self)
+                if not self.ack_pending:
+                    self.ack_pending = True
+                    self._mark()
+                return
+        for pkt, off, end, flags in run:
+            self.input(seqw, ackw, flags, wnd, pkt, off, off, end, now)
+            seqw = (seqw + end - off) & M32
+
     def _slow_input(self, seqw: int, ackw: int, flags: int, wnd: int, pkt: bytes, opt: int, off: int, end: int,
                     now: float) -> None:
         try:

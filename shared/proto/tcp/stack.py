@@ -122,6 +122,12 @@ class TcpStack:
         from_bytes = int.from_bytes
         self.counters["packets_in"] += len(packets)
         sums = word_sums(packets)
+        # A run: data segments without options for one connection, each starting where the
+        # one before ended, with the same ACK and window (a bulk transfer's batch); handed
+        # over together (`_Input.input_run`) when the next packet does not extend it.
+        run: list[tuple[bytes, int, int, int]] = []
+        run_conn: Connection | None = None
+        run_seq = run_next = run_ack = run_wnd = 0
         for i, pkt in enumerate(packets):
             n = len(pkt)
             if n >= 40 and pkt[0] == 0x45 and pkt[9] == 6 and not (pkt[6] & 0x3F or pkt[7]):
@@ -137,6 +143,20 @@ class TcpStack:
                             self._drop("bad_tcp_checksum")
                             continue
                         seqw, ackw, _off, flags, wnd = unpack(pkt, 24)
+                        if doff == 20 and total > 40 and flags & 0x37 == ACK:
+                            if conn is run_conn and seqw == run_next and ackw == run_ack and wnd == run_wnd:
+                                run.append((pkt, 40, total, flags))
+                                run_next = (seqw + total - 40) & _M32
+                                continue
+                            if run:
+                                self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                            run = [(pkt, 40, total, flags)]
+                            run_conn, run_seq, run_ack, run_wnd = conn, seqw, ackw, wnd
+                            run_next = (seqw + total - 40) & _M32
+                            continue
+                        if run:
+                            self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                            run, run_conn = [], None
                         conn.input(seqw, ackw, flags, wnd, pkt, 40, 20 + doff, total, now)
                         continue
             elif n >= 60 and pkt[0] >> 4 == 6 and pkt[6] == 6:
@@ -151,9 +171,17 @@ class TcpStack:
                             self._drop("bad_tcp_checksum")
                             continue
                         seqw, ackw, _off, flags, wnd = unpack(pkt, 44)
+                        if run:
+                            self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                            run, run_conn = [], None
                         conn.input(seqw, ackw, flags, wnd, pkt, 60, 40 + doff, end, now)
                         continue
+            if run:  # the run ends before a packet for the slow path (or one dropped there)
+                self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                run, run_conn = [], None
             self._receive_slow(pkt, now)
+        if run:
+            self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
         if self._readable:
             events = self._events
             for c in self._readable:
@@ -161,6 +189,15 @@ class TcpStack:
                     c.readable = False
                     events.append(Readable(c.id))
             self._readable = []
+
+    @staticmethod
+    def _input_run(conn: Connection, seqw: int, ackw: int, wnd: int, run: list[tuple[bytes, int, int, int]],
+                   now: float) -> None:
+        if len(run) == 1:
+            pkt, off, end, flags = run[0]
+            conn.input(seqw, ackw, flags, wnd, pkt, off, off, end, now)
+        else:
+            conn.input_run(seqw, ackw, wnd, run, now)
 
     def _receive_slow(self, pkt: bytes, now: float) -> None:
         try:
