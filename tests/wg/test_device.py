@@ -376,6 +376,31 @@ def test_decapsulate_run_drops_a_tampered_and_a_replayed_message_only():
     assert a1.counters == a2.counters and a1.counters["decrypt"] == 1 and a1.counters["replay"] == 1
 
 
+def test_decapsulate_run_filters_inner_packets_as_batch_does():
+    """The run's inline IPv4 path (a source already accepted in the run) keeps every check
+    of `_inner`: a spoofed source, a bad IP length from an accepted source, trailing bytes
+    trimmed, IPv6 and a second allowed source: the same as message by message."""
+    good = udp4(B4, A4, b"g" * 1000)
+    inner = [
+        good,
+        good[:2] + b"\x05\xdc" + good[4:],  # B's source again, IP length beyond the packet
+        udp4(B4, A4, b"t" * 990) + bytes(10),  # trailing bytes after the IP length
+        udp4("10.1.7.7", A4, b"s" * 1000),  # B's subnet
+        udp4("10.0.0.99", A4, b"x" * 1000),  # not B's
+        udp6(B6, A6, b"v" * 980),
+        udp4(B4, A4, b"h" * 1000),
+    ]
+    assert len({len(p) for p in inner}) == 1
+    (a1, b1), (a2, b2) = established(), established()
+    msgs = b1.encapsulate(a1.public_key, inner, T0)
+    assert msgs == b2.encapsulate(a2.public_key, inner, T0) and len({len(m) for m in msgs}) == 1
+    run = a1.decapsulate_run(b"".join(msgs), len(msgs[0]), T0)
+    (batch,) = a2.decapsulate_batch(msgs, T0)
+    assert run == batch and a1.counters == a2.counters
+    assert run.to_tunnel == [inner[0], inner[2][:-10], inner[3], inner[5], inner[6]]
+    assert a1.counters["allowed_ips_drop"] == 1 and a1.counters["bad_ip_packet"] == 1
+
+
 def test_decapsulate_run_declines_what_is_not_one_live_session():
     a, b = established()
     msgs = _burst(b, a.public_key, [500] * 3)
