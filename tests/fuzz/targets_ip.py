@@ -235,6 +235,10 @@ def _tcp_seeds() -> list[Seed]:
             ctl = state | (0x10 if v6 else 0)
             for i in range(0, len(pkts), 2):
                 seeds.append(bytes([ctl | (0x20 if i else 0)]) + b"".join(pkts[i:i + 2]))
+            # a run: contiguous data segments with one ACK and window (`TcpStack.receive`
+            # hands them to `input_run` together)
+            seeds.append(bytes([ctl]) + b"".join(s.packet(ACK | PSH, rcv + k * 140, snd, bytes([k]) * 140)
+                                                  for k in range(3)))
     return seeds
 
 
