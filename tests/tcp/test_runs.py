@@ -1,15 +1,21 @@
-"""In-order runs (`TcpStack.receive` hands contiguous data segments of one connection to
-`_Input.input_run` together): a stack fed whole batches behaves exactly like a twin fed
-the same packets one at a time (each then a run of one: `input`), on a clean link and on
-a lossy, reordering, duplicating one; every packet either sends must be the same."""
+"""Batched paths of the TCP core and what they must equal.
+
+- In-order runs (`TcpStack.receive` hands contiguous data segments of one connection to
+  `_Input.input_run` together): a stack fed whole batches behaves exactly like a twin fed
+  the same packets one at a time (each then a run of one: `input`), on a clean link and
+  on a lossy, reordering, duplicating one; every packet either sends must be the same.
+- `_Output._tx4_run` builds a batch of IPv4 data segments byte for byte as `_tx` does one
+  by one."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from sunbeam.shared.proto.ip.wordsums import word_sums
 from sunbeam.shared.proto.tcp import TcpStack
 from sunbeam.shared.proto.tcp.input import _Input
+from sunbeam.shared.proto.tcp.segment import ACK, PSH, parse_packet
 
 from .link import Impairer, Pair, Transfer, make_stack
 
@@ -78,3 +84,28 @@ def test_batches_with_runs_act_as_packets_one_by_one(impaired, monkeypatch):
     assert twins.b.counters == twins.twin.counters
     if impaired:
         assert twins.b.counters["out_of_order"] > 0 and ab is not None and ab.stats["lost"] > 0
+
+
+@pytest.mark.parametrize("last_flags", [ACK, ACK | PSH])
+def test_tx4_run_builds_what_tx_builds(last_flags):
+    stack = make_stack("10.0.0.1", 1)
+    cid = stack.connect("10.0.0.1", ("10.0.0.2", 80), 0.0)
+    conn = stack._by_id[cid]
+    rng = random.Random(3)
+    conn.rcv_nxt = (1 << 32) + 77  # extended: the wire value wraps
+    sizes = [1228] * 5 + [rng.randrange(1, 1228)]
+    seqs = [(1 << 32) - 3000 + sum(sizes[:i]) for i in range(len(sizes))]  # crosses 2**32
+    fresh = [(seq, ACK if i < len(sizes) - 1 else last_flags, bytearray(rng.randbytes(n)))
+             for i, (seq, n) in enumerate(zip(seqs, sizes, strict=True))]
+    sums = word_sums([f[2] for f in fresh])
+    conn.ident = 0xFFFE  # the IP ident wraps too
+    one_by_one: list[bytes] = []
+    for (seq, flags, payload), psum in zip(fresh, sums, strict=True):
+        conn._tx(one_by_one, seq, flags, payload, b"", 4321, psum)
+    after_tx = conn.ident
+    conn.ident = 0xFFFE
+    batched: list[bytes] = []
+    conn._tx4_run(batched, fresh, sums, 4321)
+    assert batched == one_by_one and conn.ident == after_tx
+    for pkt in batched:  # and each is a valid segment (checksums included)
+        parse_packet(pkt)
