@@ -2,8 +2,9 @@
 
 - In-order runs (`TcpStack.receive` hands contiguous data segments of one connection to
   `_Input.input_run` together): a stack fed whole batches behaves exactly like a twin fed
-  the same packets one at a time (each then a run of one: `input`), on a clean link and
-  on a lossy, reordering, duplicating one; every packet either sends must be the same.
+  the same packets one at a time (each then a run of one: `input`), over IPv4 and IPv6,
+  on a clean link and on a lossy, reordering, duplicating one; every packet either sends
+  must be the same.
 - `_Output._tx4_run` builds a batch of IPv4 data segments byte for byte as `_tx` does one
   by one."""
 
@@ -60,8 +61,9 @@ class Twins:
         return both
 
 
+@pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("impaired", [False, True])
-def test_batches_with_runs_act_as_packets_one_by_one(impaired, monkeypatch):
+def test_batches_with_runs_act_as_packets_one_by_one(impaired, v6, monkeypatch):
     runs: list[int] = []
     original = _Input.input_run
 
@@ -71,12 +73,13 @@ def test_batches_with_runs_act_as_packets_one_by_one(impaired, monkeypatch):
 
     monkeypatch.setattr(_Input, "input_run", counting)
     rng = random.Random(7)
-    a = make_stack("10.0.0.1", 1)
-    twins = Twins(make_stack("10.0.0.2", 2), make_stack("10.0.0.2", 2))
+    a_addr, b_addr = ("fd00::a", "fd00::b") if v6 else ("10.0.0.1", "10.0.0.2")
+    a = make_stack(a_addr, 1)
+    twins = Twins(make_stack(b_addr, 2), make_stack(b_addr, 2))
     ab = Impairer(3, loss=0.03, dup=0.01, reorder=0.05) if impaired else None
     ba = Impairer(4, loss=0.03) if impaired else None
     pair = Pair(a, twins, ab, ba, delay=3)  # type: ignore[arg-type]
-    t = Transfer(pair, "10.0.0.2", 80, rng.randbytes(3 * MB), rng.randbytes(MB // 2), src_a="10.0.0.1")
+    t = Transfer(pair, b_addr, 80, rng.randbytes(3 * MB), rng.randbytes(MB // 2), src_a=a_addr)
     t.run(max_seconds=120)
     t.check()
     assert twins.calls > 100  # polls, reads and timers compared

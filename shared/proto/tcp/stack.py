@@ -122,64 +122,65 @@ class TcpStack:
         from_bytes = int.from_bytes
         self.counters["packets_in"] += len(packets)
         sums = word_sums(packets)
-        # A run: data segments without options for one connection, each starting where the
-        # one before ended, with the same ACK and window (a bulk transfer's batch); handed
-        # over together (`_Input.input_run`) when the next packet does not extend it.
+        # A run: data segments without options for one connection (IPv4 or IPv6), each
+        # starting where the one before ended, with the same ACK and window (a bulk
+        # transfer's batch); handed over together (`_Input.input_run`) when the next packet
+        # does not extend it.
         run: list[tuple[bytes, int, int, int]] = []
         run_conn: Connection | None = None
         run_seq = run_next = run_ack = run_wnd = 0
         for i, pkt in enumerate(packets):
             n = len(pkt)
+            conn = None  # set when the packet takes the fast path, with where its parts are
             if n >= 40 and pkt[0] == 0x45 and pkt[9] == 6 and not (pkt[6] & 0x3F or pkt[7]):
                 total = pkt[2] << 8 | pkt[3]
-                conn = by_key.get(pkt[12:24])
-                if conn is not None and 40 <= total <= n:
+                found = by_key.get(pkt[12:24])
+                if found is not None and 40 <= total <= n:
                     doff = (pkt[32] >> 4) << 2
                     if 20 <= doff <= total - 20:
                         if from_bytes(pkt[:20], "big") % 0xFFFF:
                             self._drop("bad_ip_checksum")
                             continue
-                        if ((sums[i] if total == n else word_sum(pkt[:total])) + conn.addr_sum + total - 14) % 0xFFFF:
+                        if ((sums[i] if total == n else word_sum(pkt[:total])) + found.addr_sum + total - 14) % 0xFFFF:
                             self._drop("bad_tcp_checksum")
                             continue
-                        seqw, ackw, _off, flags, wnd = unpack(pkt, 24)
-                        if doff == 20 and total > 40 and flags & 0x37 == ACK:
-                            if conn is run_conn and seqw == run_next and ackw == run_ack and wnd == run_wnd:
-                                run.append((pkt, 40, total, flags))
-                                run_next = (seqw + total - 40) & _M32
-                                continue
-                            if run:
-                                self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
-                            run = [(pkt, 40, total, flags)]
-                            run_conn, run_seq, run_ack, run_wnd = conn, seqw, ackw, wnd
-                            run_next = (seqw + total - 40) & _M32
-                            continue
-                        if run:
-                            self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
-                            run, run_conn = [], None
-                        conn.input(seqw, ackw, flags, wnd, pkt, 40, 20 + doff, total, now)
-                        continue
+                        conn, tcp_at, opt, dend = found, 24, 40, total
             elif n >= 60 and pkt[0] >> 4 == 6 and pkt[6] == 6:
                 plen = pkt[4] << 8 | pkt[5]
                 end = 40 + plen
-                conn = by_key.get(pkt[8:44])
-                if conn is not None and 60 <= end <= n:
+                found = by_key.get(pkt[8:44])
+                if found is not None and 60 <= end <= n:
                     doff = (pkt[52] >> 4) << 2
                     if 20 <= doff <= plen:
                         if ((sums[i] if end == n else word_sum(pkt[:end])) - from_bytes(pkt[:8], "big") + plen + 6) \
                                 % 0xFFFF:
                             self._drop("bad_tcp_checksum")
                             continue
-                        seqw, ackw, _off, flags, wnd = unpack(pkt, 44)
-                        if run:
-                            self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
-                            run, run_conn = [], None
-                        conn.input(seqw, ackw, flags, wnd, pkt, 60, 40 + doff, end, now)
-                        continue
-            if run:  # the run ends before a packet for the slow path (or one dropped there)
+                        conn, tcp_at, opt, dend = found, 44, 60, end
+            if conn is None:
+                if run:  # the run ends before a packet for the slow path
+                    self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                    run, run_conn = [], None
+                self._receive_slow(pkt, now)
+                continue
+            # ``opt``: where the TCP options start (the header's fixed 20 bytes end); ``dend``:
+            # where the segment ends (trailing bytes after the IP length are not part of it)
+            seqw, ackw, _off, flags, wnd = unpack(pkt, tcp_at)
+            if doff == 20 and dend > opt and flags & 0x37 == ACK:
+                if conn is run_conn and seqw == run_next and ackw == run_ack and wnd == run_wnd:
+                    run.append((pkt, opt, dend, flags))
+                    run_next = (seqw + dend - opt) & _M32
+                    continue
+                if run:
+                    self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                run = [(pkt, opt, dend, flags)]
+                run_conn, run_seq, run_ack, run_wnd = conn, seqw, ackw, wnd
+                run_next = (seqw + dend - opt) & _M32
+                continue
+            if run:
                 self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
                 run, run_conn = [], None
-            self._receive_slow(pkt, now)
+            conn.input(seqw, ackw, flags, wnd, pkt, opt, opt - 20 + doff, dend, now)
         if run:
             self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
         if self._readable:
