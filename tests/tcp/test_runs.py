@@ -67,9 +67,10 @@ def test_batches_with_runs_act_as_packets_one_by_one(impaired, v6, monkeypatch):
     runs: list[int] = []
     original = _Input.input_run
 
-    def counting(self, seqw, ackw, wnd, run, now):
+    def counting(self, seqw, ackw, wnd, run, total, now):
+        assert total == sum(end - off for _pkt, off, end, _flags in run)
         runs.append(len(run))
-        original(self, seqw, ackw, wnd, run, now)
+        original(self, seqw, ackw, wnd, run, total, now)
 
     monkeypatch.setattr(_Input, "input_run", counting)
     rng = random.Random(7)

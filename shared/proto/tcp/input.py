@@ -121,17 +121,16 @@ class _Input(_Sender):
                 return
         self._slow_input(seqw, ackw, flags, wnd, pkt, opt, off, end, now)
 
-    def input_run(self, seqw: int, ackw: int, wnd: int, run: list[tuple[bytes, int, int, int]], now: float) -> None:
+    def input_run(self, seqw: int, ackw: int, wnd: int, run: list[tuple[bytes, int, int, int]], total: int,
+                  now: float) -> None:
         """Data segments without options, contiguous from ``seqw``, all with ACK ``ackw``
         and window ``wnd`` (``run``: (packet, data start, data end, flags), flags ACK and
-        maybe PSH): the same as `input` for each in turn, in one step when the first takes
-        the fast path, no quick ACK is owed, and the window holds them all. Their `_ack`
-        calls would differ only in SND.WL1, which ends at the last one's sequence number."""
+        maybe PSH; ``total``: their data bytes): the same as `input` for each in turn, in one
+        step when the first takes the fast path, no quick ACK is owed, and the window holds
+        them all. Their `_ack` calls would differ only in SND.WL1, which ends at the last
+        one's sequence number."""
         rcv_nxt = self.rcv_nxt
         state = self.state
-        total = 0
-        for _pkt, off, end, _flags in run:
-            total += end - off
         if (not self.quick_acks and self.ooo is None and (state == ESTABLISHED or state == FIN_WAIT_2)
                 and seqw == rcv_nxt & M32 and total <= self.rcv_adv - rcv_nxt):
             una = self.snd_una

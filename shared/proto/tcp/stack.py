@@ -159,7 +159,7 @@ class TcpStack:
                         conn, tcp_at, opt, dend = found, 44, 60, end
             if conn is None:
                 if run:  # the run ends before a packet for the slow path
-                    self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                    self._input_run(run_conn, run_seq, run_next, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
                     run, run_conn = [], None
                 self._receive_slow(pkt, now)
                 continue
@@ -172,17 +172,17 @@ class TcpStack:
                     run_next = (seqw + dend - opt) & _M32
                     continue
                 if run:
-                    self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                    self._input_run(run_conn, run_seq, run_next, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
                 run = [(pkt, opt, dend, flags)]
                 run_conn, run_seq, run_ack, run_wnd = conn, seqw, ackw, wnd
                 run_next = (seqw + dend - opt) & _M32
                 continue
             if run:
-                self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+                self._input_run(run_conn, run_seq, run_next, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
                 run, run_conn = [], None
             conn.input(seqw, ackw, flags, wnd, pkt, opt, opt - 20 + doff, dend, now)
         if run:
-            self._input_run(run_conn, run_seq, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
+            self._input_run(run_conn, run_seq, run_next, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
         if self._readable:
             events = self._events
             for c in self._readable:
@@ -192,13 +192,13 @@ class TcpStack:
             self._readable = []
 
     @staticmethod
-    def _input_run(conn: Connection, seqw: int, ackw: int, wnd: int, run: list[tuple[bytes, int, int, int]],
-                   now: float) -> None:
+    def _input_run(conn: Connection, seqw: int, next_seqw: int, ackw: int, wnd: int,
+                   run: list[tuple[bytes, int, int, int]], now: float) -> None:
         if len(run) == 1:
             pkt, off, end, flags = run[0]
             conn.input(seqw, ackw, flags, wnd, pkt, off, off, end, now)
         else:
-            conn.input_run(seqw, ackw, wnd, run, now)
+            conn.input_run(seqw, ackw, wnd, run, (next_seqw - seqw) & _M32, now)
 
     def _receive_slow(self, pkt: bytes, now: float) -> None:
         try:
