@@ -10,9 +10,9 @@ after the server drops it.
 
 from __future__ import annotations
 
-import os
 import contextlib
 import datetime
+import os
 import socket
 import ssl
 import subprocess
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from sunbeam.shared.keys import load_or_create
 from sunbeam.shared.messages.dataplane import (
     DERP_IN_CODEC,
@@ -40,6 +39,7 @@ from sunbeam.shared.proto.tailcfg import DERPMap, DERPNode, DERPRegion
 from sunbeam.shared.runtime.rundir import endpoint
 from sunbeam.shared.sharding import owner
 
+from ..httphead import recv_head
 from .fake_server import FakeConn, FakeDerpServer
 
 PEER_KEY = bytes(range(200, 232))
@@ -73,12 +73,9 @@ class TcpDerpServer:
                 sock = self.tls.wrap_socket(sock, server_side=True)
             except (OSError, ssl.SSLError):
                 return
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        head = recv_head(sock)
+        if head is None:
+            return
         self.requests.append(head)
         with self.lock:
             conn = self.core.accept()

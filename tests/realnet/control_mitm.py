@@ -38,6 +38,7 @@ from sunbeam.shared.proto.ts2021 import (
     StreamReset,
 )
 
+from ..httphead import recv_head
 from ..proto.test_controlbase import Responder
 
 MB = 1 << 20
@@ -92,12 +93,9 @@ class ControlMitm:
 
     def _serve(self, down: socket.socket) -> None:
         try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = down.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = recv_head(down)
+            if head is None:
+                return
             first, *lines = head.split(b"\r\n\r\n")[0].decode().split("\r\n")
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
             method, path, _ = first.split(" ", 2)

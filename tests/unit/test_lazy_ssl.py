@@ -24,6 +24,8 @@ import pytest
 from sunbeam.refnet import tlscerts
 from sunbeam.shared.runtime import ServiceLoop, Shutdown, tlsctx
 
+from ..httphead import recv_head
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes(range(32))
 KEY_ANSWER = json.dumps({"publicKey": "mkey:" + KEY.hex()}).encode()
@@ -83,12 +85,8 @@ class _KeyServer:
             conn.settimeout(5)
             sock = self.ctx.wrap_socket(conn, server_side=True) if self.ctx is not None else conn
             with sock:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = sock.recv(4096)
-                    if not chunk:
-                        return
-                    request += chunk
+                if recv_head(sock) is None:
+                    return
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(KEY_ANSWER), KEY_ANSWER))
         except (OSError, ssl.SSLError):
