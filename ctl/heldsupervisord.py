@@ -11,13 +11,16 @@ line never comes (the pipe closes, or `cancel` kills it): the process exits havi
 nothing but imports, no file written and nothing listening, so nothing is left running.
 
     parent (the ctl)                          child (python -m sunbeam.ctl.heldsupervisord)
-    HeldSupervisord()            --spawn-->   import supervisor.supervisord; read stdin
+    HeldSupervisord()            --spawn-->   import supervisor.supervisord and control's
+                                              modules (forkspawn.preload); read stdin
     ...config, checks...                      ...
     release(conf, env, out, ...) --1 line-->  umask, setsid, stdout/err -> out, environ
                                               supervisor.supervisord.main(["-c", conf])
     (or cancel() / exit)         --EOF-->     exit 0
 
-Its command line names supervisord, as `daemon.supervisord_pid` requires.
+Its command line names supervisord, as `daemon.supervisord_pid` requires. Its services are
+forked from it, not exec'd (forkspawn.py), so they show the same command line; each has its
+name in /proc/<pid>/comm (``sunbeam-udp``...).
 """
 
 from __future__ import annotations
@@ -90,6 +93,17 @@ def main() -> None:
     for name in UNUSED_OPTIONAL_IMPORTS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not available"
     import supervisor.supervisord  # type: ignore[import-untyped]  # the point: while the ctl checks
+    from supervisor.options import ServerOptions  # type: ignore[import-untyped]
+    from supervisor.process import Subprocess  # type: ignore[import-untyped]
+
+    from . import forkspawn
+
+    try:
+        forkspawn.preload()  # services are forked with their imports done (forkspawn.py)
+    except Exception:  # control cannot even import: let its exec'd start say why
+        pass
+    else:
+        forkspawn.install(ServerOptions, Subprocess)
 
     line = sys.stdin.readline()
     if not line:

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from sunbeam.refnet.blobs import blob_sha256
@@ -39,6 +40,23 @@ def _supervisord_pid(node: SunbeamNode) -> int:
     return int((node.rundir / "supervisord.pid").read_text())
 
 
+def assert_forked_from(sup: int, pids: dict[str, int]) -> None:
+    """Each service is a child of supervisord that did not exec (ctl/forkspawn.py): the same
+    command line as supervisord (the held interpreter's), its name in /proc/<pid>/comm, and
+    dirty pages it shares with its parent (the preloaded imports)."""
+    sup_cmdline = Path(f"/proc/{sup}/cmdline").read_bytes()
+    for svc, pid in pids.items():
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert ppid == sup, (svc, pid, ppid)
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() == sup_cmdline, svc
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == f"sunbeam-{svc}", svc
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            rollup = {p[0][:-1]: int(p[1]) for p in map(str.split, f) if p[0].endswith(":") and len(p) > 1}
+        # dirty pages shared: the parent's heap, not written since the fork (an exec'd process has ~none)
+        assert rollup["Shared_Dirty"] > 4 * 1024, (svc, rollup)
+
+
 def _gone(pid: int) -> bool:
     return not process_alive(pid)
 
@@ -58,6 +76,7 @@ def test_connect_status_peers_ping_stop_transcript(refnet, node):
     assert first.returncode == 0 and "pong from" in first.stdout, first.stdout + first.stderr
     sup = _supervisord_pid(node)
     assert not _gone(sup)
+    assert_forked_from(sup, service_pids(node))
 
     status = node.ctl("status")
     assert status.returncode == 0, status.stdout
@@ -124,6 +143,8 @@ def test_download_survives_kill9_of_worker_udp_and_derp(refnet, node):
     assert set(got.killed) == {worker, "udp", "derp"}, got.killed
     assert got.nbytes == 100 * MB and got.sha256 == blob_sha256(100 * MB, "kill")
     wait_restarted(node, got.killed)  # supervisord restarted each one: a new pid, running; traffic flows again
+    pids = service_pids(node)
+    assert_forked_from(_supervisord_pid(node), {svc: pids[svc] for svc in got.killed})  # forked again
     ping = node.ctl("ping", peer["name"], "-c", "2", timeout=60)
     assert ping.returncode == 0, ping.stdout
 

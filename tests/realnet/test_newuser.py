@@ -222,19 +222,34 @@ def user(refnet, venv):
     u.close()
 
 
+def _child_pids(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
 def _children(pid: int) -> list[list[str]]:
     kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                kids.append(Path(f"/proc/{child}/cmdline").read_bytes().decode().rstrip("\0").split("\0"))
-            except OSError:
-                pass
+    for child in _child_pids(pid):
+        try:
+            kids.append(Path(f"/proc/{child}/cmdline").read_bytes().decode().rstrip("\0").split("\0"))
+        except OSError:
+            pass
     return kids
 
 
-def assert_services_from(venv: Venv, supervisord: int) -> None:
-    """Every service supervisord runs is `<venv>/bin/python -m sunbeam.services.X.main`."""
+def assert_services_from(venv: Venv, supervisord: int, *, forked: bool) -> None:
+    """Every service supervisord runs comes from the venv. By hand, supervisord exec's
+    `<venv>/bin/python -m sunbeam.services.X.main`; under `sunbeam-ctl connect` it forks them
+    from its own interpreter, `<venv>/bin/python -m sunbeam.ctl.heldsupervisord`, which names
+    each in /proc/<pid>/comm (ctl/forkspawn.py)."""
+    if forked:
+        names = set()
+        for child in _child_pids(supervisord):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+            assert venv.is_python(argv[0]) and argv[1:] == ["-m", "sunbeam.ctl.heldsupervisord"], argv
+            names.add(Path(f"/proc/{child}/comm").read_text().strip().split("-")[1])
+        assert names == SERVICES, names
+        return
     kids = _children(supervisord)
     assert {argv[2].split(".")[2] for argv in kids if len(argv) > 2} == SERVICES, kids
     for argv in kids:
@@ -263,7 +278,7 @@ def test_readme_user_flow(refnet, user, auth_key):
     assert "Traceback" not in res.stderr, res.stderr
     sup = user.supervisord_pid()
     assert sup is not None
-    assert_services_from(user.venv, sup)  # connect ran the venv's services, not this run's
+    assert_services_from(user.venv, sup, forked=True)  # connect ran the venv's services, not this run's
 
     status = user.ctl("status")
     assert status.returncode == 0 and status.stdout.splitlines()[0] == "VPN: running", status.stdout + status.stderr
@@ -400,7 +415,7 @@ def test_item13_supervisord_by_hand_runs_its_own_installation(refnet, user, auth
         assert pid is not None
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:2]
         assert user.venv.is_python(argv[0]) and argv[1] == str(user.venv.bin / "supervisord"), argv
-        assert_services_from(user.venv, pid)
+        assert_services_from(user.venv, pid, forked=False)
         kids = _children(pid)
         assert len(kids) == 6, kids  # control, derp, udp, proxy, wg-0, wg-1
         p2 = refnet["peers"][1]
