@@ -11,6 +11,7 @@ already past supervisor's setpgrp, its fd setup (the log pipe on 0-2, every othe
 closed), chdir and umask. It then:
 
     takes the command's environment       os.environ = env (what execve would pass)
+    unblocks what supervisord does not use  the None entries heldsupervisord put in sys.modules (ssl...)
     resets supervisord's signal handlers  TERM QUIT HUP CHLD USR2: default; INT: KeyboardInterrupt
     names itself                          /proc/self/comm = "sunbeam-<name>" (ps, top)
     runs the service                      sunbeam.services.<name>.main.main(args)
@@ -121,6 +122,8 @@ def run_forked(module: str, args: list[str], env: Mapping[str, str]) -> NoReturn
     try:
         os.environ.clear()
         os.environ.update(env)
+        for blocked in [name for name, mod in sys.modules.items() if mod is None]:
+            del sys.modules[blocked]  # supervisord's "not available" (ssl...): the service may need them
         for sig in _SUPERVISORD_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
