@@ -86,7 +86,7 @@ class Connection(_Input):
             if n <= 0:
                 return 0
             data = memoryview(data)[:n]
-        self.sbuf += data
+        self.sbuf.append(data)
         if state >= ESTABLISHED:
             self._mark()
         return n

@@ -92,7 +92,7 @@ class _Output(_Tcb):
             pkt += opts
         out.append(pkt + payload if payload else pkt)
 
-    def _tx4_run(self, out: list[bytes], fresh: list[tuple[int, int, bytearray]], sums: list[int],
+    def _tx4_run(self, out: list[bytes], fresh: list[tuple[int, int, bytes]], sums: list[int],
                  wndf: int) -> None:
         """`_tx` for each of ``fresh`` (seq, flags with ACK, payload) over IPv4 without
         options, the words every segment shares summed once."""
@@ -308,7 +308,7 @@ class _Output(_Tcb):
         force = self.force
         wndf = -1  # computed at the first segment: it moves RCV.ADV
         new = 0
-        fresh: list[tuple[int, int, bytearray]] = []
+        fresh: list[tuple[int, int, bytes]] = []
         while nxt < data_end:
             n = data_end - nxt
             n = min(n, mss)
@@ -322,7 +322,7 @@ class _Output(_Tcb):
             end = nxt + n
             if wndf < 0:
                 wndf = self._window_field()
-            fresh.append((nxt, ACK | PSH if end == data_end else ACK, sbuf[off:off + n]))
+            fresh.append((nxt, ACK | PSH if end == data_end else ACK, sbuf.get(off, n)))
             if nxt < snd_max:
                 self._rexmitted(nxt, end, now)
             else:
@@ -335,8 +335,8 @@ class _Output(_Tcb):
                     self.rtt_seq, self.rtt_time = end, now
             nxt = end
         if fresh:  # built together: one batched checksum pass over the payloads
-            # (it sums a short run one by one itself; it reads bytearrays as well as bytes)
-            sums = word_sums(cast("list[bytes]", [f[2] for f in fresh]))
+            # (it sums a short run one by one itself)
+            sums = word_sums([f[2] for f in fresh])
             if self.v6:
                 tx = self._tx
                 for (seq, flags, payload), psum in zip(fresh, sums, strict=True):

@@ -103,7 +103,7 @@ class _Sender(_Probes):
             buf = self.sbuf
             n = min(n, len(buf))
             if n:
-                del buf[:n]
+                buf.consume(n)
                 self.sbuf_seq = base + n
                 if self.want_writable:
                     self._sent_space()

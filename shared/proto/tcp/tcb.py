@@ -26,6 +26,7 @@ from .rack import Rack
 from .reassembly import Reassembly
 from .rtt import RttEstimator
 from .scoreboard import Scoreboard
+from .sendbuf import SendBuffer
 from .states import (
     CLOSE,
     CLOSED,
@@ -150,7 +151,7 @@ class _Tcb:
         self.snd_wl1 = self.snd_wl2 = 0
         self.snd_ws = 0
         """The peer's window shift."""
-        self.sbuf = bytearray()
+        self.sbuf = SendBuffer()
         """Send buffer: the bytes from ``sbuf_seq`` on, sent or not."""
         self.sbuf_seq = iss + 1
         self.fin_seq: int | None = None
@@ -262,7 +263,7 @@ class _Tcb:
             self.stack._requests -= 1
         self._go(DELETE)
         self.rtx_at = self.tlp_at = self.rack_at = self.persist_at = self.tw_at = self.ka_at = self.req_at = 0.0
-        self.sbuf = bytearray()
+        self.sbuf = SendBuffer()
         self.ooo = None
         self.stack._forget(self)
         self._maybe_closed()
@@ -278,7 +279,7 @@ class _Tcb:
         self._go(event)
         assert self.state == TIME_WAIT, STATE_NAMES[self.state]
         self.rtx_at = self.tlp_at = self.rack_at = self.persist_at = self.ka_at = 0.0
-        self.sbuf = bytearray()
+        self.sbuf = SendBuffer()
         self.tw_at = now + self.cfg.time_wait
         self._arm(self.tw_at)
         self._maybe_closed()
