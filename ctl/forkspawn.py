@@ -90,9 +90,10 @@ def service_command(argv: Sequence[str], env: Mapping[str, str]) -> tuple[str, l
     return words[2], words[3:]
 
 
-def install(options_class: Any, subprocess_class: Any) -> None:
+def install(options_class: Any, subprocess_class: Any, unblock: Sequence[str] = ()) -> None:
     """Make supervisord's ``Subprocess.spawn`` preload the service it forks, and its
-    ``ServerOptions.execve`` (called in the forked child) run the service in place."""
+    ``ServerOptions.execve`` (called in the forked child) run the service in place, with
+    ``unblock`` (see `run_forked`) importable again."""
     real_spawn: Callable[..., Any] = subprocess_class.spawn
     real_execve: Callable[..., Any] = options_class.execve
 
@@ -109,21 +110,25 @@ def install(options_class: Any, subprocess_class: Any) -> None:
         target = service_command(argv, env)
         if target is None:
             return real_execve(self, filename, argv, env)
-        run_forked(target[0], target[1], env)
+        run_forked(target[0], target[1], env, unblock)
 
     subprocess_class.spawn = spawn
     options_class.execve = execve
     os.register_at_fork(before=_flush_stdio)  # nothing supervisord buffered is written twice
 
 
-def run_forked(module: str, args: list[str], env: Mapping[str, str]) -> NoReturn:
-    """In the forked child: become the service, then exit with its status."""
+def run_forked(module: str, args: list[str], env: Mapping[str, str], unblock: Sequence[str] = ()) -> NoReturn:
+    """In the forked child: become the service, then exit with its status. ``unblock``: the
+    names supervisord's interpreter set to None in sys.modules (named, not searched for: a
+    walk over sys.modules would write every module's refcount, and copy ~0.5 MB of shared
+    pages per service)."""
     status: Any = 1
     try:
         os.environ.clear()
         os.environ.update(env)
-        for blocked in [name for name, mod in sys.modules.items() if mod is None]:
-            del sys.modules[blocked]  # supervisord's "not available" (ssl...): the service may need them
+        for name in unblock:  # supervisord's "not available" (ssl...): the service may need them
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
         for sig in _SUPERVISORD_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -103,7 +103,7 @@ def main() -> None:
     except Exception:  # control cannot even import: let its exec'd start say why
         pass
     else:
-        forkspawn.install(ServerOptions, Subprocess)
+        forkspawn.install(ServerOptions, Subprocess, UNUSED_OPTIONAL_IMPORTS)
 
     line = sys.stdin.readline()
     if not line:

@@ -71,7 +71,7 @@ def _fork_run(module: str, args: list[str], env: dict[str, str], tmp_path: Path)
             sys.stderr = open(2, "w", closefd=False)
             for name in heldsupervisord.UNUSED_OPTIONAL_IMPORTS:
                 sys.modules[name] = None  # type: ignore[assignment]
-            forkspawn.run_forked(module, args, env)
+            forkspawn.run_forked(module, args, env, heldsupervisord.UNUSED_OPTIONAL_IMPORTS)
         finally:
             os._exit(99)
     _, status = os.waitpid(pid, 0)
