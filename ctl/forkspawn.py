@@ -82,7 +82,7 @@ def service_command(argv: Sequence[str], env: Mapping[str, str]) -> tuple[str, l
         return None
     if len(words) < 3 or words[1] != "-m" or not _MODULE.fullmatch(words[2]):
         return None
-    if any(w in ";&|<>`" for w in words[3:]):
+    if any(c in word for word in words[3:] for c in ";&|<>`$()"):
         return None  # more shell after the exec: not the conf's form
     python = env.get("SUNBEAM_PYTHON")
     if python and os.path.realpath(python) != os.path.realpath(sys.executable):
@@ -126,15 +126,13 @@ def run_forked(module: str, args: list[str], env: Mapping[str, str], unblock: Se
     try:
         os.environ.clear()
         os.environ.update(env)
-        for name in unblock:  # supervisord's "not available" (ssl...): the service may need them
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
+        for blocked in unblock:  # supervisord's "not available" (ssl...): the service may need them
+            if blocked in sys.modules and sys.modules[blocked] is None:
+                del sys.modules[blocked]
         for sig in _SUPERVISORD_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        name = module.split(".")[2]
-        _name_process(f"sunbeam-{name}-{args[args.index('--worker') + 1]}" if "--worker" in args
-                      else f"sunbeam-{name}")
+        _name_process(process_name(module, args))
         main = importlib.import_module(module)
         sys.argv = [main.__file__ or module, *args]
         status = main.main(args)
@@ -151,6 +149,13 @@ def run_forked(module: str, args: list[str], env: Mapping[str, str], unblock: Se
             status = 1
         _flush_stdio()
         os._exit(status)
+
+
+def process_name(module: str, args: Sequence[str]) -> str:
+    """``sunbeam-<service>``, ``sunbeam-wg-<k>`` for a worker: what status calls it."""
+    name = f"sunbeam-{module.split('.')[2]}"
+    at = args.index("--worker") + 1 if "--worker" in args else len(args)
+    return f"{name}-{args[at]}" if at < len(args) else name
 
 
 def _name_process(name: str) -> None:

@@ -42,6 +42,8 @@ def test_every_conf_command_is_run_in_place():
     ["/bin/sh", "-c", 'exec python -m sunbeam.services.nosuch.main'],
     ["/bin/sh", "-c", 'exec python -m sunbeam.services.udp.main; rm -rf x'],
     ["/bin/sh", "-c", 'exec python -m sunbeam.services.udp.main > /tmp/x'],
+    ["/bin/sh", "-c", 'exec python -m sunbeam.services.wg.main --worker 0;rm x'],
+    ["/bin/sh", "-c", 'exec python -m sunbeam.services.wg.main --worker $(id -u)'],
     ["/bin/sh", "-c", 'exec python -c "import sunbeam.services.udp.main"'],
     ["/bin/sh", "-c", 'python -m sunbeam.services.udp.main'],
     ["/bin/sh", "-c", 'exec python -m "sunbeam.services.udp.main'],  # unbalanced quote
@@ -50,6 +52,12 @@ def test_every_conf_command_is_run_in_place():
 ])
 def test_other_commands_are_execd(argv):
     assert forkspawn.service_command(argv, {}) is None
+
+
+def test_process_names():
+    assert forkspawn.process_name("sunbeam.services.udp.main", []) == "sunbeam-udp"
+    assert forkspawn.process_name("sunbeam.services.wg.main", ["--worker", "12"]) == "sunbeam-wg-12"
+    assert forkspawn.process_name("sunbeam.services.wg.main", ["--worker"]) == "sunbeam-wg"
 
 
 def test_another_interpreter_asked_for_is_execd():
