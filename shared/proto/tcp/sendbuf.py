@@ -49,15 +49,11 @@ class SendBuffer:
     def consume(self, n: int) -> None:
         """Forget the first ``n`` bytes (acknowledged); 0 <= n <= len(self)."""
         front = self.front = self.front + n
-        chunks, starts = self.chunks, self.starts
-        k = 0
-        last = len(starts) - 1
-        while k < last and starts[k + 1] <= front:
-            k += 1
-        if k == last and front >= self.end:
-            k += 1  # everything acknowledged
+        starts = self.starts
+        # the chunks before the one holding ``front`` (all of them once everything is acknowledged)
+        k = len(starts) if front >= self.end else bisect_right(starts, front) - 1
         if k:
-            del chunks[:k]
+            del self.chunks[:k]
             del starts[:k]
 
     def get(self, off: int, n: int) -> bytes:
