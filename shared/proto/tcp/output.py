@@ -33,7 +33,6 @@ can move by min(buffer / 2, MSS); it never moves left.
 from __future__ import annotations
 
 import struct
-from typing import cast
 
 from ..ip.wordsums import word_sums
 from .rack import Rack
