@@ -38,6 +38,11 @@ from typing import Any
 import zmq
 
 from ..messages.codec import BadMessage, Codec
+
+# The poll event bits as plain ints: pyzmq's constants are enum flags, and ``int & flag``
+# runs enum's Python-level operator (~1.8 us each; two per ready source per iteration).
+_POLLOUT = int(zmq.POLLOUT)
+_POLLIN_OR_ERR = int(zmq.POLLIN | zmq.POLLERR)
 from .counters import Counters
 from .log import RateLimitedLog, StructLogger, get_logger
 from .rundir import ipc_path
@@ -186,11 +191,11 @@ class ServiceLoop:
             if source == self.shutdown.wakeup_fd:
                 self.shutdown.drain_wakeup()
                 continue
-            if events & zmq.POLLOUT:
+            if events & _POLLOUT:
                 writer = self._writers.get(source)
                 if writer is not None:
                     self._call(writer, "handler_failed", source)
-            if events & (zmq.POLLIN | zmq.POLLERR):
+            if events & _POLLIN_OR_ERR:
                 handler = self._handlers.get(source)
                 if handler is not None:  # None: removed by an earlier handler this iteration
                     self._call(handler, "handler_failed", source)

@@ -61,6 +61,7 @@ MAX_GSO_BYTES = 65000  # under the 65507-byte IPv4 UDP payload limit
 RECV_BUFFER = 1 << 16
 SOCKET_BUFFER = 4 << 20
 _CACHE_MAX = 4096
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # an int: ``flags & MsgFlag`` runs enum's Python operator
 
 
 def gso_runs(packets: list[bytes], max_segments: int = MAX_GSO_SEGMENTS,
@@ -145,7 +146,7 @@ class UdpSocket:
             except OSError as exc:  # e.g. a queued ICMP error; the socket stays usable
                 incr(f"rx.error.{errno.errorcode.get(exc.errno or 0, exc.errno)}")
                 break
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 incr("rx.drop.truncated")
                 continue
             gso_size = 0
