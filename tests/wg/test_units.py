@@ -87,14 +87,25 @@ def test_replay_limit():
     assert w.check(REJECT_AFTER_MESSAGES - 1)
 
 
-def test_replay_matches_a_set_model():
+def test_replay_limit_inside_one_block():
+    """The in-order fast path (ahead of the highest, same block) still stops at the limit."""
+    w = ReplayWindow()
+    assert (REJECT_AFTER_MESSAGES - 2) >> 6 == REJECT_AFTER_MESSAGES >> 6
+    assert w.check(REJECT_AFTER_MESSAGES - 2)
+    assert not w.check(REJECT_AFTER_MESSAGES)
+    assert w.check(REJECT_AFTER_MESSAGES - 1)
+    assert not w.check(REJECT_AFTER_MESSAGES - 1)
+
+
+@pytest.mark.parametrize("steps", [(-WINDOW - 300, 300), (-70, 3)], ids=["wide", "mostly-in-order"])
+def test_replay_matches_a_set_model(steps):
     """Against a model: accept iff unseen and within WINDOW of the highest accepted."""
     rng = random.Random(7)
     w = ReplayWindow()
     seen: set[int] = set()
     top = 0
     for _ in range(20000):
-        c = max(0, top + rng.randint(-WINDOW - 300, 300))
+        c = max(0, top + rng.randint(*steps))
         expected = c not in seen and (c > top or top - c <= WINDOW)
         assert w.check(c) == expected, (c, top)
         if expected:

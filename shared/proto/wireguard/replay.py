@@ -30,11 +30,18 @@ class ReplayWindow:
 
     def check(self, counter: int) -> bool:
         """Accept ``counter`` (and remember it), or refuse a replayed / too old one."""
+        last = self.last
+        block = counter >> _BLOCK_BITS_LOG
+        if last < counter < REJECT_AFTER_MESSAGES and block == last >> _BLOCK_BITS_LOG:
+            # an in-order stream's usual case: ahead of ``last`` in its block, whose bits
+            # above ``last`` are all clear (a counter is only recorded when it moves ``last``
+            # or lies below it)
+            self.ring[block & _BLOCK_MASK] |= 1 << (counter & _BIT_MASK)
+            self.last = counter
+            return True
         if counter >= REJECT_AFTER_MESSAGES:
             return False
         ring = self.ring
-        block = counter >> _BLOCK_BITS_LOG
-        last = self.last
         if counter > last:
             current = last >> _BLOCK_BITS_LOG
             diff = block - current
