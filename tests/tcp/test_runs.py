@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from sunbeam.shared.proto.ip.wordsums import word_sums
 from sunbeam.shared.proto.tcp import TcpStack
+from sunbeam.shared.proto.tcp.bulk import BULK_MIN
 from sunbeam.shared.proto.tcp.input import _Input
 from sunbeam.shared.proto.tcp.segment import ACK, PSH, parse_packet
 
@@ -73,6 +75,16 @@ def test_batches_with_runs_act_as_packets_one_by_one(impaired, v6, monkeypatch):
         original(self, seqw, ackw, wnd, run, total, now)
 
     monkeypatch.setattr(_Input, "input_run", counting)
+    bulks: list[int] = []  # segments in each run `bulk` checked and the connection took
+    original_bulk = _Input.input_bulk
+
+    def counting_bulk(self, seqw, ackw, wnd, data, last_len, last_flags, now):
+        taken = original_bulk(self, seqw, ackw, wnd, data, last_len, last_flags, now)
+        if taken:
+            bulks.append(-(-len(data) // self.mss))
+        return taken
+
+    monkeypatch.setattr(_Input, "input_bulk", counting_bulk)
     rng = random.Random(7)
     a_addr, b_addr = ("fd00::a", "fd00::b") if v6 else ("10.0.0.1", "10.0.0.2")
     a = make_stack(a_addr, 1)
@@ -84,8 +96,12 @@ def test_batches_with_runs_act_as_packets_one_by_one(impaired, v6, monkeypatch):
     t.run(max_seconds=120)
     t.check()
     assert twins.calls > 100  # polls, reads and timers compared
-    assert len(runs) >= 10 and max(runs) >= 8  # runs were taken, long ones among them
-    assert twins.b.counters == twins.twin.counters
+    # runs were taken, long ones among them; on the clean IPv4 link most of them in bulk
+    assert len(runs) + len(bulks) >= 10 and max(runs + bulks) >= 8
+    assert all(n >= BULK_MIN for n in bulks)
+    if not (v6 or impaired):
+        assert len(bulks) >= 10 and max(bulks) >= 100
+    assert twins.b.counters - Counter(bulk_runs=len(bulks)) == twins.twin.counters
     if impaired:
         assert twins.b.counters["out_of_order"] > 0 and ab is not None and ab.stats["lost"] > 0
 

@@ -29,14 +29,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import ModuleType
 
-__all__ = ["MIN_GROUP", "fold16", "word_sum", "word_sums"]
+__all__ = ["MIN_GROUP", "PAD", "fold16", "numpy_module", "word_sum", "word_sums"]
 
 MIN_GROUP = 4
 
 _M5120 = (1 << 5120) - 1
 _M2560 = (1 << 2560) - 1
 _M1280 = (1 << 1280) - 1
-_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+"""The zero padding that brings a packet of length n to a multiple of 4 bytes: PAD[n & 3]."""
 _np: ModuleType | None = None
 
 
@@ -83,17 +84,19 @@ def word_sums(packets: Sequence[bytes]) -> list[int]:
     return out
 
 
-def _numpy() -> ModuleType:
+def numpy_module() -> ModuleType:
+    """numpy, imported at the first call (see the module docstring)."""
     global _np
-    import numpy
+    if _np is None:
+        import numpy
 
-    _np = numpy
-    return numpy
+        _np = numpy
+    return _np
 
 
 def _group_sums(packets: Sequence[bytes], length: int) -> list[int]:
-    np = _np or _numpy()
-    pad = _PAD[length & 3]
+    np = _np or numpy_module()
+    pad = PAD[length & 3]
     buf = b"".join(packets) if not pad else pad.join(packets) + pad
     rows = np.frombuffer(buf, dtype="<u4").reshape(len(packets), (length + len(pad)) >> 2)
     le = rows.sum(axis=1, dtype=np.uint64) % 0xFFFF

@@ -129,6 +129,30 @@ class _Input(_Sender):
         step when the first takes the fast path, no quick ACK is owed, and the window holds
         them all. Their `_ack` calls would differ only in SND.WL1, which ends at the last
         one's sequence number."""
+        last = run[-1]
+        if self._take_run(seqw, ackw, wnd, total, last[2] - last[1], last[3], now):
+            buf = self.rcv_buf
+            for pkt, off, end, _flags in run:
+                buf += pkt[off:end]
+            return
+        for pkt, off, end, flags in run:
+            self.input(seqw, ackw, flags, wnd, pkt, off, off, end, now)
+            seqw = (seqw + end - off) & M32
+
+    def input_bulk(self, seqw: int, ackw: int, wnd: int, data: bytes, last_len: int, last_flags: int,
+                   now: float) -> bool:
+        """`input_run` for a run whose data is already joined (`bulk`; ``last_len`` and
+        ``last_flags``: its last segment's): taken whole, or not at all (False: nothing
+        changed, the caller hands the segments over one by one)."""
+        if self._take_run(seqw, ackw, wnd, len(data), last_len, last_flags, now):
+            self.rcv_buf += data
+            return True
+        return False
+
+    def _take_run(self, seqw: int, ackw: int, wnd: int, total: int, last_len: int, last_flags: int,
+                  now: float) -> bool:
+        """A run's fast path but the appending of its data: when it applies, the ACK
+        processed, RCV.NXT moved past ``total`` bytes, an ACK owed; else False, nothing done."""
         rcv_nxt = self.rcv_nxt
         state = self.state
         if (not self.quick_acks and self.ooo is None and (state == ESTABLISHED or state == FIN_WAIT_2)
@@ -137,11 +161,7 @@ class _Input(_Sender):
             d = (ackw - una) & M32
             if d <= self.snd_max - una:
                 self.last_rx = now
-                last = run[-1]
-                self._ack(una + d, wnd << self.snd_ws, rcv_nxt + total - (last[2] - last[1]), total, last[3], (), now)
-                buf = self.rcv_buf
-                for pkt, off, end, _flags in run:
-                    buf += pkt[off:end]
+                self._ack(una + d, wnd << self.snd_ws, rcv_nxt + total - last_len, total, last_flags, (), now)
                 self.rcv_nxt = rcv_nxt + total
                 if not self.readable:
                     self.readable = True
@@ -149,10 +169,8 @@ class _Input(_Sender):
                 if not self.ack_pending:
                     self.ack_pending = True
                     self._mark()
-                return
-        for pkt, off, end, flags in run:
-            self.input(seqw, ackw, flags, wnd, pkt, off, off, end, now)
-            seqw = (seqw + end - off) & M32
+                return True
+        return False
 
     def _slow_input(self, seqw: int, ackw: int, flags: int, wnd: int, pkt: bytes, opt: int, off: int, end: int,
                     now: float) -> None:

@@ -15,7 +15,11 @@ looks a connection up with one slice. The fast path verifies the IPv4 header che
 and the TCP checksum over the whole packet at once (the IP header is a multiple of 16 bits
 and sums to 0 when valid), the word sums of a whole batch computed together
 (`sunbeam.shared.proto.ip.wordsums`); anything unusual (IPv4 options,
-fragments, trailing bytes are fine) goes through `segment.parse_packet`.
+fragments, trailing bytes are fine) goes through `segment.parse_packet`. A stretch of at
+least `bulk.BULK_MIN` equal-length packets in a batch (a bulk transfer's full segments) is
+first tried whole: `bulk.check` does the fast path's checks for all of them as array
+operations and joins their data, and the connection takes the run in one step
+(`_Input.input_bulk`) or the stretch goes packet by packet as before.
 
 Segments for no connection (RFC 9293 3.10.7.1): a SYN to a listened port on one of our
 addresses becomes a ``REQUESTED`` connection and a `ConnectionRequest` (at most
@@ -30,7 +34,8 @@ Counters (``counters``, a `collections.Counter`): ``packets_in``, ``packets_out`
 ``bad_options``); ``rst_sent``, ``rst_ignored``; ``retransmit``, ``fast_retransmit`` (a
 recovery episode), ``rto``, ``tail_loss_probe``, ``window_probe``, ``dsack``, ``undo``;
 ``out_of_order``, ``unacceptable``, ``zero_window_drop``; ``reset_<reason>``,
-``request_timeout``; ``reject_ignored`` (see `reject`); ``no_free_port`` (a `connect`
+``request_timeout``; ``reject_ignored`` (see `reject`); ``bulk_runs`` (runs of data segments
+checked and taken at once, see `bulk`); ``no_free_port`` (a `connect`
 found no usable local port, see `ports`). The last refused packet's reason and detail are
 in ``last_drop`` for a rate-limited log. Packets are ``bytes`` (a trailing pad after the IP length is fine).
 
@@ -48,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
 from ..ip.wordsums import word_sum, word_sums
+from .bulk import BULK_MIN
+from .bulk import check as bulk_check
 from .connection import Config, Connection
 from .events import ConnectionRequest, Event, Readable
 from .ports import NoFreePort, PortChooser
@@ -117,10 +124,42 @@ class TcpStack:
 
     def receive(self, packets: list[bytes], now: float) -> None:
         self._now = now
+        count = len(packets)
+        self.counters["packets_in"] += count
+        if count < BULK_MIN:
+            self._receive_each(packets, now)
+        else:
+            # stretches of at least BULK_MIN equal-length packets (a bulk transfer's full
+            # segments) are tried whole (`bulk`); the rest, and a stretch refused, go one by one
+            lengths = [len(p) for p in packets]
+            done = i = 0
+            while i < count:
+                length = lengths[i]
+                j = i + 1
+                while j < count and lengths[j] == length:
+                    j += 1
+                if j - i >= BULK_MIN:
+                    if done < i:
+                        self._receive_each(packets[done:i], now)
+                    if not self._receive_bulk(packets[i:j], length, now):
+                        self._receive_each(packets[i:j], now)
+                    done = j
+                i = j
+            if done < count:
+                self._receive_each(packets[done:] if done else packets, now)
+        if self._readable:
+            events = self._events
+            for c in self._readable:
+                if c.readable:
+                    c.readable = False
+                    events.append(Readable(c.id))
+            self._readable = []
+
+    def _receive_each(self, packets: list[bytes], now: float) -> None:
+        """The packets one by one (in-order data of one connection still in runs)."""
         by_key = self._by_key
         unpack = _SEQ.unpack_from
         from_bytes = int.from_bytes
-        self.counters["packets_in"] += len(packets)
         sums = word_sums(packets)
         # A run: data segments without options for one connection (IPv4 or IPv6), each
         # starting where the one before ended, with the same ACK and window (a bulk
@@ -183,13 +222,22 @@ class TcpStack:
             conn.input(seqw, ackw, flags, wnd, pkt, opt, opt - 20 + doff, dend, now)
         if run:
             self._input_run(run_conn, run_seq, run_next, run_ack, run_wnd, run, now)  # type: ignore[arg-type]
-        if self._readable:
-            events = self._events
-            for c in self._readable:
-                if c.readable:
-                    c.readable = False
-                    events.append(Readable(c.id))
-            self._readable = []
+
+    def _receive_bulk(self, packets: list[bytes], length: int, now: float) -> bool:
+        """Packets all ``length`` bytes long taken as one run of data segments (`bulk`), if
+        they are one and their connection takes it whole; False: nothing changed."""
+        first = packets[0]
+        if first[0] != 0x45:
+            return False
+        conn = self._by_key.get(first[12:24])
+        if conn is None:
+            return False
+        run = bulk_check(packets, length, conn.addr_sum)
+        if run is None or not conn.input_bulk(run.seqw, run.ackw, run.wnd, run.data, length - 40, run.last_flags,
+                                              now):
+            return False
+        self.counters["bulk_runs"] += 1
+        return True
 
     @staticmethod
     def _input_run(conn: Connection, seqw: int, next_seqw: int, ackw: int, wnd: int,

@@ -1,0 +1,90 @@
+"""A bulk transfer's batch of data segments checked and joined at once (numpy), sans-IO.
+
+`TcpStack.receive` hands a batch's leading packets here when at least `BULK_MIN` of them
+have the same length (a bulk transfer's full-size segments). `check` does, as operations
+on the packets as rows of one array, what the per-packet fast path (header prediction)
+checks for each:
+
+- IPv4 with a 20-byte header (0x45), not a fragment, protocol 6, a total length equal to
+  the packet's, a valid header checksum;
+- one connection (the same addresses and ports), the same ACK number and window, a
+  20-byte TCP header (no options), flags ACK and maybe PSH (no SYN, FIN, RST or URG), data;
+- sequence numbers contiguous from the first, each segment starting where the one before
+  ended (modulo 2**32);
+- a valid TCP checksum, with the connection's pseudo-header sum (``addr_sum``) added in.
+
+If every row passes, it returns the `Run`: the first sequence number, the ACK, the window,
+the last segment's flags, and all the data joined in one copy. Otherwise None, and the
+packets take the per-packet path, which finds, counts and drops what was wrong. Whether
+the connection can take the run whole (in order, nothing out of order queued, the window
+holds it) is its own decision (`_Input.input_bulk`): a refused run also goes per packet.
+
+Header bytes 0..40 of every row are compared with the first row's under `_SAME`, which
+keeps the fields that must be equal: version/IHL, total length, flags/fragment offset,
+protocol, addresses, ports, ACK number, data offset, the flags but PSH, window. The
+ident, TOS, TTL, both checksums, the sequence number and the urgent pointer may differ.
+The word sums are the ones `sunbeam.shared.proto.ip.wordsums` explains (little-endian u32
+rows, zero padding to a multiple of 4 bytes); a header, or a segment with its
+pseudo-header, is valid when its sum is 0 modulo 0xffff.
+
+Cost (this machine, CPU timer): the checks and the joined copy of 150 segments of 1280
+bytes take ~0.5 us per segment; `bench/bench_tcp.py --batch 150`'s receive fast path
+(checksums, the stretch ACK and the read included) went from 1.87-2.51 to 1.15-1.25 us
+per segment (3 interleaved runs each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ..ip.wordsums import PAD, numpy_module
+from .segment import ACK
+
+__all__ = ["BULK_MIN", "Run", "check"]
+
+BULK_MIN = 16
+"""Fewer packets go per packet: numpy's fixed cost (~30 us a batch) would not pay off."""
+
+_SAME = bytes([0xFF, 0x00, 0xFF, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0xFF, 0x00, 0x00]  # IPv4 header to the checksum
+              + [0xFF] * 12  # addresses, ports
+              + [0x00] * 4  # sequence number
+              + [0xFF] * 4  # ACK number
+              + [0xF0, 0x37, 0xFF, 0xFF]  # data offset, flags but PSH (and ECE/CWR), window
+              + [0x00] * 4)  # checksum, urgent pointer
+
+
+class Run(NamedTuple):
+    seqw: int
+    ackw: int
+    wnd: int
+    last_flags: int
+    data: bytes
+
+
+def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
+    """``packets`` (each ``length`` bytes) as one in-order run of data segments of the
+    connection whose pseudo-header address sum is ``addr_sum``, or None (see the module
+    docstring)."""
+    first = packets[0]
+    if not (length > 40 and first[0] == 0x45 and first[9] == 6 and not (first[6] & 0x3F or first[7])
+            and (first[2] << 8 | first[3]) == length and first[32] >> 4 == 5 and first[33] & 0x37 == ACK):
+        return None
+    np = numpy_module()
+    count = len(packets)
+    pad = PAD[length & 3]
+    buf = b"".join(packets) if not pad else pad.join(packets) + pad
+    width = length + len(pad)
+    rows = np.frombuffer(buf, np.uint8).reshape(count, width)
+    if ((rows[:, :40] ^ rows[0, :40]) & np.frombuffer(_SAME, np.uint8)).any():
+        return None
+    seqs = np.ndarray((count,), ">u4", buf, 24, (width,)).astype(np.uint32)
+    if ((seqs - seqs[0]) != np.arange(count, dtype=np.uint32) * np.uint32(length - 40)).any():
+        return None
+    words = np.frombuffer(buf, "<u4").reshape(count, width >> 2)
+    if (words[:, :5].sum(axis=1, dtype=np.uint64) % 0xFFFF).any():
+        return None
+    if ((words.sum(axis=1, dtype=np.uint64) % 0xFFFF * 256 + (addr_sum + length - 14)) % 0xFFFF).any():
+        return None
+    return Run(int.from_bytes(first[24:28], "big"), int.from_bytes(first[28:32], "big"),
+               first[34] << 8 | first[35], packets[-1][33], rows[:, 40:length].tobytes())
