@@ -262,3 +262,45 @@ def test_trailing_bytes_are_not_data_even_where_the_sequence_numbers_would_fit(b
     t.feed(batch)
     assert t.compare() == batch[0][40:-4]
     assert bulks == []
+
+
+@pytest.mark.parametrize("tail", [0, 517], ids=["full-segments", "short-tail"])
+@pytest.mark.parametrize("isn", [1000, (1 << 32) - 7 * MSS], ids=["plain", "wraps"])
+def test_sending_in_bulk_builds_what_one_by_one_builds(isn, tail, monkeypatch):
+    """A stack sending new data in bulk and its twin made to send it one by one (`_tx4_run`):
+    the same packets byte for byte (the ident wraps too), the same RACK and RTT state, over
+    several rounds of ACKs."""
+    one, each = Scripted(), Scripted()
+    (cid, synack), (_, synack2) = one.passive_open(isn=isn, window=65535), each.passive_open(isn=isn, window=65535)
+    assert synack == synack2
+    rng = random.Random(9)
+    data = rng.randbytes(300 * MSS + tail)
+    conns = [s.stack._by_id[cid] for s in (one, each)]
+    for s, conn in zip((one, each), conns, strict=True):
+        conn.ident = 0xFFF0
+        conn.cc.cwnd = 40 * MSS
+        s.stack.send(cid, data, s.now)
+    import sunbeam.shared.proto.tcp.output as output
+    built: list[int] = []
+    real_build = output.bulk_build
+    monkeypatch.setattr(output, "bulk_build", lambda *a: built.append(len(a[1])) or real_build(*a))
+    got = b""
+    for _ in range(12):
+        sent_one = one.stack.poll(one.now)
+        with monkeypatch.context() as m:
+            m.setattr(output, "BULK_MIN", 1 << 30)
+            sent_each = each.stack.poll(each.now)
+        assert sent_one == sent_each
+        a, b = conns
+        assert (a.ident, a.rtt_seq, a.rtt_time, a.snd_nxt, a.snd_max) == (b.ident, b.rtt_seq, b.rtt_time, b.snd_nxt,
+                                                                         b.snd_max)
+        assert (a.rack.ends, a.rack.times, a.rack.tx_high) == (b.rack.ends, b.rack.times, b.rack.tx_high)
+        got += b"".join(p[40:] for p in sent_one)
+        if not sent_one:
+            break
+        top = int.from_bytes(sent_one[-1][24:28], "big") + len(sent_one[-1]) - 40
+        for s in (one, each):
+            s.now += 0.01
+            s.stack.receive([s.packet(ACK, isn + 1, top, window=65535)], s.now)
+    assert got == data
+    assert len(built) >= 3 and sum(built) >= 200 * MSS
