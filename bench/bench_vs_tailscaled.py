@@ -201,6 +201,12 @@ def run(args: argparse.Namespace) -> dict:
                 rows["latency_p99_ms"][s.name].append(p99)
         results["rss_load_mb"] = {n: round(p[0] / MB, 1) for n, p in peak.items()}
         results.update({k: {n: med(v) for n, v in d.items()} for k, d in rows.items()})
+        # every round's figures, and each round's ratio (the two sides measured back to
+        # back): the spread a median hides on a noisy box
+        results["per_round"] = {k: {**{n: [round(x, 3) for x in v] for n, v in d.items()},
+                                    "ratio": [round(a / b, 3) if b else None
+                                              for a, b in zip(d["sunbeam"], d["tailscaled"], strict=True)]}
+                                for k, d in rows.items()}
         results["large_netmap"] = large_netmap(info, [sb, ts], args.nodes) if args.nodes else None
         parts = [sb.connect_parts]
         for r in range(1, args.rounds):  # fresh nodes: connect time from nothing
@@ -237,6 +243,11 @@ def table(results: dict) -> str:
         ratio = v["sunbeam"] / v["tailscaled"] if v["tailscaled"] else float("nan")
         hint = "lower is better" if key in LOWER_IS_BETTER else "higher is better"
         lines.append(f"{key:28} {v['sunbeam']:>10} {v['tailscaled']:>11} {ratio:>7.2f}  {hint}")
+    for key, d in (results.get("per_round") or {}).items():
+        ratios = [r for r in d["ratio"] if r is not None]
+        if ratios:
+            lines.append(f"{key:28} per round: ratio {min(ratios):.2f}-{max(ratios):.2f} "
+                         f"({', '.join(f'{r:.2f}' for r in ratios)})")
     parts = results.get("sunbeam_connect_parts_s")
     if parts:
         lines.append("sunbeam connect, split (medians, s): " + ", ".join(f"{k} {v}" for k, v in parts.items()))
