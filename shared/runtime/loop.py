@@ -38,11 +38,6 @@ from typing import Any
 import zmq
 
 from ..messages.codec import BadMessage, Codec
-
-# The poll event bits as plain ints: pyzmq's constants are enum flags, and ``int & flag``
-# runs enum's Python-level operator (~1.8 us each; two per ready source per iteration).
-_POLLOUT = int(zmq.POLLOUT)
-_POLLIN_OR_ERR = int(zmq.POLLIN | zmq.POLLERR)
 from .counters import Counters
 from .log import RateLimitedLog, StructLogger, get_logger
 from .rundir import ipc_path
@@ -54,6 +49,11 @@ __all__ = ["ServiceLoop", "decoding_handler"]
 
 DEFAULT_LINGER_MS = 200
 Source = Any  # a zmq.Socket, an int fd, or an object with fileno()
+
+# The poll event bits as plain ints: pyzmq's constants are enum flags, and ``int & flag``
+# runs enum's Python-level operator (~1.8 us each; two per ready source per iteration).
+_POLLOUT = int(zmq.POLLOUT)
+_POLLIN_OR_ERR = int(zmq.POLLIN | zmq.POLLERR)
 
 
 class ServiceLoop:

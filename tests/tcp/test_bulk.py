@@ -304,3 +304,16 @@ def test_sending_in_bulk_builds_what_one_by_one_builds(isn, tail, monkeypatch):
             s.stack.receive([s.packet(ACK, isn + 1, top, window=65535)], s.now)
     assert got == data
     assert len(built) >= 3 and sum(built) >= 200 * MSS
+
+
+@pytest.mark.parametrize("size", [0, 1, 24, 40])
+def test_a_batch_of_short_packets_is_dropped_one_by_one(size, bulks):
+    """Twenty equal packets too short to carry data (empty ones too): no run is tried on
+    them, and the per-packet path drops them as it always did."""
+    t = Twins(1000)
+    full = t.segments(1)[0]
+    batch = [full[:size]] * 20
+    before = t.one.stack.counters["packets_in"]
+    t.feed(batch)
+    t.compare()
+    assert bulks == [] and t.one.stack.counters["packets_in"] - before == 20

@@ -227,7 +227,7 @@ class TcpStack:
         """Packets all ``length`` bytes long taken as one run of data segments (`bulk`), if
         they are one and their connection takes it whole; False: nothing changed."""
         first = packets[0]
-        if first[0] != 0x45:
+        if length <= 40 or first[0] != 0x45:  # no data (or not even the headers)
             return False
         conn = self._by_key.get(first[12:24])
         if conn is None:
