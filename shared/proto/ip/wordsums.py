@@ -28,16 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
-__all__ = ["MIN_GROUP", "PAD", "fold16", "numpy_module", "word_sum", "word_sums"]
+__all__ = ["MIN_GROUP", "fold16", "joined_rows", "numpy_module", "row_sums", "word_sum", "word_sums"]
 
 MIN_GROUP = 4
 
 _M5120 = (1 << 5120) - 1
 _M2560 = (1 << 2560) - 1
 _M1280 = (1 << 1280) - 1
-PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
-"""The zero padding that brings a packet of length n to a multiple of 4 bytes: PAD[n & 3]."""
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _np: ModuleType | None = None
 
 
@@ -94,10 +94,22 @@ def numpy_module() -> ModuleType:
     return _np
 
 
+def joined_rows(packets: Sequence[bytes], length: int) -> tuple[bytes, int]:
+    """``packets`` (each ``length`` bytes) joined, each zero-padded to a multiple of 4 bytes,
+    and that padded row width."""
+    pad = _PAD[length & 3]
+    return (b"".join(packets) if not pad else pad.join(packets) + pad), length + len(pad)
+
+
+def row_sums(words: Any) -> Any:
+    """The word sums (mod 0xffff, as `word_sum`) of the rows of ``words``, a 2-D numpy
+    array of little-endian u32 words (see the module docstring), as a numpy array."""
+    np = _np or numpy_module()
+    return words.sum(axis=1, dtype=np.uint64) % 0xFFFF * 256 % 0xFFFF
+
+
 def _group_sums(packets: Sequence[bytes], length: int) -> list[int]:
     np = _np or numpy_module()
-    pad = PAD[length & 3]
-    buf = b"".join(packets) if not pad else pad.join(packets) + pad
-    rows = np.frombuffer(buf, dtype="<u4").reshape(len(packets), (length + len(pad)) >> 2)
-    le = rows.sum(axis=1, dtype=np.uint64) % 0xFFFF
-    return (le * 256 % 0xFFFF).tolist()
+    buf, width = joined_rows(packets, length)
+    sums: list[int] = row_sums(np.frombuffer(buf, dtype="<u4").reshape(len(packets), width >> 2)).tolist()
+    return sums

@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from ..ip.wordsums import PAD, numpy_module
+from ..ip.wordsums import joined_rows, numpy_module, row_sums
 from .segment import ACK
 
 __all__ = ["BULK_MIN", "Run", "build", "check"]
@@ -85,9 +85,7 @@ def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
         return None
     np = numpy_module()
     count = len(packets)
-    pad = PAD[length & 3]
-    buf = b"".join(packets) if not pad else pad.join(packets) + pad
-    width = length + len(pad)
+    buf, width = joined_rows(packets, length)
     rows = np.frombuffer(buf, np.uint8).reshape(count, width)
     if ((rows[:, :40] ^ rows[0, :40]) & np.frombuffer(_SAME, np.uint8)).any():
         return None
@@ -97,7 +95,7 @@ def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
     words = np.frombuffer(buf, "<u4").reshape(count, width >> 2)
     if (words[:, :5].sum(axis=1, dtype=np.uint64) % 0xFFFF).any():
         return None
-    if ((words.sum(axis=1, dtype=np.uint64) % 0xFFFF * 256 + (addr_sum + length - 14)) % 0xFFFF).any():
+    if ((row_sums(words) + (addr_sum + length - 14)) % 0xFFFF).any():
         return None
     return Run(int.from_bytes(first[24:28], "big"), int.from_bytes(first[28:32], "big"),
                first[34] << 8 | first[35], packets[-1][33], rows[:, 40:length].tobytes())
@@ -124,7 +122,7 @@ def build(header: bytes, data: bytes, mss: int, seqw: int, ident: int, ip_base: 
     seqs = (step * mss + seqw) & 0xFFFFFFFF
     flags = np.full(count, header[33], u64)
     flags[-1] = last_flags
-    psums = np.frombuffer(data, "<u4").reshape(count, mss >> 2).sum(axis=1, dtype=u64) % 0xFFFF * 256 % 0xFFFF
+    psums = row_sums(np.frombuffer(data, "<u4").reshape(count, mss >> 2))
     tcp = (shared + mss + (seqs >> 16) + (seqs & 0xFFFF) + flags + psums) % 0xFFFF
     ip = (ip_base + width + idents) % 0xFFFF
     column = np.ndarray

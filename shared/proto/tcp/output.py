@@ -100,7 +100,7 @@ class _Output(_Tcb):
         """`_tx` for each of ``fresh`` (seq, flags with ACK, payload) over IPv4 without
         options, the words every segment shares summed once."""
         ackw = self.rcv_nxt & M32
-        shared = self.hsum + 20 + (ackw >> 16) + (ackw & 0xFFFF) + (20 << 10) + wndf
+        shared = self._run_sum(ackw, wndf)
         ip_base, ident, ttl = self.ip_base, self.ident, self.cfg.ttl
         laddr, raddr, lport, rport = self.laddr, self.raddr, self.lport, self.rport
         pack, append = H4.pack, out.append
@@ -113,6 +113,11 @@ class _Output(_Tcb):
                         rport, seqw, ackw, 80, flags, wndf,
                         -(shared + n + (seqw >> 16) + (seqw & 0xFFFF) + flags + psum) % 0xFFFF, 0) + payload)
         self.ident = ident
+
+    def _run_sum(self, ackw: int, wndf: int) -> int:
+        """The TCP checksum words every segment of a run of IPv4 data segments without
+        options shares: pseudo-header but the length, ACK number, data offset, window."""
+        return self.hsum + 20 + (ackw >> 16) + (ackw & 0xFFFF) + (20 << 10) + wndf
 
     def _window_field(self) -> int:
         """The window to advertise now (scaled); moves RCV.ADV, never to the left."""
@@ -311,10 +316,12 @@ class _Output(_Tcb):
         force = self.force
         wndf = -1  # computed at the first segment: it moves RCV.ADV
         bulk = 0  # full segments of new data built at once, first
-        if nxt >= snd_max and not (mss & 3 or self.v6) and (min(edge, data_end) - nxt) // mss >= BULK_MIN:
-            wndf = self._window_field()
-            bulk = self._send_bulk(out, now, nxt, (min(edge, data_end) - nxt) // mss, data_end, wndf)
-            nxt += bulk * mss
+        if nxt >= snd_max and not (mss & 3 or self.v6):
+            full = (min(edge, data_end) - nxt) // mss
+            if full >= BULK_MIN:
+                wndf = self._window_field()
+                bulk = self._send_bulk(out, now, nxt, full, data_end, wndf)
+                nxt += bulk * mss
         new = bulk
         fresh: list[tuple[int, int, bytes]] = []
         while nxt < data_end:
@@ -362,7 +369,7 @@ class _Output(_Tcb):
         ackw = self.rcv_nxt & M32
         header = H4.pack(0x45, 0, 40 + mss, 0, 0, self.cfg.ttl, 6, 0, self.laddr, self.raddr, self.lport, self.rport,
                          0, ackw, 80, ACK, wndf, 0, 0)
-        shared = self.hsum + 20 + (ackw >> 16) + (ackw & 0xFFFF) + (20 << 10) + wndf
+        shared = self._run_sum(ackw, wndf)
         out += bulk_build(header, self.sbuf.get(nxt - self.sbuf_seq, count * mss), mss, nxt & M32, self.ident,
                           self.ip_base, shared, ACK | PSH if end == data_end else ACK)
         self.ident = (self.ident + count) & 0xFFFF
