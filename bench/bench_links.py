@@ -24,7 +24,8 @@ measure the emulator's own ceiling (MB/s and its CPU).
                                 [--repeats 2] [--ceiling-mb 200] [--variants flows=1 ...] [--json PATH]
 
 ``--variants`` adds sunbeam sides with other TCP settings of the proxy (``flows=1``: one
-RFC 9438 CUBIC flow instead of the default two; ``congestion=newreno``), each its own node
+RFC 9438 CUBIC flow instead of the default two; ``congestion=newreno``; ``quick_acks=N``;
+``split_acks=0``: one ACK per batch however sparse), each its own node
 and SOCKS5 port, taking turns with the others: a before/after of a TCP change in one run.
 
 Needs root and the reference binaries. Traffic stays in the namespaces. Prints a table,
@@ -66,7 +67,7 @@ from sunbeam.refnet.transfer import tcp_transfer  # noqa: E402
 MB = 1 << 20
 DEFAULT_PROFILES = ["20ms/0.5%", "50ms/1%+reorder=1%"]
 VARIANT_ENV = {"flows": "SUNBEAM_TCP_FLOWS", "congestion": "SUNBEAM_TCP_CONGESTION",
-               "quick_acks": "SUNBEAM_TCP_QUICK_ACKS"}
+               "quick_acks": "SUNBEAM_TCP_QUICK_ACKS", "split_acks": "SUNBEAM_TCP_SPLIT_ACKS"}
 """``--variants`` keys -> the proxy's environment (services/proxy/tcpengine.py)."""
 TS_INDEX = 50  # the tailscaled in B: SOCKS5 127.0.0.1:11130
 

@@ -10,7 +10,8 @@ Buffers: `RECV_BUFFER` and `SEND_BUFFER` per connection and direction; they fill
 one side is slower than the other (a slow local reader, a slow peer). Congestion control:
 CUBIC responding as `TCP_FLOWS` flows (see `TCP_FLOWS`); for A/B benchmarks
 ``$SUNBEAM_TCP_CONGESTION=newreno`` selects NewReno and ``$SUNBEAM_TCP_FLOWS=1`` plain RFC 9438
-CUBIC (an unusable value is logged and the default used).
+CUBIC, ``$SUNBEAM_TCP_QUICK_ACKS`` and ``$SUNBEAM_TCP_SPLIT_ACKS=0`` the receiver's ACK policy (`tcp.input`,
+`tcp.output`) (an unusable value is logged and the default used).
 
 ``pump()`` runs at the end of every loop iteration (and after a timer): it drains events,
 transmits, flushes the worker outbox, and re-arms the one timer. Ownership: the proxy's
@@ -53,6 +54,7 @@ SEND_BUFFER = 4 << 20
 ENV_CONGESTION = "SUNBEAM_TCP_CONGESTION"
 ENV_FLOWS = "SUNBEAM_TCP_FLOWS"
 ENV_QUICK_ACKS = "SUNBEAM_TCP_QUICK_ACKS"
+ENV_SPLIT_ACKS = "SUNBEAM_TCP_SPLIT_ACKS"
 TCP_QUICK_ACKS = 16
 """After out-of-order data, in-order segments ACKed every second one (`tcp.input`)."""
 TCP_FLOWS = 2
@@ -97,7 +99,8 @@ class TcpEngine:
             congestion = "cubic"
         self.stack = TcpStack(random_bytes=os.urandom, recv_buffer=RECV_BUFFER, send_buffer=SEND_BUFFER,
                               congestion=congestion, flows=_env_int(svc, ENV_FLOWS, TCP_FLOWS, 1, 8),
-                              quick_acks=_env_int(svc, ENV_QUICK_ACKS, TCP_QUICK_ACKS, 0, 1024))
+                              quick_acks=_env_int(svc, ENV_QUICK_ACKS, TCP_QUICK_ACKS, 0, 1024),
+                              split_acks=bool(_env_int(svc, ENV_SPLIT_ACKS, 1, 0, 1)))
         self.handlers: dict[int, ConnHandler] = {}
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self.timer = CoreTimer(self.loop, self.stack.next_timer, self.loop.now, self._on_timer)

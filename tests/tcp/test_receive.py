@@ -140,3 +140,62 @@ def test_quick_acks_are_bounded_and_configurable():
         acks = _batch(s, seq, ack, 32)
         assert len(acks) == expect + (1 if quick else 0), (quick, [a.ack for a in acks])
         assert acks[-1].ack == seq + 32000
+
+
+
+def test_a_sparse_ack_covering_a_burst_is_split_in_two():
+    """A burst that arrives after a quiet spell (a small window on a long path) is ACKed
+    twice: first everything but its last segment, then all of it. Losing either ACK no
+    longer leaves the whole flight unacknowledged. The first ACK's window reaches the right
+    edge already advertised (to the window shift's unit), and neither ACK repeats an ACK
+    number (a repeat would count as a duplicate ACK at the sender)."""
+    s = Scripted()
+    cid, synack = s.passive_open()
+    conn = s.stack._by_id[cid]
+    unit = 1 << conn.rcv_ws
+    assert unit > 1
+    ack, seq = synack.seq + 1, 1001
+    sent: list = []
+    for n, read in ((8, True), (3, True), (2, False), (5, False)):
+        s.now += 0.043  # one round trip later, the next burst
+        adv = conn.rcv_adv
+        acks = _batch(s, seq, ack, n)
+        assert [a.ack for a in acks] == [seq + (n - 1) * 1000, seq + n * 1000]
+        assert all(a.options == b"" for a in acks)
+        assert adv - unit < acks[0].ack + (acks[0].window << conn.rcv_ws) <= adv
+        sent += acks
+        seq += n * 1000
+        while read and s.stack.read(cid):
+            pass
+    assert s.stack.counters["split_acks"] == 4
+    numbers = [a.ack for a in sent]
+    assert numbers == sorted(set(numbers))
+    edges = [a.ack + (a.window << conn.rcv_ws) for a in sent]
+    assert all(later > earlier - unit for earlier, later in zip(edges, edges[1:]))
+    assert max(edges) <= conn.rcv_adv
+
+    s.now += 0.043
+    assert [a.ack for a in _batch(s, seq, ack, 1)] == [seq + 1000]  # one segment: one ACK
+    seq += 1000
+    assert [a.ack for a in _batch(s, seq, ack, 8)] == [seq + 8000]  # ACKs already frequent: one
+    assert s.stack.counters["split_acks"] == 4
+    assert len(s.stack.read(cid, 1 << 20)) == (2 + 5 + 1 + 8) * 1000  # all but the 11 segments read above
+
+
+def test_split_acks_can_be_turned_off_and_stay_out_of_a_hole():
+    s = Scripted(split_acks=False)
+    _cid, synack = s.passive_open()
+    ack, seq = synack.seq + 1, 1001
+    s.now += 0.05
+    assert [a.ack for a in _batch(s, seq, ack, 8)] == [seq + 8000]
+    assert s.stack.counters["split_acks"] == 0
+
+    s = Scripted(quick_acks=0)
+    _cid, synack = s.passive_open()
+    ack, seq = synack.seq + 1, 1001
+    s.now += 0.05
+    (dup,) = s.deliver(ACK, seq + 1000, ack, bytes(1000))  # out of order: an immediate SACK
+    assert dup.ack == seq and parse_options(dup.options).sack
+    s.now += 0.05
+    acks = _batch(s, seq + 2000, ack, 4)  # more beyond the hole: each answered at once, no split
+    assert [a.ack for a in acks] == [seq] * 4 and s.stack.counters["split_acks"] == 0

@@ -21,6 +21,7 @@ every ACK per second segment through the recovery over DERP; tailscaled's sender
 window per ACK into bursts its DERP write queue evicted (magicsock_send_derp_dropped: 536
 of 998 in half a second), lost its retransmissions, and sat in RTO backoff (14, 27, 55,
 111 s) -- 6 of 7 runs of test_disco's UDP-cut download timed out, 0 of 6 with 16 or 0.
+A sparse stretch ACK covering two or more segments goes out as two (`output`, split ACKs).
 
 Everything else takes the slow path (`_slow_input`), which follows the RFC's checks in
 order, one method each (the third, security, and the sixth, URG, do not apply):
@@ -105,6 +106,7 @@ class _Input(_Sender):
                 self._ack(una + d, wnd << self.snd_ws, rcv_nxt, plen, flags, (), now)
                 if plen:
                     self.rcv_buf += pkt[off:end]
+                    self.last_seg = rcv_nxt
                     self.rcv_nxt = rcv_nxt + plen
                     if not self.readable:
                         self.readable = True
@@ -161,7 +163,8 @@ class _Input(_Sender):
             d = (ackw - una) & M32
             if d <= self.snd_max - una:
                 self.last_rx = now
-                self._ack(una + d, wnd << self.snd_ws, rcv_nxt + total - last_len, total, last_flags, (), now)
+                self.last_seg = last = rcv_nxt + total - last_len
+                self._ack(una + d, wnd << self.snd_ws, last, total, last_flags, (), now)
                 self.rcv_nxt = rcv_nxt + total
                 if not self.readable:
                     self.readable = True
@@ -334,6 +337,7 @@ class _Input(_Sender):
             return
         if data:
             self.rcv_buf += data
+            self.last_seg = rcv_nxt
             rcv_nxt += len(data)
         ooo = self.ooo
         filled = False

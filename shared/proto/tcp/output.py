@@ -26,7 +26,18 @@ What `output` sends, in order (RFC 9293 3.10.7 and the recovery rules in `sender
    SND.NXT / SND.MAX and the retransmission, tail loss probe and persist timers
    (`_after_send`).
 6. A pure ACK if one is owed and nothing above carried it, with SACK blocks while the
-   out-of-order queue holds data.
+   out-of-order queue holds data. Split ACKs: when that ACK covers two or more segments
+   we have not acknowledged, and our previous ACK is at least ``SPLIT_ACK_IDLE`` old, an
+   ACK for all but the last of them goes out first (``Config.split_acks``; counted
+   ``split_acks``). One ACK per batch (see `input`) then answers a whole flight when the
+   sender's flight arrives as one burst -- a small window on a long path -- and when
+   that one ACK is lost, a sender without tail loss probes (tailscaled's netstack: Reno,
+   RACK off) waits for its RTO (200 ms, then cwnd 1). On the emulated link (20 ms each
+   way + 0.5 % loss, 50 MB download, captured on our side) 14 of the sender's 16 stalls
+   came right after one lone ACK of ours; tailscaled's receiver, which ACKs a burst in two
+   or more, saw 11. The first ACK moves SND.UNA to the last segment, so the sender may
+   send on and the next ACK covers the rest. Where ACKs are frequent (bulk transfers on
+   fast paths: several per millisecond) no flight hangs on one ACK, and none is split.
 
 Window (RFC 9293 3.8.6.2.2, receiver SWS avoidance): the right edge moves only when it
 can move by min(buffer / 2, MSS); it never moves left.
@@ -55,6 +66,9 @@ from .tcb import _Tcb
 
 __all__: list[str] = []
 
+SPLIT_ACK_IDLE = 0.001
+"""Seconds since our previous ACK before an ACK covering two or more segments is split."""
+
 H4 = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
 """IPv4 header (20) + TCP header (20)."""
 H6 = struct.Struct("!IHBB16s16sHHIIBBHHH")
@@ -67,11 +81,15 @@ class _Output(_Tcb):
     # --- building ------------------------------------------------------------------
 
     def _tx(self, out: list[bytes], seq: int, flags: int, payload: bytes | bytearray = b"", opts: bytes = b"", wndf: int = -1,
-            psum: int = -1) -> None:
-        """Append one segment with our current ACK and window (``psum``: the payload's word
-        sum, when the caller computed a batch of them)."""
+            psum: int = -1, ack: int = -1) -> None:
+        """Append one segment with our current ACK (or ``ack``) and window (``psum``: the
+        payload's word sum, when the caller computed a batch of them)."""
         seqw = seq & M32
-        ackw = self.rcv_nxt & M32 if flags & ACK else 0
+        if flags & ACK:
+            self.acked_to = ack = self.rcv_nxt if ack < 0 else ack
+            ackw = ack & M32
+        else:
+            ackw = 0
         if wndf < 0:
             wndf = self._window_field()
         hl = 20 + len(opts)
@@ -99,7 +117,8 @@ class _Output(_Tcb):
                  wndf: int) -> None:
         """`_tx` for each of ``fresh`` (seq, flags with ACK, payload) over IPv4 without
         options, the words every segment shares summed once."""
-        ackw = self.rcv_nxt & M32
+        self.acked_to = rcv_nxt = self.rcv_nxt
+        ackw = rcv_nxt & M32
         shared = self._run_sum(ackw, wndf)
         ip_base, ident, ttl = self.ip_base, self.ident, self.cfg.ttl
         laddr, raddr, lport, rport = self.laddr, self.raddr, self.lport, self.rport
@@ -203,10 +222,26 @@ class _Output(_Tcb):
             if self.ack_pending and state == TIME_WAIT:
                 self._send_ack_now()
             return
-        if not self._output_data(now, out) and self.ack_pending:
+        if self._output_data(now, out):
+            self.acked_at = now
+        elif self.ack_pending:
             self.ack_pending = False
             self.unacked_segs = 0
+            last = self.last_seg
+            if last > self.acked_to and now - self.acked_at >= SPLIT_ACK_IDLE and self.cfg.split_acks:
+                self._split_ack(out, last)
+            self.acked_at = now
             self._tx(out, self.snd_max, ACK, b"", self._ack_options())
+
+    def _split_ack(self, out: list[bytes], last: int) -> None:
+        """An ACK for everything before the last segment received, ahead of the full ACK
+        (``SPLIT_ACK_IDLE``). Its window reaches the right edge we advertised (RCV.ADV), to
+        the window shift's unit below it, as every ACK's does while the edge stays put."""
+        wndf = (self.rcv_adv - last) >> self.rcv_ws
+        if wndf > 0xFFFF:  # cannot happen: RCV.ADV is at most a full window past an ACK we sent
+            return
+        self._tx(out, self.snd_max, ACK, b"", b"", wndf, ack=last)
+        self.stack.counters["split_acks"] += 1
 
     def _output_data(self, now: float, out: list[bytes]) -> int:
         """Retransmissions, new data and FIN, in that order (steps 2-5 of the module
@@ -366,7 +401,8 @@ class _Output(_Tcb):
         (`bulk.build`: what `_tx4_run` builds), with their RACK and RTT bookkeeping; returns ``count``."""
         mss = self.mss
         end = nxt + count * mss
-        ackw = self.rcv_nxt & M32
+        self.acked_to = rcv_nxt = self.rcv_nxt
+        ackw = rcv_nxt & M32
         header = H4.pack(0x45, 0, 40 + mss, 0, 0, self.cfg.ttl, 6, 0, self.laddr, self.raddr, self.lport, self.rport,
                          0, ackw, 80, ACK, wndf, 0, 0)
         shared = self._run_sum(ackw, wndf)

@@ -64,6 +64,7 @@ class Config:
         "request_timeout",
         "sack",
         "send_buffer",
+        "split_acks",
         "syn_retries",
         "time_wait",
         "ttl",
@@ -75,7 +76,7 @@ class Config:
                  syn_retries: int = 5, max_retries: int = 10, time_wait: float = 2.0,
                  request_timeout: float = 30.0, keepalive_idle: float | None = None,
                  keepalive_interval: float = 10.0, keepalive_count: int = 5, ttl: int = 64,
-                 congestion: str = "cubic", flows: int = 1, quick_acks: int = 16) -> None:
+                 congestion: str = "cubic", flows: int = 1, quick_acks: int = 16, split_acks: bool = True) -> None:
         self.mss4, self.mss6 = mss4, mss6
         self.recv_buffer, self.send_buffer = recv_buffer, send_buffer
         ws = 0
@@ -102,6 +103,8 @@ class Config:
         self.quick_acks = quick_acks
         """After out-of-order data, how many in-order segments are ACKed every second one
         (`input`); 0: none."""
+        self.split_acks = split_acks
+        """A sparse ACK that covers two or more new segments goes out as two (`output`)."""
         """How many standard flows one connection responds as (CUBIC; `congestion`)."""
 
 
@@ -113,7 +116,8 @@ class _Tcb:
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_ws",
         "sbuf", "sbuf_seq", "fin_seq", "want_writable", "mss",
         # receive side
-        "irs", "rcv_nxt", "rcv_adv", "rcv_ws", "ws_ok", "rcv_buf", "ooo", "peer_fin", "sack_ok",
+        "irs", "rcv_nxt", "rcv_adv", "rcv_ws", "ws_ok", "rcv_buf", "ooo", "peer_fin", "sack_ok", "last_seg",
+        "acked_to", "acked_at",
         # congestion control and loss recovery
         "cc", "dupacks", "recovery", "recover", "rexmit_una", "high_rxt", "sb", "rack", "cwnd_limited", "force",
         "tlp_out", "prior_cwnd", "prior_ssthresh", "undo_marker", "undo_retrans", "dsack",
@@ -172,6 +176,12 @@ class _Tcb:
         """Out-of-order data (None while there is none)."""
         self.peer_fin = False
         self.sack_ok = False
+        self.last_seg = 0
+        """Where the last in-order data segment received began (RCV.NXT before it)."""
+        self.acked_to = 0
+        """The highest ACK number we sent (RCV.NXT when we last sent a segment with ACK)."""
+        self.acked_at = now
+        """When `output` last sent a segment with ACK."""
         # congestion control and loss recovery
         self.cc: Cubic | NewReno = ALGORITHMS[cfg.congestion](mss, cfg.flows)
         self.dupacks = 0
