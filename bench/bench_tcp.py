@@ -20,6 +20,7 @@ import os
 import random
 import time
 
+from sunbeam.shared.proto.ip.wordsums import load_numpy
 from sunbeam.shared.proto.tcp import ConnectionRequest, TcpStack
 from sunbeam.shared.proto.tcp.segment import data_sum
 
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=50)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
+    load_numpy()  # as the proxy has once its first bulk batch asked for it
     size = args.mb * 1_000_000
     seconds, _ = _transfer(size, args.batch, record=False)
     print(f"bulk A -> B, {args.mb} MB, batch {args.batch}: {size / seconds / 1e6:.1f} MB/s one way "

@@ -15,17 +15,22 @@ CUBIC, ``$SUNBEAM_TCP_QUICK_ACKS`` and ``$SUNBEAM_TCP_SPLIT_ACKS=0`` the receive
 
 ``pump()`` runs at the end of every loop iteration (and after a timer): it drains events,
 transmits, flushes the worker outbox, and re-arms the one timer. Ownership: the proxy's
-loop thread.
+loop thread, but for numpy's import: once the stack's first batch wants numpy
+(`sunbeam.shared.proto.ip.wordsums`), a thread of its own imports it (~0.1 s) while the
+loop goes on with the per-packet paths; the thread's one write is the module reference
+the bulk paths read.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from sunbeam.shared.proto.ip.headers import PROTO_TCP
 from sunbeam.shared.proto.ip.unreachable import Unreachable
+from sunbeam.shared.proto.ip.wordsums import load_numpy, numpy_wanted
 from sunbeam.shared.proto.tcp import (
     Closed,
     ConnectionRequest,
@@ -102,6 +107,7 @@ class TcpEngine:
                               quick_acks=_env_int(svc, ENV_QUICK_ACKS, TCP_QUICK_ACKS, 0, 1024),
                               split_acks=bool(_env_int(svc, ENV_SPLIT_ACKS, 1, 0, 1)))
         self.handlers: dict[int, ConnHandler] = {}
+        self.numpy_loader: threading.Thread | None = None
         self.on_request: Callable[[ConnectionRequest], None] = lambda req: self.stack.refuse(req.conn_id)
         self.timer = CoreTimer(self.loop, self.stack.next_timer, self.loop.now, self._on_timer)
         self.gauges: dict[str, Callable[[], int]] = {"tcp_open": lambda: len(self.stack.connections()),
@@ -152,6 +158,16 @@ class TcpEngine:
                 self.counters.incr("tcp_out_no_route", unrouted)
         self.plane.outbox.flush()
         self.timer.rearm()
+        if self.numpy_loader is None and numpy_wanted():
+            self.numpy_loader = threading.Thread(target=self._load_numpy, name="numpy-import", daemon=True)
+            self.numpy_loader.start()
+
+    def _load_numpy(self) -> None:
+        """On the loader thread (see the module docstring)."""
+        try:
+            load_numpy()
+        except Exception as exc:  # numpy is a dependency: a broken install; the slow paths go on
+            self.svc.log.warning("numpy_import_failed", error=f"{type(exc).__name__}: {exc}"[:200])
 
     def _dispatch(self, ev: Any) -> None:
         if isinstance(ev, ConnectionRequest):

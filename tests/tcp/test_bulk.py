@@ -10,16 +10,23 @@ then finds and counts it as it always did."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from sunbeam.shared.proto.ip.wordsums import load_numpy
 from sunbeam.shared.proto.tcp.bulk import BULK_MIN, check
 from sunbeam.shared.proto.tcp.input import _Input
 from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, URG, build_packet
 
 from .scripted import Scripted
+
+load_numpy()  # the proxy loads it on a thread at its first bulk batch (tcpengine); here, now
 
 MSS = 1240
 SEGMENTS = 24
@@ -317,3 +324,38 @@ def test_a_batch_of_short_packets_is_dropped_one_by_one(size, bulks):
     t.feed(batch)
     t.compare()
     assert bulks == [] and t.one.stack.counters["packets_in"] - before == 20
+
+
+def test_the_core_asks_for_numpy_and_never_imports_it():
+    """A process that has not loaded numpy (the proxy before its first bulk batch): a batch
+    that would use it goes one by one, intact, and marks numpy wanted -- the core never
+    imports it itself (the proxy's shell does, on a thread of its own: tcpengine); once it
+    is loaded, the same kind of batch takes the bulk path."""
+    code = """
+import json, sys
+from sunbeam.shared.proto.ip import wordsums
+from sunbeam.shared.proto.tcp.segment import ACK
+from tests.tcp.scripted import Scripted
+
+s = Scripted()
+cid, synack = s.passive_open()
+ack = synack.seq + 1
+
+def batch(seq):
+    s.stack.receive([s.packet(ACK, seq + i * 1000, ack, bytes([i]) * 1000) for i in range(32)], s.now)
+    return [p.ack for p in s.out()]
+
+out = {"wanted_at_start": wordsums.numpy_wanted(), "acks": batch(1001)}
+out.update(imported="numpy" in sys.modules, wanted=wordsums.numpy_wanted(), bulk=s.stack.counters["bulk_runs"])
+wordsums.load_numpy()
+out.update(acks_after=batch(33001), wanted_after=wordsums.numpy_wanted(), bulk_after=s.stack.counters["bulk_runs"],
+           data=s.stack.read(cid, 1 << 20) == b"".join(bytes([i]) * 1000 for i in range(32)) * 2)
+print(json.dumps(out))
+"""
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got == {"wanted_at_start": False, "acks": [33001], "imported": False, "wanted": True, "bulk": 0,
+                   "acks_after": [65001], "wanted_after": False, "bulk_after": 1, "data": True}

@@ -14,6 +14,7 @@ import socket
 import time
 
 import pytest
+from sunbeam.shared.proto.ip.wordsums import load_numpy
 from sunbeam.shared.proto.tcp import Closed, Reset
 
 from .kernel import (
@@ -27,6 +28,8 @@ from .kernel import (
     OurEnd,
 )
 from .link import Impairer, make_stack
+
+load_numpy()  # the bulk paths, as in the proxy once its first bulk batch asked (tcpengine)
 
 MB = 1_000_000
 

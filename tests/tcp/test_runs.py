@@ -14,13 +14,15 @@ import random
 from collections import Counter
 
 import pytest
-from sunbeam.shared.proto.ip.wordsums import word_sums
+from sunbeam.shared.proto.ip.wordsums import load_numpy, word_sums
 from sunbeam.shared.proto.tcp import TcpStack
 from sunbeam.shared.proto.tcp.bulk import BULK_MIN
 from sunbeam.shared.proto.tcp.input import _Input
 from sunbeam.shared.proto.tcp.segment import ACK, PSH, parse_packet
 
 from .link import Impairer, Pair, Transfer, make_stack
+
+load_numpy()  # the proxy loads it on a thread at its first bulk batch (tcpengine); here, now
 
 MB = 1_000_000
 

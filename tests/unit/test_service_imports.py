@@ -21,7 +21,7 @@ NOT_AT_START = {
     "typing_extensions": ("control", "derp", "udp", "wg", "proxy"),  # msgspec's, for nothing (~1.3 MB)
     "h11": ("udp", "wg", "proxy"),  # the proxy: only with a client on an http listener
     "nacl": ("wg", "proxy"),  # the workers tell disco apart without opening it (discohead)
-    "numpy": ("control", "derp", "udp", "wg", "proxy"),  # the proxy: at its first bulk batch
+    "numpy": ("control", "derp", "udp", "wg", "proxy"),  # the proxy: on a thread, at its first bulk batch
     "ssl": ("control", "derp", "udp", "wg", "proxy"),  # control, derp: only with TLS in use (tlsctx)
     "logging": ("derp", "udp", "wg", "proxy"),  # our JSON lines need none (control: hpack uses it)
     "traceback": ("derp", "udp", "wg", "proxy"),  # only for a line with an exception

@@ -20,8 +20,14 @@ conversion per packet, ~0.2 instead of ~1.7 us for 1280 bytes):
 Groups smaller than `MIN_GROUP` (numpy's fixed cost per call is a few microseconds) and
 the odd lengths of a batch use the big-integer way (`fold16`).
 
-numpy (~8 MB per process) is imported at the first group that uses it, i.e. the first bulk
-transfer, not when the proxy starts: an idle or lightly used proxy never loads it.
+numpy (~8 MB per process) is not imported here, nor when the proxy starts: an idle or
+lightly used proxy never loads it. Until something calls `load_numpy`, the sums take the
+big-integer way and the first group that could have used numpy marks it wanted
+(`numpy_wanted`); the proxy's shell then imports it on a thread of its own
+(services/proxy/tcpengine.py), so the import (~0.1 s here) never stalls its loop. Before,
+the first bulk group imported it in line: the first ACK of a session's first download
+left ~0.11-0.14 s late (seen on the emulated link, 20 ms each way), and the sender waited.
+`bulk` asks the same way (`numpy_if_loaded`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MIN_GROUP", "fold16", "joined_rows", "numpy_module", "row_sums", "word_sum", "word_sums"]
+__all__ = ["MIN_GROUP", "fold16", "joined_rows", "load_numpy", "numpy_if_loaded", "numpy_wanted", "row_sums",
+           "word_sum", "word_sums"]
 
 MIN_GROUP = 4
 
@@ -39,6 +46,7 @@ _M2560 = (1 << 2560) - 1
 _M1280 = (1 << 1280) - 1
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _np: ModuleType | None = None
+_wanted = False
 
 
 def fold16(x: int) -> int:
@@ -65,7 +73,7 @@ def word_sum(data: bytes | bytearray | memoryview) -> int:
 def word_sums(packets: Sequence[bytes]) -> list[int]:
     """``[word_sum(p) for p in packets]``, vectorised per group of equal-length packets."""
     count = len(packets)
-    if count < MIN_GROUP:
+    if count < MIN_GROUP or numpy_if_loaded() is None:
         return [word_sum(p) for p in packets]
     first = len(packets[0])
     if all(len(p) == first for p in packets):  # a bulk transfer: full-size segments
@@ -84,13 +92,33 @@ def word_sums(packets: Sequence[bytes]) -> list[int]:
     return out
 
 
-def numpy_module() -> ModuleType:
-    """numpy, imported at the first call (see the module docstring)."""
+def numpy_if_loaded() -> ModuleType | None:
+    """numpy once `load_numpy` has run; else None, and numpy is marked wanted."""
+    global _wanted
+    if _np is None:
+        _wanted = True
+    return _np
+
+
+def numpy_wanted() -> bool:
+    """Whether a batch would have used numpy that is not loaded yet."""
+    return _wanted and _np is None
+
+
+def load_numpy() -> ModuleType:
+    """Import numpy (blocking: the proxy calls it on a thread of its own, tests and
+    benchmarks directly) and use it from now on."""
     global _np
     if _np is None:
         import numpy
 
         _np = numpy
+    return _np
+
+
+def _loaded() -> ModuleType:
+    if _np is None:  # the callers asked `numpy_if_loaded` first
+        raise RuntimeError("numpy is not loaded")
     return _np
 
 
@@ -104,12 +132,12 @@ def joined_rows(packets: Sequence[bytes], length: int) -> tuple[bytes, int]:
 def row_sums(words: Any) -> Any:
     """The word sums (mod 0xffff, as `word_sum`) of the rows of ``words``, a 2-D numpy
     array of little-endian u32 words (see the module docstring), as a numpy array."""
-    np = _np or numpy_module()
+    np = _np or _loaded()
     return words.sum(axis=1, dtype=np.uint64) % 0xFFFF * 256 % 0xFFFF
 
 
 def _group_sums(packets: Sequence[bytes], length: int) -> list[int]:
-    np = _np or numpy_module()
+    np = _np or _loaded()
     buf, width = joined_rows(packets, length)
     sums: list[int] = row_sums(np.frombuffer(buf, dtype="<u4").reshape(len(packets), width >> 2)).tolist()
     return sums

@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from ..ip.wordsums import joined_rows, numpy_module, row_sums
+from ..ip.wordsums import joined_rows, numpy_if_loaded, row_sums
 from .segment import ACK
 
 __all__ = ["BULK_MIN", "Run", "build", "check"]
@@ -78,12 +78,14 @@ class Run(NamedTuple):
 def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
     """``packets`` (each ``length`` bytes) as one in-order run of data segments of the
     connection whose pseudo-header address sum is ``addr_sum``, or None (see the module
-    docstring)."""
+    docstring; also while numpy is not loaded)."""
     first = packets[0]
     if not (length > 40 and first[0] == 0x45 and first[9] == 6 and not (first[6] & 0x3F or first[7])
             and (first[2] << 8 | first[3]) == length and first[32] >> 4 == 5 and first[33] & 0x37 == ACK):
         return None
-    np = numpy_module()
+    np = numpy_if_loaded()
+    if np is None:  # not loaded yet (`wordsums`): one by one
+        return None
     count = len(packets)
     buf, width = joined_rows(packets, length)
     rows = np.frombuffer(buf, np.uint8).reshape(count, width)
@@ -108,8 +110,10 @@ def build(header: bytes, data: bytes, mss: int, seqw: int, ident: int, ip_base: 
     ``header``: the 40 header bytes they share (its ident, sequence number and checksums
     are overwritten, its flags ACK); ``ip_base`` and ``shared``: the parts of the IP and TCP
     checksum sums that `_Output._tx4_run` adds for every segment; ``last_flags``: the last
-    segment's flags (ACK, or ACK | PSH)."""
-    np = numpy_module()
+    segment's flags (ACK, or ACK | PSH). Only once numpy is loaded (`wordsums.numpy_if_loaded`)."""
+    np = numpy_if_loaded()
+    if np is None:
+        raise RuntimeError("bulk.build before numpy is loaded")
     count = len(data) // mss
     width = 40 + mss
     rows = np.empty((count, width), np.uint8)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import struct
 
-from ..ip.wordsums import word_sums
+from ..ip.wordsums import numpy_if_loaded, word_sums
 from .bulk import BULK_MIN
 from .bulk import build as bulk_build
 from .rack import Rack
@@ -353,7 +353,7 @@ class _Output(_Tcb):
         bulk = 0  # full segments of new data built at once, first
         if nxt >= snd_max and not (mss & 3 or self.v6):
             full = (min(edge, data_end) - nxt) // mss
-            if full >= BULK_MIN:
+            if full >= BULK_MIN and numpy_if_loaded() is not None:
                 wndf = self._window_field()
                 bulk = self._send_bulk(out, now, nxt, full, data_end, wndf)
                 nxt += bulk * mss
