@@ -199,3 +199,21 @@ def test_split_acks_can_be_turned_off_and_stay_out_of_a_hole():
     s.now += 0.05
     acks = _batch(s, seq + 2000, ack, 4)  # more beyond the hole: each answered at once, no split
     assert [a.ack for a in acks] == [seq] * 4 and s.stack.counters["split_acks"] == 0
+
+
+
+def test_no_split_ack_repeats_what_our_data_already_acknowledged():
+    """Our data segments carry ACK = RCV.NXT too: after one acknowledged a burst, the next
+    lone segment gets one ACK, not a first half that repeats the data's ACK number."""
+    s = Scripted()
+    cid, synack = s.passive_open()
+    ack, seq = synack.seq + 1, 1001
+    s.now += 0.05
+    s.stack.send(cid, b"x" * 100, s.now)
+    s.stack.receive([s.packet(ACK, seq + i * 1000, ack, bytes(1000)) for i in range(3)], s.now)
+    (data,) = s.out()  # the burst's ACK rides on our data
+    assert data.payload == b"x" * 100 and data.ack == seq + 3000
+    seq += 3000
+    s.now += 0.05
+    assert [a.ack for a in _batch(s, seq, ack + 100, 1)] == [seq + 1000]
+    assert s.stack.counters["split_acks"] == 0

@@ -117,8 +117,7 @@ class _Output(_Tcb):
                  wndf: int) -> None:
         """`_tx` for each of ``fresh`` (seq, flags with ACK, payload) over IPv4 without
         options, the words every segment shares summed once."""
-        self.acked_to = rcv_nxt = self.rcv_nxt
-        ackw = rcv_nxt & M32
+        ackw = self.rcv_nxt & M32
         shared = self._run_sum(ackw, wndf)
         ip_base, ident, ttl = self.ip_base, self.ident, self.cfg.ttl
         laddr, raddr, lport, rport = self.laddr, self.raddr, self.lport, self.rport
@@ -222,7 +221,8 @@ class _Output(_Tcb):
             if self.ack_pending and state == TIME_WAIT:
                 self._send_ack_now()
             return
-        if self._output_data(now, out):
+        if self._output_data(now, out):  # every segment it sent carries ACK RCV.NXT
+            self.acked_to = self.rcv_nxt
             self.acked_at = now
         elif self.ack_pending:
             self.ack_pending = False
@@ -401,8 +401,7 @@ class _Output(_Tcb):
         (`bulk.build`: what `_tx4_run` builds), with their RACK and RTT bookkeeping; returns ``count``."""
         mss = self.mss
         end = nxt + count * mss
-        self.acked_to = rcv_nxt = self.rcv_nxt
-        ackw = rcv_nxt & M32
+        ackw = self.rcv_nxt & M32
         header = H4.pack(0x45, 0, 40 + mss, 0, 0, self.cfg.ttl, 6, 0, self.laddr, self.raddr, self.lport, self.rport,
                          0, ackw, 80, ACK, wndf, 0, 0)
         shared = self._run_sum(ackw, wndf)
