@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MIN_GROUP", "fold16", "joined_rows", "load_numpy", "numpy_if_loaded", "numpy_wanted", "row_sums",
-           "word_sum", "word_sums"]
+__all__ = ["MIN_GROUP", "fold16", "joined_rows", "load_numpy", "loaded_numpy", "numpy_if_loaded", "numpy_wanted",
+           "row_sums", "word_sum", "word_sums"]
 
 MIN_GROUP = 4
 
@@ -116,8 +116,9 @@ def load_numpy() -> ModuleType:
     return _np
 
 
-def _loaded() -> ModuleType:
-    if _np is None:  # the callers asked `numpy_if_loaded` first
+def loaded_numpy() -> ModuleType:
+    """numpy, for code that runs only once `numpy_if_loaded` said it is loaded."""
+    if _np is None:
         raise RuntimeError("numpy is not loaded")
     return _np
 
@@ -132,12 +133,12 @@ def joined_rows(packets: Sequence[bytes], length: int) -> tuple[bytes, int]:
 def row_sums(words: Any) -> Any:
     """The word sums (mod 0xffff, as `word_sum`) of the rows of ``words``, a 2-D numpy
     array of little-endian u32 words (see the module docstring), as a numpy array."""
-    np = _np or _loaded()
+    np = _np or loaded_numpy()
     return words.sum(axis=1, dtype=np.uint64) % 0xFFFF * 256 % 0xFFFF
 
 
 def _group_sums(packets: Sequence[bytes], length: int) -> list[int]:
-    np = _np or _loaded()
+    np = _np or loaded_numpy()
     buf, width = joined_rows(packets, length)
     sums: list[int] = row_sums(np.frombuffer(buf, dtype="<u4").reshape(len(packets), width >> 2)).tolist()
     return sums

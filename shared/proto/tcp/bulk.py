@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from ..ip.wordsums import joined_rows, numpy_if_loaded, row_sums
+from ..ip.wordsums import joined_rows, loaded_numpy, numpy_if_loaded, row_sums
 from .segment import ACK
 
 __all__ = ["BULK_MIN", "Run", "build", "check"]
@@ -111,9 +111,7 @@ def build(header: bytes, data: bytes, mss: int, seqw: int, ident: int, ip_base: 
     are overwritten, its flags ACK); ``ip_base`` and ``shared``: the parts of the IP and TCP
     checksum sums that `_Output._tx4_run` adds for every segment; ``last_flags``: the last
     segment's flags (ACK, or ACK | PSH). Only once numpy is loaded (`wordsums.numpy_if_loaded`)."""
-    np = numpy_if_loaded()
-    if np is None:
-        raise RuntimeError("bulk.build before numpy is loaded")
+    np = loaded_numpy()
     count = len(data) // mss
     width = 40 + mss
     rows = np.empty((count, width), np.uint8)
