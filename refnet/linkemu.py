@@ -18,8 +18,9 @@ before, so everything else in topology.py (addresses, ``block_*`` tables) is unc
 Each direction is a `Direction` (sans-IO: items, sizes and a clock passed in; the RNG is
 seeded) fed from one AF_PACKET socket and drained into the other:
 
-- loss: each frame is dropped with probability ``loss`` (ARP and ICMPv6 are exempt, so
-  neighbour discovery does not stall the link);
+- loss: each frame is dropped with probability ``loss`` (ARP and ICMPv6, MLD reports
+  behind their hop-by-hop header too, are exempt, so neighbour discovery does not stall
+  the link and a test's own frames are the only ones lost);
 - rate (optional): the frame is serialised at ``rate_mbit``, queued behind the earlier ones,
   tail-dropped when that queue holds more than ``queue_ms``;
 - delay and jitter: due = sent + delay + uniform(-jitter, +jitter), but never before the
@@ -333,11 +334,17 @@ def split_udp_gso(item: bytes) -> list[bytes] | None:
 
 
 def _exempt(item: bytes) -> bool:
-    """ARP and ICMPv6 (neighbour discovery) are never lost nor reordered."""
+    """ARP and ICMPv6 (neighbour discovery; MLD reports too, which come behind a hop-by-hop
+    options header) are never lost nor reordered."""
     ethertype = item[VNET_LEN + 12] << 8 | item[VNET_LEN + 13]
     if ethertype == 0x0806:
         return True
-    return ethertype == 0x86DD and len(item) > VNET_LEN + ETH_LEN + 6 and item[VNET_LEN + ETH_LEN + 6] == 58
+    if ethertype != 0x86DD or len(item) <= VNET_LEN + ETH_LEN + 6:
+        return False
+    next_header = item[VNET_LEN + ETH_LEN + 6]
+    if next_header == 0 and len(item) > VNET_LEN + ETH_LEN + 40:  # hop-by-hop options first
+        next_header = item[VNET_LEN + ETH_LEN + 40]
+    return next_header == 58
 
 
 def set_tso(ifname: str, on: bool) -> bool:

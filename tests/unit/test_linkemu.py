@@ -195,3 +195,6 @@ def test_exempt_frames():
     assert linkemu._exempt(vnet + bytes(12) + b"\x86\xdd" + bytes(6) + b"\x3a" + bytes(33))
     assert not linkemu._exempt(vnet + bytes(12) + b"\x08\x00" + bytes(28))
     assert not linkemu._exempt(vnet + bytes(12) + b"\x86\xdd" + bytes(6) + b"\x11" + bytes(33))
+    # an MLD report: hop-by-hop options (next header 0), then ICMPv6
+    assert linkemu._exempt(vnet + bytes(12) + b"\x86\xdd" + bytes(6) + b"\x00" + bytes(33) + b"\x3a" + bytes(7))
+    assert not linkemu._exempt(vnet + bytes(12) + b"\x86\xdd" + bytes(6) + b"\x00" + bytes(33) + b"\x11" + bytes(7))
