@@ -123,20 +123,21 @@ def _direct_both_ways(node: SunbeamNode, peer: dict, our_addr: str) -> tuple[dic
     return wait_for(both, 40, f"a direct path both ways (ours via {our_addr})")
 
 
-def _curl_blob(host: dict, peer: dict, size: int, seed: str, rate: str | None = None) -> subprocess.Popen:
+def _curl_blob(host: dict, peer: dict, size: int, seed: str, rate: str | None = None,
+               max_time: int = 120) -> subprocess.Popen:
     url = f"http://{peer['name']}:{peer['service_port']}/blob/{size}?seed={seed}"
-    args = ["curl", "-sS", "--fail", "--max-time", "120", "--socks5-hostname", f"127.0.0.1:{SOCKS_B}", url]
+    args = ["curl", "-sS", "--fail", "--max-time", str(max_time), "--socks5-hostname", f"127.0.0.1:{SOCKS_B}", url]
     if rate:
         args[1:1] = ["--limit-rate", rate]
     return subprocess.Popen(host["exec_prefix"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _check_blob(proc: subprocess.Popen, size: int, seed: str) -> None:
+def _check_blob(proc: subprocess.Popen, size: int, seed: str, timeout: float = 150) -> None:
     import hashlib
 
     from sunbeam.refnet.blobs import blob_sha256
 
-    out, err = proc.communicate(timeout=150)
+    out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     assert len(out) == size and hashlib.sha256(out).hexdigest() == blob_sha256(size, seed)
 
@@ -158,7 +159,11 @@ def test_two_hosts_direct_path_survives_derp_block_and_falls_back_when_udp_drops
             topology.block_derp(refnet_hosts, False)
         # UDP between the hosts dropped mid-stream: DERP within 10 s, the stream unbroken
         rx = _peers_json(node).get(peer["name"], {}).get("rx_bytes", 0)
-        stream = _curl_blob(split_host, peer, 24 * MB, "udpcut", rate="1M")
+        # The sender (peer's tailscaled) loses what was in flight, backs its RTO off until
+        # its magicsock moves to DERP (~6 s), and its DERP write queue (32 packets) can drop
+        # the bursts of its restart, so in some runs it sits in RTO backoff (14, 27, 55,
+        # 111 s...) for minutes: what this asserts is that the stream survives intact.
+        stream = _curl_blob(split_host, peer, 24 * MB, "udpcut", rate="1M", max_time=300)
         wait_for(lambda: _peers_json(node).get(peer["name"], {}).get("rx_bytes", 0) > rx + 2 * MB, 20,
                  "the stream flowing before the cut")
         topology.block_udp(refnet_hosts, True)
@@ -166,7 +171,7 @@ def test_two_hosts_direct_path_survives_derp_block_and_falls_back_when_udp_drops
         try:
             wait_for(lambda: _peers_json(node).get(peer["name"], {}).get("path") == "derp", 10, "DERP after the UDP cut")
             print(f"moved to DERP {time.monotonic() - cut:.1f} s after UDP was dropped")
-            _check_blob(stream, 24 * MB, "udpcut")
+            _check_blob(stream, 24 * MB, "udpcut", timeout=330)
         finally:
             topology.block_udp(refnet_hosts, False)
         # and back to direct once UDP works again
