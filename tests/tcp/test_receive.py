@@ -201,7 +201,6 @@ def test_split_acks_can_be_turned_off_and_stay_out_of_a_hole():
     assert [a.ack for a in acks] == [seq] * 4 and s.stack.counters["split_acks"] == 0
 
 
-
 def test_no_split_ack_repeats_what_our_data_already_acknowledged():
     """Our data segments carry ACK = RCV.NXT too: after one acknowledged a burst, the next
     lone segment gets one ACK, not a first half that repeats the data's ACK number."""

@@ -133,12 +133,12 @@ def joined_rows(packets: Sequence[bytes], length: int) -> tuple[bytes, int]:
 def row_sums(words: Any) -> Any:
     """The word sums (mod 0xffff, as `word_sum`) of the rows of ``words``, a 2-D numpy
     array of little-endian u32 words (see the module docstring), as a numpy array."""
-    np = _np or loaded_numpy()
+    np = loaded_numpy()
     return words.sum(axis=1, dtype=np.uint64) % 0xFFFF * 256 % 0xFFFF
 
 
 def _group_sums(packets: Sequence[bytes], length: int) -> list[int]:
-    np = _np or loaded_numpy()
+    np = loaded_numpy()
     buf, width = joined_rows(packets, length)
     sums: list[int] = row_sums(np.frombuffer(buf, dtype="<u4").reshape(len(packets), width >> 2)).tolist()
     return sums
