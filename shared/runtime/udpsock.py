@@ -68,6 +68,14 @@ def gso_runs(packets: list[bytes], max_segments: int = MAX_GSO_SEGMENTS,
              max_bytes: int = MAX_GSO_BYTES) -> Iterator[list[bytes]]:
     """Split ``packets`` (order kept) into runs one GSO ``sendmsg`` can carry: the same
     size as the run's first packet, except a shorter one that ends the run."""
+    if packets:  # a bulk batch: all of one size but maybe the last, cut without a loop
+        size = len(packets[0])
+        lengths = set(map(len, packets[:-1]))
+        if (not lengths or lengths == {size}) and 0 < len(packets[-1]) <= size:
+            step = max(1, min(max_segments, max_bytes // size))
+            for i in range(0, len(packets), step):
+                yield packets[i:i + step]
+            return
     run: list[bytes] = []
     size = total = 0
     for pkt in packets:

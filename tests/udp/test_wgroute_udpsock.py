@@ -68,6 +68,21 @@ def test_gso_runs():
     assert all(sum(map(len, r)) <= 65000 for r in runs) and sum(map(len, runs)) == 60
 
 
+def test_gso_runs_of_one_size_cut_like_mixed_ones():
+    """A batch of one size (but a shorter last) takes a path without a loop per packet:
+    the runs are the ones the general rule gives (here: with a longer packet appended,
+    which sends the batch the general way and only adds a run of its own)."""
+    p = lambda n: b"x" * n
+    for size, count, last in [(1312, 150, 1312), (1312, 150, 96), (100, 64, 100), (100, 65, 1), (70000, 3, 5),
+                              (1312, 1, 1312), (1312, 1, 7)]:
+        batch = [p(size)] * (count - 1) + [p(last)]
+        fast = list(gso_runs(batch))
+        general = list(gso_runs(batch + [p(size + 1)]))
+        assert fast == general[:-1] and general[-1] == [p(size + 1)]
+        assert [q for r in fast for q in r] == batch
+    assert list(gso_runs([])) == [] and list(gso_runs([b"", b""])) == [[b"", b""]]
+
+
 def test_sockaddr_text():
     assert sockaddr_text(("::ffff:10.0.0.1", 9, 0, 0)) == "10.0.0.1:9"
     assert sockaddr_text(("fd00::1", 9, 0, 0)) == "[fd00::1]:9"
