@@ -17,7 +17,8 @@ from typing import Any
 
 import zmq
 from sunbeam.shared.channels import WG_IN
-from sunbeam.shared.messages.dataplane import WG_IN_CODEC, ToPeer
+from sunbeam.shared.messages.dataplane import MAX_PACKET_BYTES, WG_IN_CODEC, ToPeer
+from sunbeam.shared.proto.tcp.bulk import Burst
 from sunbeam.shared.runtime import (
     Batcher,
     Counters,
@@ -28,6 +29,9 @@ from sunbeam.shared.sharding import owner
 __all__ = ["WgOutbox"]
 
 
+def _to_peer(key: bytes, packets: list[bytes], segments: list[int]) -> ToPeer:
+    return ToPeer(peer_key=key, packets=packets, segments=segments if any(segments) else [])
+
 
 class WgOutbox:
     def __init__(self, loop: ServiceLoop, rundir: Path, workers: int, counters: Counters) -> None:
@@ -36,7 +40,7 @@ class WgOutbox:
         self.workers = workers
         self.counters = counters
         self._socks: dict[int, zmq.Socket[Any]] = {}
-        self._batcher: Batcher[bytes] = Batcher(WG_IN_CODEC, lambda key, packets: ToPeer(peer_key=key, packets=packets))
+        self._batcher: Batcher[bytes] = Batcher(WG_IN_CODEC, _to_peer, segmented=True)
         loop.on_iteration_end(self.flush)
 
     def add(self, peer_key: bytes, packet: bytes) -> None:
@@ -47,6 +51,15 @@ class WgOutbox:
     def add_many(self, peer_key: bytes, packets: list[bytes]) -> None:
         for full in self._batcher.add_many(peer_key, packets):
             self._send(full.dest, full.data, full.packets)
+
+    def add_burst(self, peer_key: bytes, burst: Burst) -> None:
+        data, size = burst.data, burst.size
+        step = MAX_PACKET_BYTES // size * size
+        for i in range(0, len(data), step):
+            entry = data[i:i + step]
+            full = self._batcher.add(peer_key, entry, size, len(entry) // size)
+            if full is not None:
+                self._send(full.dest, full.data, full.packets)
 
     def flush(self) -> None:
         for batch in self._batcher.flush():

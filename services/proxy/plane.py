@@ -25,6 +25,7 @@ from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap.follow import NetmapSubscription
 from sunbeam.shared.proto.ip import EchoReplied, IpResponder, Reply
 from sunbeam.shared.proto.ip.unreachable import Unreachable
+from sunbeam.shared.proto.tcp.bulk import Burst, Outgoing
 from sunbeam.shared.runtime import RateLimitedLog, decoding_handler
 from sunbeam.shared.runtime.service import Service
 
@@ -120,15 +121,27 @@ class IpPlane:
         if tcp:
             self.tcp_sink(tcp)  # type: ignore[misc]
 
-    def send_many(self, packets: list[bytes]) -> int:
+    def send_many(self, packets: Outgoing) -> int:
         """Send IP packets we originate (well-formed: our TCP stack built them), each to the
-        peer its destination routes to, runs of one destination in one call; returns how
-        many had no route (counted ``no_route``)."""
+        peer its destination routes to, runs of one destination in one call, a `Burst`
+        whole (its packets share one connection); returns how many had no route (counted
+        ``no_route``)."""
         lookup, add_many = self.routes.lookup, self.outbox.add_many
         unrouted = 0
         run: list[bytes] = []
         run_dst: bytes | None = None
         for packet in packets:
+            if isinstance(packet, Burst):
+                if run:
+                    unrouted += self._send_run(run_dst, run, lookup, add_many)  # type: ignore[arg-type]
+                    run, run_dst = [], None
+                key = lookup(bytes(packet.data[16:20]))
+                if key is None:
+                    self.counters.incr("no_route", packet.packet_count)
+                    unrouted += packet.packet_count
+                else:
+                    self.outbox.add_burst(key, packet)
+                continue
             dst = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
             if dst != run_dst:
                 if run:

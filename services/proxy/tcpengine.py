@@ -151,7 +151,7 @@ class TcpEngine:
                 break
             for ev in events:
                 self._dispatch(ev)
-        packets = self.stack.poll(self.loop.now())
+        packets = self.stack.poll_bursts(self.loop.now())
         if packets:
             unrouted = self.plane.send_many(packets)
             if unrouted:

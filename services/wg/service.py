@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -66,6 +67,7 @@ from sunbeam.shared.messages.dataplane import (
     UdpForwarded,
     UdpReceived,
     UdpSend,
+    split_runs,
 )
 from sunbeam.shared.netmap import Netmap
 from sunbeam.shared.netmap.follow import NetmapSubscription
@@ -189,7 +191,12 @@ class Worker:
                 self.noisy.warning("inbox", "bad_message", error=str(exc)[:200])
                 continue
             if isinstance(msg, ToPeer):
-                self._send_ip(msg.peer_key, msg.packets, now)
+                packets = split_runs(msg.packets, msg.segments) if msg.segments else msg.packets
+                if packets is None:
+                    self.counters.incr("inbox_bad_message")
+                    self.noisy.warning("inbox", "bad_message", error="segments do not match packets")
+                    continue
+                self._send_ip(msg.peer_key, packets, now)
             elif isinstance(msg, UdpReceived):
                 self._on_udp_received(msg, now)
             elif isinstance(msg, DerpReceived):
@@ -231,7 +238,7 @@ class Worker:
             self.direct.sweep(key, route is not None and bool(route.direct_path(now)), now)
         self.loop.call_later(DIRECT_SWEEP, self._sweep_direct)
 
-    def _send_ip(self, peer_key: bytes, packets: list[bytes], now: float) -> None:
+    def _send_ip(self, peer_key: bytes, packets: Sequence[bytes | memoryview], now: float) -> None:
         if peer_key not in self.routes:
             self.counters.incr("to_unknown_peer_drop", len(packets))
             return

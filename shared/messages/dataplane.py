@@ -7,7 +7,9 @@ never per packet, never multipart. Structs are ``array_like`` msgpack arrays
 The messages of each data socket (which process binds and connects each: shared/channels.py)::
 
     wg-<k>-in   PULL at WireGuard worker k   `WG_IN_CODEC`
-        ToPeer(peer_key, packets)            proxy -> wg: IP packets to encrypt for a peer
+        ToPeer(peer_key, packets, segments)  proxy -> wg: IP packets to encrypt for a peer
+                                             (an entry with a segment size: packets of
+                                             that size back to back, a bulk run)
         UdpReceived(src, packets, segments)  udp   -> wg: WireGuard messages from src
                                              (an entry with a segment size: a GRO burst)
         DerpReceived(peer_key, region, packets)  derp -> wg: WireGuard messages via DERP
@@ -62,6 +64,7 @@ __all__ = [
     "MAX_PACKET_BYTES",
     "PROXY_IN_CODEC",
     "ToPeer",
+    "split_runs",
     "UDP_IN_CODEC",
     "UDP_PUB_CODEC",
     "UdpForwarded",
@@ -86,11 +89,34 @@ class _Batch(msgspec.Struct, frozen=True, tag_field="t", tag=True, array_like=Tr
     pass
 
 
+Segments = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_PACKET_BYTES)]],
+                     msgspec.Meta(max_length=MAX_PACKETS_PER_BATCH)]
+"""Empty, or one per entry of ``packets``: a nonzero ``segments[i]`` says ``packets[i]`` is
+packets of that many bytes back to back, the last possibly shorter."""
+
+
+def split_runs(packets: list[bytes], segments: list[int]) -> list[bytes | memoryview] | None:
+    """The packets of a batch with ``segments`` (see `Segments`), a run's as views of its
+    entry (no copy); None if ``segments`` does not match ``packets``."""
+    if len(segments) != len(packets):
+        return None
+    out: list[bytes | memoryview] = []
+    for entry, size in zip(packets, segments, strict=True):
+        if size and size < len(entry):
+            view = memoryview(entry)
+            out += [view[i:i + size] for i in range(0, len(entry), size)]
+        else:
+            out.append(entry)
+    return out
+
+
 class ToPeer(_Batch, frozen=True):
-    """IP packets for one peer, to be encrypted by the worker that owns it."""
+    """IP packets for one peer, to be encrypted by the worker that owns it; ``segments``
+    (see `Segments`): the TCP engine's bulk runs go as one entry per up to 64 kB."""
 
     peer_key: PeerKey
     packets: Packets
+    segments: Segments = []
 
 
 class FromPeer(_Batch, frozen=True):
@@ -109,8 +135,7 @@ class UdpReceived(_Batch, frozen=True):
 
     src: Addr
     packets: Packets
-    segments: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=MAX_PACKET_BYTES)]],
-                        msgspec.Meta(max_length=MAX_PACKETS_PER_BATCH)] = []
+    segments: Segments = []
 
 
 class DerpReceived(_Batch, frozen=True):

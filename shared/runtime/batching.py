@@ -49,7 +49,7 @@ class _Pending:
     __slots__ = ("count", "packets", "segments", "size")
 
     def __init__(self) -> None:
-        self.packets: list[bytes] = []
+        self.packets: list[bytes | memoryview] = []
         self.segments: list[int] = []
         self.size = 0
         self.count = 0
@@ -85,7 +85,7 @@ class Batcher(Generic[D]):
         self.segmented = segmented
         self._pending: dict[D, _Pending] = {}  # owned by the loop thread
 
-    def add(self, dest: D, packet: bytes, segment: int = 0, count: int = 1) -> EncodedBatch[D] | None:
+    def add(self, dest: D, packet: bytes | memoryview, segment: int = 0, count: int = 1) -> EncodedBatch[D] | None:
         """Queue ``packet`` (``count`` packets of ``segment`` bytes back to back, in a
         segmented batcher) for ``dest``; return ``dest``'s batch if it is now full."""
         pending = self._pending.get(dest)
@@ -102,26 +102,25 @@ class Batcher(Generic[D]):
         return None
 
     def add_many(self, dest: D, packets: list[bytes]) -> list[EncodedBatch[D]]:
-        """`add` for each of ``packets`` (not in a segmented batcher), without a call per
-        packet; returns the batches that filled up, in order."""
-        if self.segmented:
-            raise ValueError("add_many takes single packets; a segmented batcher takes add()")
+        """`add` for each of ``packets`` (single packets, also in a segmented batcher),
+        without a call per packet; returns the batches that filled up, in order."""
         full: list[EncodedBatch[D]] = []
         pending = self._pending.get(dest)
         if pending is None:
             pending = self._pending[dest] = _Pending()
         queued, max_packets, max_bytes = pending.packets, self.max_packets, self.max_bytes
+        segmented = self.segmented
         for packet in packets:
             queued.append(packet)
+            if segmented:
+                pending.segments.append(0)
             pending.size += len(packet)
+            pending.count += 1
             if len(queued) >= max_packets or pending.size >= max_bytes:
-                pending.count = len(queued)
                 full.append(self._encode(dest, pending))
                 pending = self._pending[dest] = _Pending()
                 queued = pending.packets
-        if queued:
-            pending.count = len(queued)
-        else:
+        if not queued:
             del self._pending[dest]
         return full
 

@@ -276,6 +276,35 @@ def test_peers_request_reports_a_derp_path(harness):
     assert (stats.path, stats.endpoint, stats.derp_region) == ("derp", "", 999)
 
 
+def test_runs_of_packets_go_out_as_the_packets_in_them(harness):
+    """A `ToPeer` entry with a segment size (the TCP engine's bulk run) is its packets:
+    staged while there is no session, encrypted one by one once there is; an entry
+    without one is a packet, and a batch whose segments do not match is dropped, counted."""
+    h = harness
+    run = [_icmp(OURS, seq) for seq in range(3)]
+    size = len(run[0])
+    tail = build_echo_request(OURS, OURS, 7, 9, b"sun")  # a shorter last packet of a run
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[b"".join(run) + tail, run[0]],
+                                                segments=[size, 0])))
+    init = _recv(h["socks"]["derp-in"], DERP_IN_CODEC).packets
+    resp = h["peer"].decapsulate(init[0], time.time()).to_peer
+    h["push"][1].send(WG_IN_CODEC.encode(DerpReceived(peer_key=h["peer_pub"], region=999, packets=resp)))
+    staged = _recv(h["socks"]["derp-in"], DERP_IN_CODEC).packets
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=[run[2], b"".join(run)],
+                                                segments=[0, size])))
+    live = _recv(h["socks"]["derp-in"], DERP_IN_CODEC).packets
+    got = []
+    for m in staged + live:
+        got += h["peer"].decapsulate(m, time.time()).to_tunnel
+    assert got == run + [tail, run[0], run[2]] + run
+    h["push"][1].send(WG_IN_CODEC.encode(ToPeer(peer_key=h["peer_pub"], packets=run, segments=[size])))
+    deadline = time.monotonic() + 5
+    while h["counters"](1).get("inbox_bad_message", 0) < 1:
+        assert time.monotonic() < deadline, h["counters"](1)
+        time.sleep(0.05)
+    assert not h["socks"]["derp-in"].poll(300)
+
+
 def test_peer_route_path():
     route = PeerRoute(endpoints=("10.0.0.1:41641",), home_derp=7)
     assert route.path(100.0) == ("", "", 0)  # nothing authenticated received yet

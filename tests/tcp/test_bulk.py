@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from sunbeam.shared.proto.ip.wordsums import load_numpy
-from sunbeam.shared.proto.tcp.bulk import BULK_MIN, check
+from sunbeam.shared.proto.tcp.bulk import BULK_MIN, Burst, check
 from sunbeam.shared.proto.tcp.input import _Input
 from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, URG, build_packet
 
@@ -292,8 +292,11 @@ def test_sending_in_bulk_builds_what_one_by_one_builds(isn, tail, monkeypatch):
     real_build = output.bulk_build
     monkeypatch.setattr(output, "bulk_build", lambda *a: built.append(len(a[1])) or real_build(*a))
     got = b""
+    bursts = 0
     for _ in range(12):
-        sent_one = one.stack.poll(one.now)
+        out = one.stack.poll_bursts(one.now)  # as the proxy takes them: runs whole
+        bursts += sum(isinstance(p, Burst) for p in out)
+        sent_one = [q for p in out for q in (p.packets() if isinstance(p, Burst) else [p])]
         with monkeypatch.context() as m:
             m.setattr(output, "BULK_MIN", 1 << 30)
             sent_each = each.stack.poll(each.now)
@@ -310,7 +313,8 @@ def test_sending_in_bulk_builds_what_one_by_one_builds(isn, tail, monkeypatch):
             s.now += 0.01
             s.stack.receive([s.packet(ACK, isn + 1, top, window=65535)], s.now)
     assert got == data
-    assert len(built) >= 3 and sum(built) >= 200 * MSS
+    assert len(built) >= 3 and sum(built) >= 200 * MSS and bursts == len(built)
+    assert one.stack.counters["packets_out"] == each.stack.counters["packets_out"]
 
 
 @pytest.mark.parametrize("size", [0, 1, 24, 40])

@@ -141,5 +141,16 @@ def test_add_many_is_add_for_each_packet():
     assert many.add_many(0, packets) == singly and len(singly) > 3
     assert many.pending_packets == one.pending_packets and many.flush() == one.flush()
     assert many.add_many(1, []) == [] and many.flush() == []
-    with pytest.raises(ValueError):
-        Batcher(PROXY_IN_CODEC, lambda *_: None, segmented=True).add_many(0, [b"x"])
+
+
+def test_add_many_in_a_segmented_batcher_adds_single_packets():
+    from sunbeam.shared.messages.dataplane import WG_IN_CODEC, UdpReceived
+
+    batcher = Batcher(WG_IN_CODEC, lambda src, p, seg: UdpReceived(src=src, packets=p, segments=seg),
+                      segmented=True, max_packets=3)
+    assert batcher.add("h:1", b"b" * 40, 16, 3) is None
+    (full,) = batcher.add_many("h:1", [b"x", b"yy", b"zzz"])
+    assert full.packets == 5 and batcher.pending_packets == 1
+    assert WG_IN_CODEC.decode(full.data) == UdpReceived(src="h:1", packets=[b"b" * 40, b"x", b"yy"], segments=[16, 0, 0])
+    (rest,) = batcher.flush()
+    assert WG_IN_CODEC.decode(rest.data) == UdpReceived(src="h:1", packets=[b"zzz"], segments=[0])

@@ -43,18 +43,27 @@ data over IPv4 (an MSS that is a multiple of 4). It makes what `_Output._tx4_run
 one by one, byte for byte: every row starts as one packed header; the fields that change
 per segment -- IP ident (counting up), IP checksum, sequence number, the last segment's
 PSH, TCP checksum (with each payload's word sum) -- are written as columns; the data is
-copied in once.
+copied in once (from a view of the send buffer: `SendBuffer.view`).
+
+The rows leave as one `Burst` (a view of them, their size and count), not as a bytes object
+per packet: `TcpStack.poll_bursts` hands it on whole, the proxy routes it by its first
+packet's destination and sends it to the WireGuard worker as entries of up to 64 kB with
+a segment size (`ToPeer.segments`), and the worker encrypts views of them. `TcpStack.poll`
+still returns packets one by one. Measured on the upload through the real network
+(200 MB, 3 runs each, CPU per 100 MB): the proxy 0.135-0.19 s of user time against
+0.20-0.22 s when each packet was sliced out, encoded and decoded on its own, and ~30 numpy
+calls per run instead of ~50 (the checksums take their 16-bit folds once, at the end).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..ip.wordsums import joined_rows, loaded_numpy, numpy_if_loaded, row_sums
 from .segment import ACK
 
-__all__ = ["BULK_MIN", "Run", "build", "check"]
+__all__ = ["BULK_MIN", "Burst", "Outgoing", "Run", "build", "check"]
 
 BULK_MIN = 16
 """Fewer packets go per packet: numpy's fixed cost (~30 us a batch) would not pay off."""
@@ -65,6 +74,25 @@ _SAME = bytes([0xFF, 0x00, 0xFF, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0xFF, 0x00,
               + [0xFF] * 4  # ACK number
               + [0xF0, 0x37, 0xFF, 0xFF]  # data offset, flags but PSH (and ECE/CWR), window
               + [0x00] * 4)  # checksum, urgent pointer
+
+
+class Burst(NamedTuple):
+    """``packet_count`` IPv4 packets of ``size`` bytes each, back to back in ``data``: what `build`
+    makes, handed on whole (`TcpStack.poll` with ``bursts=True``) so that nothing copies
+    or slices it packet by packet before the WireGuard worker encrypts each one."""
+
+    data: memoryview
+    size: int
+    packet_count: int
+
+    def packets(self) -> list[bytes]:
+        """The packets one by one (a copy each)."""
+        data, size = self.data, self.size
+        return [bytes(data[i:i + size]) for i in range(0, len(data), size)]
+
+
+Outgoing = list[bytes | Burst]
+"""What a connection appends to as it transmits: packets, and runs built at once."""
 
 
 class Run(NamedTuple):
@@ -103,35 +131,53 @@ def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
                first[34] << 8 | first[35], packets[-1][33], rows[:, 40:length].tobytes())
 
 
-def build(header: bytes, data: bytes, mss: int, seqw: int, ident: int, ip_base: int, shared: int,
-          last_flags: int) -> list[bytes]:
+def build(header: bytes, data: bytes | memoryview, mss: int, seqw: int, ident: int, ip_base: int, shared: int,
+          last_flags: int) -> Burst:
     """``len(data) // mss`` IPv4 segments of ``mss`` bytes of ``data`` each (``mss`` a
-    multiple of 4), from sequence number ``seqw``, with IP idents from ``ident + 1``.
-    ``header``: the 40 header bytes they share (its ident, sequence number and checksums
-    are overwritten, its flags ACK); ``ip_base`` and ``shared``: the parts of the IP and TCP
-    checksum sums that `_Output._tx4_run` adds for every segment; ``last_flags``: the last
-    segment's flags (ACK, or ACK | PSH). Only once numpy is loaded (`wordsums.numpy_if_loaded`)."""
+    multiple of 4), from sequence number ``seqw``, with IP idents from ``ident + 1``, as one
+    `Burst`. ``header``: the 40 header bytes they share (its ident, sequence number and
+    checksums are overwritten, its flags ACK); ``ip_base`` and ``shared``: the parts of the
+    IP and TCP checksum sums that `_Output._tx4_run` adds for every segment; ``last_flags``:
+    the last segment's flags (ACK, or ACK | PSH). Only once numpy is loaded
+    (`wordsums.numpy_if_loaded`)."""
     np = loaded_numpy()
     count = len(data) // mss
     width = 40 + mss
     rows = np.empty((count, width), np.uint8)
     rows[:, :40] = np.frombuffer(header, np.uint8)
-    payload = np.frombuffer(data, np.uint8).reshape(count, mss)
-    rows[:, 40:] = payload
-    u64 = np.uint64
-    step = np.arange(count, dtype=u64)
-    idents = (step + (ident + 1)) & 0xFFFF
+    rows[:, 40:] = np.frombuffer(data, np.uint8).reshape(count, mss)
+    step = _steps(np, count)
     seqs = (step * mss + seqw) & 0xFFFFFFFF
-    flags = np.full(count, header[33], u64)
-    flags[-1] = last_flags
-    psums = row_sums(np.frombuffer(data, "<u4").reshape(count, mss >> 2))
-    tcp = (shared + mss + (seqs >> 16) + (seqs & 0xFFFF) + flags + psums) % 0xFFFF
-    ip = (ip_base + width + idents) % 0xFFFF
+    idents = (step + (ident + 1)) & 0xFFFF
+    # Each checksum is -(its sum) mod 0xffff, the sum's parts taken modulo 0xffff only at
+    # the end: a sequence number's two 16-bit words add up to the number itself (mod
+    # 0xffff, as 2**16 is 1), a payload's big-endian word sum is 256 times its
+    # little-endian u32 row sum, and the constant parts go into a multiple of 0xffff above
+    # every row's sum (the u64 differences never go below 0).
+    flags = header[33]
+    tcp_k = _ABOVE - (shared + mss + flags) % 0xFFFF
+    payload_sums = np.frombuffer(data, "<u4").reshape(count, mss >> 2).sum(axis=1, dtype=np.uint64)
+    tcp = (tcp_k - seqs - payload_sums * 256) % 0xFFFF
+    if last_flags != flags:
+        tcp[-1] = (int(tcp[-1]) - (last_flags - flags)) % 0xFFFF
+        rows[-1, 33] = last_flags
+    ip = (_ABOVE - (ip_base + width) % 0xFFFF - idents) % 0xFFFF
     column = np.ndarray
     column((count,), ">u2", rows, 4, (width,))[:] = idents
-    column((count,), ">u2", rows, 10, (width,))[:] = (0xFFFF - ip) % 0xFFFF
+    column((count,), ">u2", rows, 10, (width,))[:] = ip
     column((count,), ">u4", rows, 24, (width,))[:] = seqs
-    rows[:, 33] = flags
-    column((count,), ">u2", rows, 36, (width,))[:] = (0xFFFF - tcp) % 0xFFFF
-    blob = rows.tobytes()
-    return [blob[i:i + width] for i in range(0, count * width, width)]
+    column((count,), ">u2", rows, 36, (width,))[:] = tcp
+    return Burst(memoryview(rows).cast("B"), width, count)
+
+
+_ABOVE = 0xFFFF << 40
+"""A multiple of 0xffff above any sum `build` subtracts from it (payload sums of at most
+16 383 u32 words times 256, plus a sequence number: below 2**55)."""
+_step_cache: list[Any] = []
+
+
+def _steps(np: Any, count: int) -> Any:
+    """0, 1, ... ``count - 1`` as u64 (a view of one cached array)."""
+    if not _step_cache or len(_step_cache[0]) < count:
+        _step_cache[:] = [np.arange(max(count, 1024), dtype=np.uint64)]
+    return _step_cache[0][:count]

@@ -48,7 +48,7 @@ from __future__ import annotations
 import struct
 
 from ..ip.wordsums import numpy_if_loaded, word_sums
-from .bulk import BULK_MIN
+from .bulk import BULK_MIN, Outgoing
 from .bulk import build as bulk_build
 from .rack import Rack
 from .segment import (
@@ -80,7 +80,7 @@ class _Output(_Tcb):
 
     # --- building ------------------------------------------------------------------
 
-    def _tx(self, out: list[bytes], seq: int, flags: int, payload: bytes | bytearray = b"", opts: bytes = b"", wndf: int = -1,
+    def _tx(self, out: Outgoing, seq: int, flags: int, payload: bytes | bytearray = b"", opts: bytes = b"", wndf: int = -1,
             psum: int = -1, ack: int = -1) -> None:
         """Append one segment with our current ACK (or ``ack``) and window (``psum``: the
         payload's word sum, when the caller computed a batch of them)."""
@@ -113,7 +113,7 @@ class _Output(_Tcb):
             pkt += opts
         out.append(pkt + payload if payload else pkt)
 
-    def _tx4_run(self, out: list[bytes], fresh: list[tuple[int, int, bytes]], sums: list[int],
+    def _tx4_run(self, out: Outgoing, fresh: list[tuple[int, int, bytes]], sums: list[int],
                  wndf: int) -> None:
         """`_tx` for each of ``fresh`` (seq, flags with ACK, payload) over IPv4 without
         options, the words every segment shares summed once."""
@@ -186,7 +186,7 @@ class _Output(_Tcb):
         """Zero-window / keepalive probe: SEQ = SND.UNA - 1, no data; the peer answers with an ACK."""
         self._tx(self.stack._out, self.snd_una - 1, ACK)
 
-    def _syn_segment(self, out: list[bytes], now: float) -> None:
+    def _syn_segment(self, out: Outgoing, now: float) -> None:
         cfg = self.cfg
         ack = self.state == SYN_RCVD
         if ack:  # answer with what the peer offered
@@ -209,7 +209,7 @@ class _Output(_Tcb):
 
     # --- the output routine ----------------------------------------------------------
 
-    def output(self, now: float, out: list[bytes]) -> None:
+    def output(self, now: float, out: Outgoing) -> None:
         """Append whatever this connection may send now to ``out``."""
         self.dirty = False
         state = self.state
@@ -233,7 +233,7 @@ class _Output(_Tcb):
             self.acked_at = now
             self._tx(out, self.snd_max, ACK, b"", self._ack_options())
 
-    def _split_ack(self, out: list[bytes], last: int) -> None:
+    def _split_ack(self, out: Outgoing, last: int) -> None:
         """An ACK for everything before the last segment received, ahead of the full ACK
         (``SPLIT_ACK_IDLE``). Its window reaches the right edge we advertised (RCV.ADV), to
         the window shift's unit below it, as every ACK's does while the edge stays put."""
@@ -243,7 +243,7 @@ class _Output(_Tcb):
         self._tx(out, self.snd_max, ACK, b"", b"", wndf, ack=last)
         self.stack.counters["split_acks"] += 1
 
-    def _output_data(self, now: float, out: list[bytes]) -> int:
+    def _output_data(self, now: float, out: Outgoing) -> int:
         """Retransmissions, new data and FIN, in that order (steps 2-5 of the module
         docstring); returns the number of segments sent."""
         una = self.snd_una
@@ -280,7 +280,7 @@ class _Output(_Tcb):
         self._after_send(now, nxt, cwnd, sent, new)
         return sent
 
-    def _retransmit_una(self, out: list[bytes], now: float) -> int:
+    def _retransmit_una(self, out: Outgoing, now: float) -> int:
         """Step 2: the first unacknowledged segment (or our FIN), which a fast retransmit,
         a partial ACK or a timeout asked for; returns the sequence space resent (0: none)."""
         una = self.snd_una
@@ -296,7 +296,7 @@ class _Output(_Tcb):
         self._rexmitted(una, una + n, now)
         return n
 
-    def _retransmit_lost(self, out: list[bytes], now: float, rack: Rack, cwnd: int) -> tuple[int, int]:
+    def _retransmit_lost(self, out: Outgoing, now: float, rack: Rack, cwnd: int) -> tuple[int, int]:
         """Step 3, SACK recovery (RFC 6675 NextSeg, with RACK's losses): lost
         retransmissions first, then the lost holes above HighRxt, while pipe < cwnd.
         Returns (segments sent, pipe)."""
@@ -337,7 +337,7 @@ class _Output(_Tcb):
             pipe += n
         return sent, pipe
 
-    def _send_new_data(self, out: list[bytes], now: float, nxt: int, edge: int, snd_max: int) -> tuple[int, int, int]:
+    def _send_new_data(self, out: Outgoing, now: float, nxt: int, edge: int, snd_max: int) -> tuple[int, int, int]:
         """Step 4: data from ``nxt`` up to ``edge`` (min of the cwnd and send window edges);
         below SND.MAX that is a go-back-N resend. Full segments only, unless it is the last
         of the buffer or half the peer's largest window fits (sender SWS avoidance, RFC 9293
@@ -396,7 +396,7 @@ class _Output(_Tcb):
         self.force = False
         return nxt, bulk + len(fresh), new
 
-    def _send_bulk(self, out: list[bytes], now: float, nxt: int, count: int, data_end: int, wndf: int) -> int:
+    def _send_bulk(self, out: Outgoing, now: float, nxt: int, count: int, data_end: int, wndf: int) -> int:
         """`count` full segments of new data from ``nxt`` over IPv4, built at once
         (`bulk.build`: what `_tx4_run` builds), with their RACK and RTT bookkeeping; returns ``count``."""
         mss = self.mss
@@ -405,9 +405,10 @@ class _Output(_Tcb):
         header = H4.pack(0x45, 0, 40 + mss, 0, 0, self.cfg.ttl, 6, 0, self.laddr, self.raddr, self.lport, self.rport,
                          0, ackw, 80, ACK, wndf, 0, 0)
         shared = self._run_sum(ackw, wndf)
-        out += bulk_build(header, self.sbuf.get(nxt - self.sbuf_seq, count * mss), mss, nxt & M32, self.ident,
-                          self.ip_base, shared, ACK | PSH if end == data_end else ACK)
+        out.append(bulk_build(header, self.sbuf.view(nxt - self.sbuf_seq, count * mss), mss, nxt & M32, self.ident,
+                              self.ip_base, shared, ACK | PSH if end == data_end else ACK))
         self.ident = (self.ident + count) & 0xFFFF
+        self.stack.counters["packets_out"] += count - 1  # `poll` counts the burst as one
         rack = self.rack
         if rack is not None:
             rack.ends.extend(range(nxt + mss, end + 1, mss))

@@ -76,6 +76,18 @@ class SendBuffer:
             got += len(out[-1])
         return b"".join(out)
 
+    def view(self, off: int, n: int) -> bytes | memoryview:
+        """`get`, but a view of the chunk instead of a copy when the bytes lie in one
+        (a bulk run's payload, which `bulk.build` copies into its rows anyway)."""
+        pos = self.front + off
+        starts = self.starts
+        i = bisect_right(starts, pos) - 1
+        chunk = self.chunks[i] if i >= 0 else b""
+        at = pos - starts[i] if i >= 0 else 0
+        if n > 0 and at + n <= len(chunk):
+            return memoryview(chunk)[at:at + n]
+        return self.get(off, n)
+
     def __getitem__(self, key: slice) -> bytes:
         """``buf[a:b]`` (offsets from the front, clamped to the buffer like a bytearray's)."""
         a, b, _ = key.indices(self.end - self.front)

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
 from ..ip.wordsums import word_sum, word_sums
-from .bulk import BULK_MIN
+from .bulk import BULK_MIN, Burst, Outgoing
 from .bulk import check as bulk_check
 from .connection import Config, Connection
 from .events import ConnectionRequest, Event, Readable
@@ -100,7 +100,7 @@ class TcpStack:
         self._by_id: dict[int, Connection] = {}
         self._next_id = 1
         self._requests = 0
-        self._out: list[bytes] = []
+        self._out: Outgoing = []
         self._dirty: list[_Tcb] = []
         """Connections with something to send (queued by `_Tcb._mark`)."""
         self._events: list[Event] = []
@@ -399,6 +399,19 @@ class TcpStack:
     # --- packets out, events, timers -------------------------------------------------
 
     def poll(self, now: float) -> list[bytes]:
+        """The packets to send, in order."""
+        out = self.poll_bursts(now)
+        flat: list[bytes] = []
+        for p in out:
+            if isinstance(p, Burst):
+                flat += p.packets()
+            else:
+                flat.append(p)
+        return flat
+
+    def poll_bursts(self, now: float) -> Outgoing:
+        """`poll`, but a run of segments built at once stays one `Burst` (the proxy hands
+        it to the WireGuard worker whole)."""
         out = self._out
         dirty = self._dirty
         if dirty:
@@ -407,7 +420,7 @@ class TcpStack:
                 if conn.dirty:
                     conn.output(now, out)
         self._out = []
-        self.counters["packets_out"] += len(out)
+        self.counters["packets_out"] += len(out)  # (and a burst's others, as `_send_bulk` counts them)
         return out
 
     def events(self) -> list[Event]:

@@ -40,6 +40,7 @@ from .states import (
 )
 
 if TYPE_CHECKING:
+    from .bulk import Outgoing
     from .stack import TcpStack
 
 __all__ = ["Config"]
@@ -302,7 +303,7 @@ class _Tcb:
 
     # --- provided by the layers above; the stack calls them on what `_mark` / `_arm` queued
 
-    def output(self, now: float, out: list[bytes]) -> None:
+    def output(self, now: float, out: Outgoing) -> None:
         raise NotImplementedError  # `_Output.output`
 
     def on_timer(self, now: float) -> None:

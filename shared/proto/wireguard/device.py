@@ -31,7 +31,7 @@ address the message came from (the ``src`` given). ``src`` is any bytes naming t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from sunbeam.shared.sharding import make_index
@@ -143,9 +143,10 @@ class Device(ReceiveMixin):
         opened = open_initiation(self._identity, data)
         return opened[2] if opened is not None else None
 
-    def encapsulate(self, peer_key: bytes, packets: list[bytes], now: float) -> list[bytes]:
-        """WireGuard messages carrying ``packets`` (IP packets) to the peer; with no usable
-        session the packets are staged and a handshake initiation returned if one is due."""
+    def encapsulate(self, peer_key: bytes, packets: Sequence[bytes | memoryview], now: float) -> list[bytes]:
+        """WireGuard messages carrying ``packets`` (IP packets, bytes or views) to the peer;
+        with no usable session the packets are staged (as bytes) and a handshake initiation
+        returned if one is due."""
         peer = self._peers.get(peer_key)
         if peer is None:
             self._count("unknown_peer_tx", len(packets))

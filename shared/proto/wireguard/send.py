@@ -16,7 +16,7 @@ dropped first and counted as ``queue_drop``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .cookie import CookieChecker
@@ -123,12 +123,12 @@ class SendMixin:
 
     # -- transport -----------------------------------------------------------------------
 
-    def _stage(self, peer: Peer, packets: list[bytes]) -> None:
+    def _stage(self, peer: Peer, packets: Sequence[bytes | memoryview]) -> None:
         staged = peer.staged
         over = len(staged) + len(packets) - staged.maxlen  # type: ignore[operator]
         if over > 0:
             self._count("queue_drop", over)
-        staged.extend(packets)
+        staged.extend(p if type(p) is bytes else bytes(p) for p in packets)  # a view would pin its whole run
 
     def _send_staged(self, peer: Peer, now: float) -> list[bytes]:
         if not peer.staged:
@@ -145,7 +145,7 @@ class SendMixin:
             peer.staged.append(b"")
         return self._send_staged(peer, now)
 
-    def _encrypt(self, peer: Peer, kp: Keypair, packets: list[bytes], now: float) -> list[bytes]:
+    def _encrypt(self, peer: Peer, kp: Keypair, packets: Sequence[bytes | memoryview], now: float) -> list[bytes]:
         room = REJECT_AFTER_MESSAGES - kp.send_counter
         if len(packets) > room:  # counter exhausted: keep the rest for the next session
             self._stage(peer, packets[room:])
@@ -161,7 +161,7 @@ class SendMixin:
         for p in packets:
             pad = -len(p) & 15
             if pad:
-                p = p + pads[pad]
+                p = b"".join((p, pads[pad]))  # (``p`` may be a view: `split_runs`)
             c8 = counter.to_bytes(8, "little")
             msg = header + c8 + seal(zero4 + c8, p, None)
             nbytes += len(msg)
