@@ -2,8 +2,10 @@
 
 Sockets:
 
-- ``proxy-in`` PULL (bound here), `PROXY_IN_CODEC`: ``FromPeer(peer_key, packets)``
-  from the WireGuard workers. Each packet goes through `IpResponder`: echo requests and
+- ``proxy-in`` PULL (bound here), `PROXY_IN_CODEC`: ``FromPeer(peer_key, packets, segments)``
+  from the WireGuard workers. A stretch of equal packets (an entry with a segment size)
+  goes to the TCP engine whole when it is one run of data segments its connection takes
+  (``tcp_run_sink``), else one by one like the rest. Each packet goes through `IpResponder`: echo requests and
   TSMP pings addressed to us are answered to the same peer (via `WgOutbox`), echo
   replies go to the `PingServer`, TSMP rejects and ICMP destination unreachables to the
   TCP engine (``on_unreachable``), everything else is counted (``ip.*``); malformed
@@ -26,6 +28,7 @@ from sunbeam.shared.netmap.follow import NetmapSubscription
 from sunbeam.shared.proto.ip import EchoReplied, IpResponder, Reply
 from sunbeam.shared.proto.ip.unreachable import Unreachable
 from sunbeam.shared.proto.tcp.bulk import Burst, Outgoing
+from sunbeam.shared.proto.wireguard.messages import split_segments
 from sunbeam.shared.runtime import RateLimitedLog, decoding_handler
 from sunbeam.shared.runtime.service import Service
 
@@ -58,6 +61,9 @@ class IpPlane:
         """Set by the ping server."""
         self.tcp_sink: Callable[[list[bytes]], None] | None = None
         """Set by the TCP engine: takes every TCP segment (IPv4/IPv6 protocol 6) from peers."""
+        self.tcp_run_sink: Callable[[list[bytes], int], bool] | None = None
+        """Set by the TCP engine: takes a run of packets of one size back to back in
+        entries whole, or says False (they then go one by one)."""
         self.on_unreachable: Callable[[Unreachable], None] = lambda _u: None
         """Set by the TCP engine: a peer's TSMP reject or ICMP unreachable for a flow of ours."""
         self.on_addresses: Callable[[list[str]], None] = lambda _addrs: None
@@ -98,15 +104,51 @@ class IpPlane:
     # -- packets -----------------------------------------------------------------------
 
     def _from_peer(self, msg: FromPeer) -> None:
-        self.counters.incr("ip_in_packets", len(msg.packets))
+        if msg.segments:
+            self._runs_from_peer(msg.peer_key, msg.packets, msg.segments)
+        else:
+            self._packets_from_peer(msg.peer_key, msg.packets)
+
+    def _runs_from_peer(self, peer_key: bytes, entries: list[bytes], segments: list[int]) -> None:
+        """A batch with runs (`FromPeer.segments`), in order: consecutive run entries of one
+        packet size (each maybe ending with a shorter packet) go to the TCP engine whole
+        (``tcp_run_sink``); what it does not take, and single packets, go one by one."""
+        if len(segments) != len(entries):
+            self.counters.incr("from_peer_bad_segments")
+            return
+        single: list[bytes] = []
+        i, n = 0, len(entries)
+        while i < n:
+            size = segments[i]
+            if not size:
+                single.append(entries[i])
+                i += 1
+                continue
+            j = i + 1
+            while j < n and segments[j] == size:
+                j += 1
+            if single:
+                self._packets_from_peer(peer_key, single)
+                single = []
+            run = entries[i:j]
+            if self.tcp_run_sink is not None and self.tcp_run_sink(run, size):
+                self.counters.incr("ip_in_packets", sum(-(-len(e) // size) for e in run))
+            else:
+                self._packets_from_peer(peer_key, [p for e in run for p in split_segments(e, size)])
+            i = j
+        if single:
+            self._packets_from_peer(peer_key, single)
+
+    def _packets_from_peer(self, peer_key: bytes, packets: list[bytes]) -> None:
+        self.counters.incr("ip_in_packets", len(packets))
         tcp = []
-        for packet in msg.packets:
+        for packet in packets:
             if self.tcp_sink is not None and _is_tcp(packet):
                 tcp.append(packet)
                 continue
             result = self.responder.handle(packet)
             if isinstance(result, Reply):
-                self.outbox.add(msg.peer_key, result.packet)
+                self.outbox.add(peer_key, result.packet)
             elif isinstance(result, EchoReplied):
                 self.on_echo_reply(result)
             elif isinstance(result, Unreachable):
@@ -114,7 +156,7 @@ class IpPlane:
             else:
                 drop = self.responder.last_drop
                 if drop is not None and drop.malformed:
-                    peer = msg.peer_key.hex()
+                    peer = peer_key.hex()
                     self.bad_log.warning(f"{peer[:16]}:{drop.reason}", "ip_drop", peer=peer, reason=drop.reason,
                                          detail=drop.detail)
 

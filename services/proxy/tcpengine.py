@@ -118,6 +118,7 @@ class TcpEngine:
                                       **{f"tcp_{k}": v for k, v in self.stack.counters.items()},
                                       **{name: gauge() for name, gauge in self.gauges.items()}}
         plane.tcp_sink = self.receive
+        plane.tcp_run_sink = self.receive_joined
         plane.on_unreachable = self.unreachable
         plane.on_addresses = self.stack.set_local_addresses
         self.loop.on_iteration_end(self.pump)
@@ -126,6 +127,9 @@ class TcpEngine:
 
     def receive(self, packets: list[bytes]) -> None:
         self.stack.receive(packets, self.loop.now())
+
+    def receive_joined(self, entries: list[bytes], size: int) -> bool:
+        return self.stack.receive_joined(entries, size, self.loop.now())
 
     def unreachable(self, u: Unreachable) -> None:
         """A TSMP reject / ICMP unreachable: a connect waiting on that flow fails at once."""

@@ -67,6 +67,7 @@ from sunbeam.shared.messages.dataplane import (
     UdpForwarded,
     UdpReceived,
     UdpSend,
+    join_runs,
     split_runs,
 )
 from sunbeam.shared.netmap import Netmap
@@ -368,7 +369,8 @@ class Worker:
                              self.counters)
         for key, pkts in out.proxy.items():
             for i in range(0, len(pkts), MAX_BATCH):
-                PROXY_IN.send(self.proxy, FromPeer(peer_key=key, packets=pkts[i:i + MAX_BATCH]), self.counters)
+                entries, segments = join_runs(pkts[i:i + MAX_BATCH])  # a bulk stretch: one entry per 64 kB
+                PROXY_IN.send(self.proxy, FromPeer(peer_key=key, packets=entries, segments=segments), self.counters)
         for key in out.wanted:
             UDP_IN.send(self.udp, PathWanted(peer_key=key), self.counters)
         for (target, src), pkts in out.forward.items():

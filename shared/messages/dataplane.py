@@ -18,8 +18,10 @@ The messages of each data socket (which process binds and connects each: shared/
                                              ``port``: udp's UDP port when the worker is to
                                              use its own socket for that path (0 = not)
     proxy-in    PULL at the proxy            `PROXY_IN_CODEC`
-        FromPeer(peer_key, packets)          wg -> proxy: decrypted IP packets (source
-                                             address already checked against AllowedIPs)
+        FromPeer(peer_key, packets, segments)  wg -> proxy: decrypted IP packets (source
+                                             address already checked against AllowedIPs;
+                                             an entry with a segment size: a stretch of
+                                             packets of that size back to back)
     udp-in      PULL at the udp service      `UDP_IN_CODEC`
         UdpSend(dsts, packets)               wg -> udp: send every packet to every dst
         DiscoReceived(peer_key, region, packets)  derp -> udp: disco messages via DERP
@@ -43,6 +45,7 @@ each at most `MAX_PACKET_BYTES`; at most 16 destinations per `UdpSend`.
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Annotated
 
 import msgspec
@@ -64,6 +67,7 @@ __all__ = [
     "MAX_PACKET_BYTES",
     "PROXY_IN_CODEC",
     "ToPeer",
+    "join_runs",
     "split_runs",
     "UDP_IN_CODEC",
     "UDP_PUB_CODEC",
@@ -110,6 +114,35 @@ def split_runs(packets: list[bytes], segments: list[int]) -> list[bytes | memory
     return out
 
 
+def join_runs(packets: list[bytes], min_run: int = 16) -> tuple[list[bytes], list[int]]:
+    """``packets`` with each stretch of at least ``min_run`` of one length joined into
+    entries of up to `MAX_PACKET_BYTES` (whole packets) with that length as their segment
+    size, a shorter packet right after a stretch joined to its last entry (a sender's
+    write that did not fill its last segment), the rest as they are (segment 0):
+    (entries, segments); with no such stretch, (``packets``, []). 16 is the TCP engine's
+    `BULK_MIN`."""
+    parts: list[list[bytes]] = []
+    segments: list[int] = []
+    open_size = 0  # the last part is a run of this size that a shorter packet may end
+    for size, group in groupby(packets, len):
+        stretch = list(group)
+        if open_size and size < open_size and len(parts[-1]) * open_size + size <= MAX_PACKET_BYTES:
+            parts[-1].append(stretch.pop(0))
+        open_size = 0
+        if size and len(stretch) >= min_run:
+            step = MAX_PACKET_BYTES // size
+            for i in range(0, len(stretch), step):
+                parts.append(stretch[i:i + step])
+                segments.append(size)
+            open_size = size
+        else:
+            parts += [[p] for p in stretch]
+            segments += [0] * len(stretch)
+    if not any(segments):
+        return packets, []
+    return [b"".join(part) if len(part) > 1 else part[0] for part in parts], segments
+
+
 class ToPeer(_Batch, frozen=True):
     """IP packets for one peer, to be encrypted by the worker that owns it; ``segments``
     (see `Segments`): the TCP engine's bulk runs go as one entry per up to 64 kB."""
@@ -120,10 +153,12 @@ class ToPeer(_Batch, frozen=True):
 
 
 class FromPeer(_Batch, frozen=True):
-    """IP packets decrypted from one peer."""
+    """IP packets decrypted from one peer; ``segments`` (see `Segments`): stretches of equal
+    packets (a bulk transfer's) as entries of up to 64 kB (`join_runs`)."""
 
     peer_key: PeerKey
     packets: Packets
+    segments: Segments = []
 
 
 class UdpReceived(_Batch, frozen=True):

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 from sunbeam.shared.proto.ip.wordsums import load_numpy
+from sunbeam.shared.messages.dataplane import join_runs
 from sunbeam.shared.proto.tcp.bulk import BULK_MIN, Burst, check
+from sunbeam.shared.proto.wireguard.messages import split_segments
 from sunbeam.shared.proto.tcp.input import _Input
 from sunbeam.shared.proto.tcp.segment import ACK, FIN, PSH, URG, build_packet
 
@@ -363,3 +365,68 @@ print(json.dumps(out))
     got = json.loads(res.stdout.splitlines()[-1])
     assert got == {"wanted_at_start": False, "acks": [33001], "imported": False, "wanted": True, "bulk": 0,
                    "acks_after": [65001], "wanted_after": False, "bulk_after": 1, "data": True}
+
+
+def _stretches_with_tails(t: Twins, stretches: list[tuple[int, int]], at: int = 0) -> list[bytes]:
+    """Packets of stretches of (full segments, then a shorter one of so many bytes; 0: none),
+    in stream order from ``at``, as a sender's 32 kB writes make them."""
+    s, batch = t.one, []
+    rng = random.Random(len(stretches))
+    for count, tail in stretches:
+        batch += [s.packet(ACK, t.seq + at + i * MSS, t.ack, rng.randbytes(MSS), window=4000) for i in range(count)]
+        at += count * MSS
+        if tail:
+            batch.append(s.packet(ACK | PSH, t.seq + at, t.ack, rng.randbytes(tail), window=4000))
+            at += tail
+    return batch
+
+
+def _feed_joined(t: Twins, batch: list[bytes]) -> bool:
+    """``batch`` to one twin as the WireGuard worker sends it (`join_runs`, then
+    `receive_joined`, per packet if refused, as the proxy does), one by one to the other."""
+    entries, segments = join_runs(batch, min_run=1)
+    assert segments and set(segments) == {MSS + 40}
+    taken = t.one.stack.receive_joined(entries, MSS + 40, 0.0)
+    if not taken:
+        t.one.stack.receive([p for e in entries for p in split_segments(e, MSS + 40)], 0.0)
+    for p in batch:
+        t.each.stack.receive([p], 0.0)
+    return taken
+
+
+@pytest.mark.parametrize("isn", [1000, (1 << 32) - 30 * MSS - 7], ids=["plain", "wraps"])
+def test_stretches_with_shorter_packets_between_are_taken_in_one_check(isn, bulks):
+    """A download's batch from the worker: stretches of full segments, each ended by a
+    shorter one (a 32 kB write), and one run past the 64 kB entry size: all of it one run,
+    its data in stream order."""
+    t = Twins(isn)
+    opening = t.segments(2)
+    t.feed(opening)  # our ACK opens the window past 64 kB
+    assert t.compare() == _payloads(opening) and bulks == []
+    batch = _stretches_with_tails(t, [(26, 536), (26, 536), (60, 0), (26, 12)], at=2 * MSS)
+    assert _feed_joined(t, batch)
+    assert t.compare() == _payloads(batch)
+    assert bulks == [len(_payloads(batch))] and t.one.stack.counters["bulk_runs"] == 1
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda p: p[:-1] + bytes([p[-1] ^ 1]),  # its TCP checksum
+    _tcp_edit(flags=ACK | FIN),
+    _tcp_edit(seq=5),
+    _tcp_edit(window=4001),
+    _tcp_edit(ack=1),
+    _tcp_edit(dport=81),
+], ids=["checksum", "fin", "seq", "window", "ack", "port"])
+def test_a_shorter_packet_that_does_not_continue_the_run_sends_all_one_by_one(spoil, bulks):
+    t = Twins(1000)
+    batch = _stretches_with_tails(t, [(20, 536), (20, 100)])
+    batch[20] = spoil(batch[20])
+    assert not _feed_joined(t, batch)
+    t.compare()
+
+
+def test_fewer_full_segments_than_a_run_needs_go_one_by_one(bulks):
+    t = Twins(1000)
+    batch = _stretches_with_tails(t, [(BULK_MIN - 1, 536)])
+    assert not _feed_joined(t, batch)
+    assert t.compare() == _payloads(batch)

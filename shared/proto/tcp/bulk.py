@@ -23,6 +23,17 @@ packets take the per-packet path, which finds, counts and drops what was wrong. 
 the connection can take the run whole (in order, nothing out of order queued, the window
 holds it) is its own decision (`_Input.input_bulk`): a refused run also goes per packet.
 
+A download's packets arrive from the WireGuard worker already joined (`join_runs`,
+`FromPeer.segments`): entries of equal packets back to back, each maybe ending with one
+shorter packet -- the sender's writes (32 kB from a Go HTTP server: 26 full segments and
+a short one) cut the stream into stretches, and one check per stretch paid numpy's fixed
+cost ~6 400 times per 200 MB. `check_entries` checks the full packets of all entries as
+one set of rows, their sequence numbers contiguous but for the shorter packets' data,
+which it checks one by one in Python (`_tail_fits`); `TcpStack.receive_joined` hands the
+data on in stream order. Measured on the download through the real network (200 MB,
+4 alternating rounds of 2): 0.695 s of CPU per 100 MB (0.67-0.71) against 0.752 s
+(0.71-0.835) with the per-packet batches, and 855 checks per 200 MB instead of 6 394.
+
 Header bytes 0..40 of every row are compared with the first row's under `_SAME`, which
 keeps the fields that must be equal: version/IHL, total length, flags/fragment offset,
 protocol, addresses, ports, ACK number, data offset, the flags but PSH, window. The
@@ -60,10 +71,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..ip.wordsums import joined_rows, loaded_numpy, numpy_if_loaded, row_sums
+from ..ip.wordsums import joined_rows, loaded_numpy, numpy_if_loaded, row_sums, word_sum
 from .segment import ACK
 
-__all__ = ["BULK_MIN", "Burst", "Outgoing", "Run", "build", "check"]
+__all__ = ["BULK_MIN", "Burst", "Outgoing", "Run", "build", "check", "check_entries"]
 
 BULK_MIN = 16
 """Fewer packets go per packet: numpy's fixed cost (~30 us a batch) would not pay off."""
@@ -107,20 +118,106 @@ def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
     """``packets`` (each ``length`` bytes) as one in-order run of data segments of the
     connection whose pseudo-header address sum is ``addr_sum``, or None (see the module
     docstring; also while numpy is not loaded)."""
-    first = packets[0]
-    if not (length > 40 and first[0] == 0x45 and first[9] == 6 and not (first[6] & 0x3F or first[7])
-            and (first[2] << 8 | first[3]) == length and first[32] >> 4 == 5 and first[33] & 0x37 == ACK):
+    if not _may_be_run(packets[0], length) or numpy_if_loaded() is None:
         return None
-    np = numpy_if_loaded()
-    if np is None:  # not loaded yet (`wordsums`): one by one
-        return None
-    count = len(packets)
     buf, width = joined_rows(packets, length)
+    return _check_rows(buf, len(packets), length, width, addr_sum, packets[-1][33])
+
+
+def check_entries(entries: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
+    """`check` for packets in the WireGuard worker's form of a run (`FromPeer.segments`):
+    each entry holds packets of ``length`` bytes (a multiple of 4) back to back and maybe
+    one shorter packet after them (the sender's write that did not fill a segment). The
+    full packets of all entries are checked as rows in one pass, their sequence numbers
+    contiguous but for the data of the shorter ones between them, which are checked one
+    by one (`_tail_fits`); the data comes back in stream order. None: not one run (or
+    fewer than `BULK_MIN` full packets, or numpy not loaded)."""
+    if length & 3 or length <= 40 or not entries or numpy_if_loaded() is None:
+        return None
+    np = loaded_numpy()
+    fulls: list[bytes | memoryview] = []
+    counts: list[int] = []
+    tails: list[bytes] = []
+    for entry in entries:
+        count = len(entry) // length
+        full = count * length
+        if not count:
+            return None
+        counts.append(count)
+        if full < len(entry):
+            fulls.append(memoryview(entry)[:full])
+            tails.append(entry[full:])
+        else:
+            fulls.append(entry)
+            tails.append(b"")
+    total = sum(counts)
+    buf = fulls[0] if len(fulls) == 1 else b"".join(fulls)
+    if total < BULK_MIN or not _may_be_run(buf, length):
+        return None
+    first = bytes(buf[:40])
+    seglen = length - 40
+    seq0 = int.from_bytes(first[24:28], "big")
+    extra = 0  # data of the shorter packets so far
+    extras: list[int] = []
+    at = seq0
+    for count, tail in zip(counts, tails, strict=True):
+        extras.append(extra)
+        at += count * seglen
+        if tail:
+            if not _tail_fits(tail, first, at & 0xFFFFFFFF, addr_sum):
+                return None
+            extra += len(tail) - 40
+            at += len(tail) - 40
+    offsets = None
+    if extra:
+        offsets = np.repeat(np.array(extras, np.uint32), counts)
+    last_flags = tails[-1][33] if tails[-1] else buf[-length + 33]
+    run = _check_rows(buf, total, length, length, addr_sum, last_flags, offsets)
+    if run is None or not extra:
+        return run
+    payload = memoryview(run.data)
+    pieces: list[bytes | memoryview] = []
+    row = 0
+    for count, tail in zip(counts, tails, strict=True):
+        pieces.append(payload[row * seglen:(row + count) * seglen])
+        row += count
+        if tail:
+            pieces.append(memoryview(tail)[40:])
+    return run._replace(data=b"".join(pieces))
+
+
+def _tail_fits(tail: bytes, first: bytes, seqw: int, addr_sum: int) -> bool:
+    """A shorter packet after a stretch continues the run: what `_SAME` keeps equal to the
+    first packet's, IPv4 with a 20-byte header and its length, data (no FIN, SYN, RST or
+    URG) from ``seqw``, both checksums valid."""
+    n = len(tail)
+    return (n > 40 and tail[0] == 0x45 and tail[9] == 6 and not (tail[6] & 0x3F or tail[7])
+            and (tail[2] << 8 | tail[3]) == n and tail[12:24] == first[12:24] and tail[28:32] == first[28:32]
+            and tail[32] >> 4 == 5 and tail[33] & 0x37 == ACK and tail[34:36] == first[34:36]
+            and int.from_bytes(tail[24:28], "big") == seqw and not int.from_bytes(tail[:20], "big") % 0xFFFF
+            and not (word_sum(tail) + addr_sum + n - 14) % 0xFFFF)
+
+
+def _may_be_run(first: bytes | memoryview, length: int) -> bool:
+    """The first packet's header says a run of data segments is possible."""
+    return (length > 40 and first[0] == 0x45 and first[9] == 6 and not (first[6] & 0x3F or first[7])
+            and (first[2] << 8 | first[3]) == length and first[32] >> 4 == 5 and first[33] & 0x37 == ACK)
+
+
+def _check_rows(buf: bytes | memoryview, count: int, length: int, width: int, addr_sum: int,
+                last_flags: int, offsets: Any = None) -> Run | None:
+    """The rows' checks (see the module docstring); ``offsets``: per row, the data of the
+    shorter packets between it and the first (u32, `check_entries`), or None."""
+    np = loaded_numpy()
+    first = buf
     rows = np.frombuffer(buf, np.uint8).reshape(count, width)
     if ((rows[:, :40] ^ rows[0, :40]) & np.frombuffer(_SAME, np.uint8)).any():
         return None
     seqs = np.ndarray((count,), ">u4", buf, 24, (width,)).astype(np.uint32)
-    if ((seqs - seqs[0]) != np.arange(count, dtype=np.uint32) * np.uint32(length - 40)).any():
+    expected = np.arange(count, dtype=np.uint32) * np.uint32(length - 40)
+    if offsets is not None:
+        expected += offsets
+    if ((seqs - seqs[0]) != expected).any():
         return None
     words = np.frombuffer(buf, "<u4").reshape(count, width >> 2)
     if (words[:, :5].sum(axis=1, dtype=np.uint64) % 0xFFFF).any():
@@ -128,7 +225,7 @@ def check(packets: Sequence[bytes], length: int, addr_sum: int) -> Run | None:
     if ((row_sums(words) + (addr_sum + length - 14)) % 0xFFFF).any():
         return None
     return Run(int.from_bytes(first[24:28], "big"), int.from_bytes(first[28:32], "big"),
-               first[34] << 8 | first[35], packets[-1][33], rows[:, 40:length].tobytes())
+               first[34] << 8 | first[35], last_flags, rows[:, 40:length].tobytes())
 
 
 def build(header: bytes, data: bytes | memoryview, mss: int, seqw: int, ident: int, ip_base: int, shared: int,

@@ -55,6 +55,7 @@ from ..ip.headers import Malformed, addr_bytes, addr_text, packed_set
 from ..ip.wordsums import word_sum, word_sums
 from .bulk import BULK_MIN, Burst, Outgoing
 from .bulk import check as bulk_check
+from .bulk import check_entries as bulk_check_entries
 from .connection import Config, Connection
 from .events import ConnectionRequest, Event, Readable
 from .ports import NoFreePort, PortChooser
@@ -147,6 +148,30 @@ class TcpStack:
                 i = j
             if done < count:
                 self._receive_each(packets[done:] if done else packets, now)
+        self._report_readable()
+
+    def receive_joined(self, entries: list[bytes], length: int, now: float) -> bool:
+        """Packets of ``length`` bytes back to back in ``entries``, each maybe ending with
+        one shorter packet (the WireGuard worker's form of a run, `FromPeer.segments`):
+        taken whole if they are one run of data segments its connection takes
+        (`bulk.check_entries`; as `receive` takes a stretch of equal packets); False:
+        nothing changed, hand them to `receive` one by one."""
+        first = entries[0] if entries else b""
+        conn = self._by_key.get(first[12:24]) if len(first) >= 40 else None
+        if conn is None:
+            return False
+        run = bulk_check_entries(entries, length, conn.addr_sum)
+        self._now = now
+        last = entries[-1]
+        last_len = (len(last) % length or length) - 40
+        if run is None or not conn.input_bulk(run.seqw, run.ackw, run.wnd, run.data, last_len, run.last_flags, now):
+            return False
+        self.counters["packets_in"] += sum(-(-len(e) // length) for e in entries)
+        self.counters["bulk_runs"] += 1
+        self._report_readable()
+        return True
+
+    def _report_readable(self) -> None:
         if self._readable:
             events = self._events
             for c in self._readable:
