@@ -10,7 +10,7 @@ AllowedIPs as `shared/netmap/routes.py` keeps them (``accept_routes``, ``exit_no
 Sockets (all ``ipc://<rundir>/<name>.sock``):
 
     proxy-in     PULL, bound     FromPeer(peer_key, packets, segments) from the wg workers  (plane.py)
-    wg-<k>-in    PUSH, connected ToPeer(peer_key, packets) to worker owner(peer)   (outbox.py)
+    wg-<k>-in    PUSH, connected ToPeer(peer_key, packets, segments) to worker owner(peer)  (outbox.py)
     control-pub  SUB, connected  the netmap: our addresses, peers' AllowedIPs     (plane.py)
     proxy-ping   REP, bound      PingPeer -> PingResult                            (pingserver.py)
     proxy-ctl    REP, bound      health / status / stop (run_service); the status reply

@@ -2,10 +2,11 @@
 
 Sockets:
 
-- ``proxy-in`` PULL (bound here), `PROXY_IN_CODEC`: ``FromPeer(peer_key, packets, segments)``
-  from the WireGuard workers. A stretch of equal packets (an entry with a segment size)
-  goes to the TCP engine whole when it is one run of data segments its connection takes
-  (``tcp_run_sink``), else one by one like the rest. Each packet goes through `IpResponder`: echo requests and
+- ``proxy-in`` PULL (bound here), `PROXY_IN_CODEC`: ``FromPeer(peer_key, packets,
+  segments)`` from the WireGuard workers. A stretch of equal packets (an entry with a
+  segment size) goes to the TCP engine whole when it is one run of data segments its
+  connection takes (``tcp_run_sink``), else one by one like the rest. Each packet goes
+  through `IpResponder`: echo requests and
   TSMP pings addressed to us are answered to the same peer (via `WgOutbox`), echo
   replies go to the `PingServer`, TSMP rejects and ICMP destination unreachables to the
   TCP engine (``on_unreachable``), everything else is counted (``ip.*``); malformed

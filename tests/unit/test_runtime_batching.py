@@ -151,6 +151,7 @@ def test_add_many_in_a_segmented_batcher_adds_single_packets():
     assert batcher.add("h:1", b"b" * 40, 16, 3) is None
     (full,) = batcher.add_many("h:1", [b"x", b"yy", b"zzz"])
     assert full.packets == 5 and batcher.pending_packets == 1
-    assert WG_IN_CODEC.decode(full.data) == UdpReceived(src="h:1", packets=[b"b" * 40, b"x", b"yy"], segments=[16, 0, 0])
+    assert WG_IN_CODEC.decode(full.data) == UdpReceived(src="h:1", packets=[b"b" * 40, b"x", b"yy"],
+                                                         segments=[16, 0, 0])
     (rest,) = batcher.flush()
     assert WG_IN_CODEC.decode(rest.data) == UdpReceived(src="h:1", packets=[b"zzz"], segments=[0])
