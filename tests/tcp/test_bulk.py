@@ -394,16 +394,18 @@ def _feed_joined(t: Twins, batch: list[bytes]) -> bool:
     return taken
 
 
+@pytest.mark.parametrize("stretches", [[(26, 536), (26, 536), (60, 0), (26, 12)], [(30, 536)], [(40, 0)]],
+                         ids=["several", "one-with-tail", "one"])
 @pytest.mark.parametrize("isn", [1000, (1 << 32) - 30 * MSS - 7], ids=["plain", "wraps"])
-def test_stretches_with_shorter_packets_between_are_taken_in_one_check(isn, bulks):
+def test_stretches_with_shorter_packets_between_are_taken_in_one_check(isn, stretches, bulks):
     """A download's batch from the worker: stretches of full segments, each ended by a
     shorter one (a 32 kB write), and one run past the 64 kB entry size: all of it one run,
-    its data in stream order."""
+    its data in stream order; also one entry alone, with and without a shorter packet."""
     t = Twins(isn)
     opening = t.segments(2)
     t.feed(opening)  # our ACK opens the window past 64 kB
     assert t.compare() == _payloads(opening) and bulks == []
-    batch = _stretches_with_tails(t, [(26, 536), (26, 536), (60, 0), (26, 12)], at=2 * MSS)
+    batch = _stretches_with_tails(t, stretches, at=2 * MSS)
     assert _feed_joined(t, batch)
     assert t.compare() == _payloads(batch)
     assert bulks == [len(_payloads(batch))] and t.one.stack.counters["bulk_runs"] == 1
