@@ -67,7 +67,12 @@ def test_loss_rate_one_direction(refnet_hosts, link_host):
     assert abs(rate - 0.05) < 4 * sd
     after = topology.link_stats(refnet_hosts)
     assert after["to_a"]["lost"] == 0 and after["to_a"]["frames"] - before["to_a"]["frames"] >= got
-    assert after["to_b"]["lost"] - before["to_b"]["lost"] == n - got
+    # every lost ping is the emulator's drop; other frames that crossed meanwhile (a peer's
+    # UDP to an endpoint a test before left on B, say) may be drawn too: 102 drops for 101
+    # lost pings in two runs, with MLD already exempt
+    lost = after["to_b"]["lost"] - before["to_b"]["lost"]
+    others = after["to_b"]["frames"] - before["to_b"]["frames"] - n
+    assert n - got <= lost <= n - got + max(others, 0), (lost, others)
 
 
 def _udp_pair(info: dict, host: dict) -> tuple[socket.socket, socket.socket]:
