@@ -62,6 +62,8 @@ __all__ = [
     "FromPeer",
     "PathWanted",
     "PeerPath",
+    "HEADERS_MAX",
+    "JOIN_MIN_RUN",
     "KEY_BYTES",
     "MAX_PACKETS_PER_BATCH",
     "MAX_PACKET_BYTES",
@@ -114,13 +116,21 @@ def split_runs(packets: list[bytes], segments: list[int]) -> list[bytes | memory
     return out
 
 
-def join_runs(packets: list[bytes], min_run: int = 16) -> tuple[list[bytes], list[int]]:
-    """``packets`` with each stretch of at least ``min_run`` of one length joined into
-    entries of up to `MAX_PACKET_BYTES` (whole packets) with that length as their segment
-    size, a shorter packet right after a stretch joined to its last entry (a sender's
-    write that did not fill its last segment), the rest as they are (segment 0):
-    (entries, segments); with no such stretch, (``packets``, []). 16 is the TCP engine's
-    `BULK_MIN`."""
+JOIN_MIN_RUN = 16
+"""The fewest equal packets `join_runs` joins: the TCP engine's `bulk.BULK_MIN` (a test
+keeps the two equal; the worker does not import the TCP engine)."""
+
+HEADERS_MAX = 100
+"""An IPv6 header and the longest TCP header: a packet no longer than this carries no TCP
+data (an upload's ACKs), so a stretch of them is not joined (the engine would refuse it)."""
+
+
+def join_runs(packets: list[bytes], min_run: int = JOIN_MIN_RUN) -> tuple[list[bytes], list[int]]:
+    """``packets`` with each stretch of at least ``min_run`` of one length above
+    `HEADERS_MAX` joined into entries of up to `MAX_PACKET_BYTES` (whole packets) with that
+    length as their segment size, a shorter packet right after a stretch joined to its last
+    entry (a sender's write that did not fill its last segment), the rest as they are
+    (segment 0): (entries, segments); with no such stretch, (``packets``, [])."""
     parts: list[list[bytes]] = []
     segments: list[int] = []
     open_size = 0  # the last part is a run of this size that a shorter packet may end
@@ -129,7 +139,7 @@ def join_runs(packets: list[bytes], min_run: int = 16) -> tuple[list[bytes], lis
         if open_size and size < open_size and len(parts[-1]) * open_size + size <= MAX_PACKET_BYTES:
             parts[-1].append(stretch.pop(0))
         open_size = 0
-        if size and len(stretch) >= min_run:
+        if size > HEADERS_MAX and len(stretch) >= min_run:
             step = MAX_PACKET_BYTES // size
             for i in range(0, len(stretch), step):
                 parts.append(stretch[i:i + step])

@@ -158,22 +158,27 @@ def test_deep_nesting_is_a_bad_message_not_a_recursion_error():
 
 
 def test_join_runs_and_split_runs():
-    """The worker's `join_runs` (stretches of >= 16 equal packets, a shorter one after a
-    stretch joined to it, entries of whole packets up to 64 kB) and `split_runs` undoing it;
-    the proxy's plane splits a run entry with `split_segments`, which gives the same."""
-    from sunbeam.shared.messages.dataplane import MAX_PACKET_BYTES, join_runs, split_runs
+    """The worker's `join_runs` (stretches of >= 16 equal packets carrying data, a shorter
+    one after a stretch joined to it, entries of whole packets up to 64 kB) and `split_runs`
+    undoing it; the proxy's plane splits a run entry with `split_segments`, which gives the
+    same."""
+    from sunbeam.shared.messages.dataplane import HEADERS_MAX, JOIN_MIN_RUN, MAX_PACKET_BYTES, join_runs, split_runs
+    from sunbeam.shared.proto.tcp.bulk import BULK_MIN
     from sunbeam.shared.proto.wireguard.messages import split_segments
 
     def pkt(n: int, i: int) -> bytes:
         return bytes([i % 251]) * n
 
     batch = ([pkt(40, 0)] + [pkt(1280, i) for i in range(60)] + [pkt(300, 1), pkt(300, 2)]
-             + [pkt(1280, i) for i in range(5)] + [pkt(100, i) for i in range(16)] + [pkt(20, 3)])
+             + [pkt(1280, i) for i in range(5)] + [pkt(200, i) for i in range(16)] + [pkt(20, 3)])
     entries, segments = join_runs(batch)
-    assert segments == [0, 1280, 1280, 0, 0, 0, 0, 0, 0, 100]
-    assert [len(e) for e in entries] == [40, 51 * 1280, 9 * 1280 + 300, 300] + [1280] * 5 + [16 * 100 + 20]
+    assert segments == [0, 1280, 1280, 0, 0, 0, 0, 0, 0, 200]
+    assert [len(e) for e in entries] == [40, 51 * 1280, 9 * 1280 + 300, 300] + [1280] * 5 + [16 * 200 + 20]
     assert all(len(e) <= MAX_PACKET_BYTES for e in entries)
     assert [bytes(p) for p in split_runs(entries, segments)] == batch
     assert [p for e, s in zip(entries, segments) for p in (split_segments(e, s) if s else [e])] == batch
     assert join_runs(batch[:16]) == (batch[:16], [])  # 15 of a size: nothing to join
+    acks = [pkt(52, i) for i in range(40)] + [pkt(HEADERS_MAX, i) for i in range(20)]
+    assert join_runs(acks) == (acks, [])  # an upload's ACKs carry no data: not joined
+    assert JOIN_MIN_RUN == BULK_MIN  # what the worker joins is what the engine checks as a run
     assert split_runs(entries, segments[:-1]) is None

@@ -56,15 +56,19 @@ class SendBuffer:
             del self.chunks[:k]
             del starts[:k]
 
+    def _locate(self, off: int) -> tuple[int, int]:
+        """(index of the chunk holding the byte at ``off``, that byte's index in it);
+        0 <= off < len(self)."""
+        pos = self.front + off
+        i = bisect_right(self.starts, pos) - 1
+        return i, pos - self.starts[i]
+
     def get(self, off: int, n: int) -> bytes:
         """The ``n`` bytes from ``off`` (relative to the front); 0 <= off, off + n <= len(self)."""
         if n <= 0:
             return b""
-        pos = self.front + off
-        starts = self.starts
-        i = bisect_right(starts, pos) - 1
+        i, at = self._locate(off)
         chunk = self.chunks[i]
-        at = pos - starts[i]
         if at + n <= len(chunk):
             return chunk[at:at + n]
         out = [chunk[at:]]
@@ -79,12 +83,11 @@ class SendBuffer:
     def view(self, off: int, n: int) -> bytes | memoryview:
         """`get`, but a view of the chunk instead of a copy when the bytes lie in one
         (a bulk run's payload, which `bulk.build` copies into its rows anyway)."""
-        pos = self.front + off
-        starts = self.starts
-        i = bisect_right(starts, pos) - 1
-        chunk = self.chunks[i] if i >= 0 else b""
-        at = pos - starts[i] if i >= 0 else 0
-        if n > 0 and at + n <= len(chunk):
+        if n <= 0:
+            return b""
+        i, at = self._locate(off)
+        chunk = self.chunks[i]
+        if at + n <= len(chunk):
             return memoryview(chunk)[at:at + n]
         return self.get(off, n)
 
