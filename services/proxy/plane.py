@@ -60,11 +60,12 @@ class IpPlane:
         self.bad_log = RateLimitedLog(svc.log)
         self.on_echo_reply: Callable[[EchoReplied], None] = lambda _reply: None
         """Set by the ping server."""
-        self.tcp_sink: Callable[[list[bytes]], None] | None = None
-        """Set by the TCP engine: takes every TCP segment (IPv4/IPv6 protocol 6) from peers."""
-        self.tcp_run_sink: Callable[[list[bytes], int], bool] | None = None
+        self.tcp_sink: Callable[[list[bytes], bool], None] | None = None
+        """Set by the TCP engine: takes every TCP segment (IPv4/IPv6 protocol 6) from peers,
+        and whether they came over DERP (`FromPeer.relayed`)."""
+        self.tcp_run_sink: Callable[[list[bytes], int, bool], bool] | None = None
         """Set by the TCP engine: takes a run of packets of one size back to back in
-        entries whole, or says False (they then go one by one)."""
+        entries whole, or says False (they then go one by one); relayed as ``tcp_sink``."""
         self.on_unreachable: Callable[[Unreachable], None] = lambda _u: None
         """Set by the TCP engine: a peer's TSMP reject or ICMP unreachable for a flow of ours."""
         self.on_addresses: Callable[[list[str]], None] = lambda _addrs: None
@@ -106,11 +107,11 @@ class IpPlane:
 
     def _from_peer(self, msg: FromPeer) -> None:
         if msg.segments:
-            self._runs_from_peer(msg.peer_key, msg.packets, msg.segments)
+            self._runs_from_peer(msg.peer_key, msg.packets, msg.segments, msg.relayed)
         else:
-            self._packets_from_peer(msg.peer_key, msg.packets)
+            self._packets_from_peer(msg.peer_key, msg.packets, msg.relayed)
 
-    def _runs_from_peer(self, peer_key: bytes, entries: list[bytes], segments: list[int]) -> None:
+    def _runs_from_peer(self, peer_key: bytes, entries: list[bytes], segments: list[int], relayed: bool) -> None:
         """A batch with runs (`FromPeer.segments`), in order: consecutive run entries of one
         packet size (each maybe ending with a shorter packet) go to the TCP engine whole
         (``tcp_run_sink``); what it does not take, and single packets, go one by one."""
@@ -129,18 +130,18 @@ class IpPlane:
             while j < n and segments[j] == size:
                 j += 1
             if single:
-                self._packets_from_peer(peer_key, single)
+                self._packets_from_peer(peer_key, single, relayed)
                 single = []
             run = entries[i:j]
-            if self.tcp_run_sink is not None and self.tcp_run_sink(run, size):
+            if self.tcp_run_sink is not None and self.tcp_run_sink(run, size, relayed):
                 self.counters.incr("ip_in_packets", sum(-(-len(e) // size) for e in run))
             else:
-                self._packets_from_peer(peer_key, [p for e in run for p in split_segments(e, size)])
+                self._packets_from_peer(peer_key, [p for e in run for p in split_segments(e, size)], relayed)
             i = j
         if single:
-            self._packets_from_peer(peer_key, single)
+            self._packets_from_peer(peer_key, single, relayed)
 
-    def _packets_from_peer(self, peer_key: bytes, packets: list[bytes]) -> None:
+    def _packets_from_peer(self, peer_key: bytes, packets: list[bytes], relayed: bool = False) -> None:
         self.counters.incr("ip_in_packets", len(packets))
         tcp = []
         for packet in packets:
@@ -162,7 +163,7 @@ class IpPlane:
                                          detail=drop.detail)
 
         if tcp:
-            self.tcp_sink(tcp)  # type: ignore[misc]
+            self.tcp_sink(tcp, relayed)  # type: ignore[misc]
 
     def send_many(self, packets: Outgoing) -> int:
         """Send IP packets we originate (well-formed: our TCP stack built them), each to the

@@ -125,11 +125,11 @@ class TcpEngine:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def receive(self, packets: list[bytes]) -> None:
-        self.stack.receive(packets, self.loop.now())
+    def receive(self, packets: list[bytes], relayed: bool = False) -> None:
+        self.stack.receive(packets, self.loop.now(), relayed)
 
-    def receive_joined(self, entries: list[bytes], size: int) -> bool:
-        return self.stack.receive_joined(entries, size, self.loop.now())
+    def receive_joined(self, entries: list[bytes], size: int, relayed: bool = False) -> bool:
+        return self.stack.receive_joined(entries, size, self.loop.now(), relayed)
 
     def unreachable(self, u: Unreachable) -> None:
         """A TSMP reject / ICMP unreachable: a connect waiting on that flow fails at once."""

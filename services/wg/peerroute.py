@@ -75,5 +75,7 @@ class IterationBatches(msgspec.Struct):
     udp: dict[tuple[str, ...], list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
     derp: dict[tuple[bytes, int], list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
     proxy: dict[bytes, list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
+    relayed: set[bytes] = msgspec.field(default_factory=set)
+    """Peers some of whose ``proxy`` packets came over DERP (`FromPeer.relayed`)."""
     forward: dict[tuple[int, str], list[bytes]] = msgspec.field(default_factory=lambda: defaultdict(list))
     wanted: list[bytes] = msgspec.field(default_factory=list)

@@ -315,6 +315,8 @@ class Worker:
             self._to_peer(peer, result.to_peer, now, reply_udp=udp_src, reply_derp=derp_from is not None)
         if result.to_tunnel:
             self.out.proxy[peer].extend(result.to_tunnel)
+            if derp_from is not None:
+                self.out.relayed.add(peer)
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -368,9 +370,11 @@ class Worker:
                 DERP_IN.send(self.derp, DerpSend(peer_key=key, region=region, packets=msgs[i:i + MAX_BATCH]),
                              self.counters)
         for key, pkts in out.proxy.items():
+            relayed = key in out.relayed
             for i in range(0, len(pkts), MAX_BATCH):
                 entries, segments = join_runs(pkts[i:i + MAX_BATCH])  # a bulk stretch: one entry per 64 kB
-                PROXY_IN.send(self.proxy, FromPeer(peer_key=key, packets=entries, segments=segments), self.counters)
+                PROXY_IN.send(self.proxy, FromPeer(peer_key=key, packets=entries, segments=segments, relayed=relayed),
+                              self.counters)
         for key in out.wanted:
             UDP_IN.send(self.udp, PathWanted(peer_key=key), self.counters)
         for (target, src), pkts in out.forward.items():

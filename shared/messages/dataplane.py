@@ -164,11 +164,14 @@ class ToPeer(_Batch, frozen=True):
 
 class FromPeer(_Batch, frozen=True):
     """IP packets decrypted from one peer; ``segments`` (see `Segments`): stretches of equal
-    packets (a bulk transfer's) as entries of up to 64 kB (`join_runs`)."""
+    packets (a bulk transfer's) as entries of up to 64 kB (`join_runs`); ``relayed``: some
+    of them came over DERP (the TCP engine then keeps its window small: a DERP client's
+    queue drops bursts)."""
 
     peer_key: PeerKey
     packets: Packets
     segments: Segments = []
+    relayed: bool = False
 
 
 class UdpReceived(_Batch, frozen=True):

@@ -130,6 +130,7 @@ def test_initiation_reaches_owner_and_data_flows(harness):
     h["push"][1].send(WG_IN_CODEC.encode(DerpReceived(peer_key=h["peer_pub"], region=999, packets=out)))
     got = _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC)
     assert got.peer_key == h["peer_pub"] and got.packets == [_icmp(PEER_IP)]
+    assert got.relayed  # it came over DERP: the TCP engine keeps its window small
     # a packet whose source is outside the peer's AllowedIPs is dropped and counted
     bad = h["peer"].encapsulate(h["our_pub"], [_icmp(OUTSIDER)], time.time())
     h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=bad)))
@@ -138,6 +139,10 @@ def test_initiation_reaches_owner_and_data_flows(harness):
         assert time.monotonic() < deadline, h["counters"](1)
         time.sleep(0.05)
     assert not h["socks"]["proxy-in"].poll(200)
+    good = h["peer"].encapsulate(h["our_pub"], [_icmp(PEER_IP, 2)], time.time())
+    h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=good)))
+    got = _recv(h["socks"]["proxy-in"], PROXY_IN_CODEC)
+    assert got.packets == [_icmp(PEER_IP, 2)] and not got.relayed  # over UDP
     # a duplicate (as 'send on every path' produces) is dropped by the replay window
     h["push"][1].send(WG_IN_CODEC.encode(UdpReceived(src=SRC, packets=out)))
     deadline = time.monotonic() + 5

@@ -216,3 +216,39 @@ def test_no_split_ack_repeats_what_our_data_already_acknowledged():
     s.now += 0.05
     assert [a.ack for a in _batch(s, seq, ack + 100, 1)] == [seq + 1000]
     assert s.stack.counters["split_acks"] == 0
+
+
+def test_relayed_segments_cap_the_advertised_window_and_nothing_in_flight_is_refused():
+    """Segments that came over DERP (``receive(..., relayed=True)``) make the connection
+    advertise at most ``relayed_window``: a peer's DERP queue drops what a 4 MB window lets
+    it burst. The edge we advertise then lies left of RCV.ADV, but data up to RCV.ADV is
+    still taken; a segment that comes another way opens the window again."""
+    s = Scripted(recv_buffer=4 << 20, relayed_window=128 << 10)
+    cid, synack = s.passive_open()
+    conn = s.stack._by_id[cid]
+    ws, mine, seq = conn.rcv_ws, synack.seq + 1, 1001
+
+    def send(payload: bytes, relayed: bool, at: int | None = None) -> list:
+        s.stack.receive([s.packet(ACK, seq if at is None else at, mine, payload)], s.now, relayed=relayed)
+        return s.out() + s.advance(0.5)  # the delayed ACK too
+
+    (ack,) = send(b"a" * 1000, relayed=False)
+    seq += 1000
+    assert ack.window << ws > 3 << 20
+    far_edge = conn.rcv_adv
+    (ack,) = send(b"b" * 1000, relayed=True)
+    seq += 1000
+    assert ack.ack == seq and ack.window << ws == 128 << 10 and conn.rcv_adv == far_edge
+    # beyond the edge we advertise, inside the one we advertised before: kept out of order
+    unacceptable = s.stack.counters["unacceptable"]
+    (ack,) = send(b"c" * 1000, relayed=True, at=seq + (1 << 20))
+    assert ack.ack == seq and parse_options(ack.options).sack == ((seq + (1 << 20), seq + (1 << 20) + 1000),)
+    assert ack.window << ws == 128 << 10 and s.stack.counters["unacceptable"] == unacceptable
+    for _ in range(3):  # the advertised edge moves on with RCV.NXT, 128 kB ahead of it
+        acks = send(b"d" * 1000, relayed=True)
+        seq += 1000
+        assert acks[-1].ack == seq and acks[-1].window << ws == 128 << 10
+    assert len(s.stack.read(cid, 1 << 20)) == 5000
+    (ack,) = send(b"e" * 1000, relayed=False)
+    seq += 1000
+    assert ack.ack + (ack.window << ws) > far_edge - (1 << ws) and conn.rcv_adv >= far_edge

@@ -92,6 +92,8 @@ class TcpStack:
         self.ports = PortChooser(random_bytes(32))
         self._now = 0.0
         """The latest ``now`` a caller gave: when a connection closes, for `ports`."""
+        self.relayed = False
+        """The packets being received came through a relay (``receive``'s ``relayed``)."""
         self.max_requests = max_requests
         self.counters: Counter[str] = Counter()
         self.last_drop: tuple[str, str] = ("", "")
@@ -123,8 +125,12 @@ class TcpStack:
 
     # --- packets in ------------------------------------------------------------------
 
-    def receive(self, packets: list[bytes], now: float) -> None:
+    def receive(self, packets: list[bytes], now: float, relayed: bool = False) -> None:
+        """Segments from peers; ``relayed``: they came through a relay (DERP), so each
+        connection they reach advertises at most ``Config.relayed_window`` until one comes
+        another way (see `output`)."""
         self._now = now
+        self.relayed = relayed
         count = len(packets)
         self.counters["packets_in"] += count
         if count < BULK_MIN:
@@ -150,7 +156,7 @@ class TcpStack:
                 self._receive_each(packets[done:] if done else packets, now)
         self._report_readable()
 
-    def receive_joined(self, entries: list[bytes], length: int, now: float) -> bool:
+    def receive_joined(self, entries: list[bytes], length: int, now: float, relayed: bool = False) -> bool:
         """Packets of ``length`` bytes back to back in ``entries``, each maybe ending with
         one shorter packet (the WireGuard worker's form of a run, `FromPeer.segments`):
         taken whole if they are one run of data segments its connection takes
@@ -162,6 +168,7 @@ class TcpStack:
             return False
         run = bulk_check_entries(entries, length, conn.addr_sum)
         self._now = now
+        self.relayed = relayed
         last = entries[-1]
         last_len = (len(last) % length or length) - 40
         if run is None or not conn.input_bulk(run.seqw, run.ackw, run.wnd, run.data, last_len, run.last_flags, now):

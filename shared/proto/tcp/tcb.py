@@ -62,6 +62,7 @@ class Config:
         "mss6",
         "quick_acks",
         "recv_buffer",
+        "relayed_window",
         "request_timeout",
         "sack",
         "send_buffer",
@@ -77,9 +78,16 @@ class Config:
                  syn_retries: int = 5, max_retries: int = 10, time_wait: float = 2.0,
                  request_timeout: float = 30.0, keepalive_idle: float | None = None,
                  keepalive_interval: float = 10.0, keepalive_count: int = 5, ttl: int = 64,
-                 congestion: str = "cubic", flows: int = 1, quick_acks: int = 16, split_acks: bool = True) -> None:
+                 congestion: str = "cubic", flows: int = 1, quick_acks: int = 16, split_acks: bool = True,
+                 relayed_window: int = 36 << 10) -> None:
         self.mss4, self.mss6 = mss4, mss6
         self.recv_buffer, self.send_buffer = recv_buffer, send_buffer
+        if relayed_window < 4 * max(mss4, mss6):
+            raise ValueError(f"relayed_window {relayed_window!r}: at least 4 segments")
+        self.relayed_window = relayed_window
+        """The most window we advertise while the peer's segments reach us through a relay
+        (`TcpStack.receive`'s ``relayed``: DERP): below the 32 packets a DERP client
+        queues (see `output`)."""
         ws = 0
         while (65535 << ws) < recv_buffer and ws < 14:
             ws += 1
@@ -118,7 +126,7 @@ class _Tcb:
         "sbuf", "sbuf_seq", "fin_seq", "want_writable", "mss",
         # receive side
         "irs", "rcv_nxt", "rcv_adv", "rcv_ws", "ws_ok", "rcv_buf", "ooo", "peer_fin", "sack_ok", "last_seg",
-        "acked_to", "acked_at",
+        "acked_to", "acked_at", "relayed",
         # congestion control and loss recovery
         "cc", "dupacks", "recovery", "recover", "rexmit_una", "high_rxt", "sb", "rack", "cwnd_limited", "force",
         "tlp_out", "prior_cwnd", "prior_ssthresh", "undo_marker", "undo_retrans", "dsack",
@@ -170,6 +178,9 @@ class _Tcb:
         """IRS, RCV.NXT and RCV.ADV (the right edge we advertised; RCV.WND = RCV.ADV - RCV.NXT)."""
         self.rcv_ws = 0
         """Our window shift, once the peer agreed to window scaling."""
+        self.relayed = False
+        """The peer's latest segment came through a relay: the window we advertise is at
+        most ``cfg.relayed_window`` (`output`)."""
         self.ws_ok = False
         self.rcv_buf = bytearray()
         """In-order data the application has not read."""
