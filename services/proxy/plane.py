@@ -141,7 +141,7 @@ class IpPlane:
         if single:
             self._packets_from_peer(peer_key, single, relayed)
 
-    def _packets_from_peer(self, peer_key: bytes, packets: list[bytes], relayed: bool = False) -> None:
+    def _packets_from_peer(self, peer_key: bytes, packets: list[bytes], relayed: bool) -> None:
         self.counters.incr("ip_in_packets", len(packets))
         tcp = []
         for packet in packets:

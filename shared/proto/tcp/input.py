@@ -95,7 +95,7 @@ class _Input(_Sender):
               now: float) -> None:
         """One segment for this connection: options are ``pkt[opt:off]``, data ``pkt[off:end]``."""
         self.last_rx = now
-        self.relayed = self.stack.relayed
+        self.rcv_wnd_max = self.stack.rcv_wnd_max
         rcv_nxt = self.rcv_nxt
         state = self.state
         if ((state == ESTABLISHED or state == FIN_WAIT_2 or (state == CLOSE_WAIT and end == off))
@@ -164,7 +164,7 @@ class _Input(_Sender):
             d = (ackw - una) & M32
             if d <= self.snd_max - una:
                 self.last_rx = now
-                self.relayed = self.stack.relayed
+                self.rcv_wnd_max = self.stack.rcv_wnd_max
                 self.last_seg = last = rcv_nxt + total - last_len
                 self._ack(una + d, wnd << self.snd_ws, last, total, last_flags, (), now)
                 self.rcv_nxt = rcv_nxt + total

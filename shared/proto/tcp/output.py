@@ -42,8 +42,8 @@ What `output` sends, in order (RFC 9293 3.10.7 and the recovery rules in `sender
 Window (RFC 9293 3.8.6.2.2, receiver SWS avoidance): the right edge moves only when it
 can move by min(buffer / 2, MSS); RCV.ADV, the edge we accept data up to, never moves left.
 
-Relayed (``relayed``: the peer's latest segment came over DERP): the window we advertise
-is at most ``Config.relayed_window`` (36 kB: 29 full segments), even when that puts the
+Relayed (``rcv_wnd_max``: the peer's latest segment came over DERP): the window we
+advertise is at most ``Config.relayed_window`` (36 kB: 29 full segments), even when that puts the
 edge we advertise left of RCV.ADV (data up to RCV.ADV is still accepted: nothing in flight
 is refused). A peer's DERP client queues at most 32 packets and drops the rest
 (tailscaled's magicsock, ``bufferedDerpWritesBeforeDrop``); tailscaled's netstack sends
@@ -150,32 +150,28 @@ class _Output(_Tcb):
         return self.hsum + 20 + (ackw >> 16) + (ackw & 0xFFFF) + (20 << 10) + wndf
 
     def _window_field(self) -> int:
-        """The window to advertise now (scaled); moves RCV.ADV, never to the left (relayed:
-        at most ``relayed_window``, which may advertise an edge left of RCV.ADV)."""
+        """The window to advertise now (scaled), at most ``rcv_wnd_max``; moves RCV.ADV,
+        never to the left (relayed: the edge advertised may lie left of RCV.ADV)."""
         rcv_nxt = self.rcv_nxt
         cap = self.cfg.recv_buffer
-        free = cap - len(self.rcv_buf)
+        most = self.rcv_wnd_max
+        free = min(cap - len(self.rcv_buf), most)
         adv = self.rcv_adv
         ws = self.rcv_ws
-        relayed = self.relayed
-        if relayed:
-            free = min(free, self.cfg.relayed_window)
         if rcv_nxt + free - adv >= min(cap >> 1, self.mss):
             wndf = free >> ws
             wndf = min(wndf, 0xFFFF)
             self.rcv_adv = rcv_nxt + (wndf << ws)
             return wndf
-        return (min(adv - rcv_nxt, self.cfg.relayed_window) if relayed else adv - rcv_nxt) >> ws
+        return min(adv - rcv_nxt, most) >> ws
 
     def _window_update_due(self) -> bool:
         """After a read: is the window now worth announcing (it at least doubled)?"""
         if self.state < ESTABLISHED or self.peer_fin:
             return False
-        cur = self.rcv_adv - self.rcv_nxt
-        free = self.cfg.recv_buffer - len(self.rcv_buf)
-        if self.relayed:
-            limit = self.cfg.relayed_window
-            cur, free = min(cur, limit), min(free, limit)
+        most = self.rcv_wnd_max
+        cur = min(self.rcv_adv - self.rcv_nxt, most)
+        free = min(self.cfg.recv_buffer - len(self.rcv_buf), most)
         return free - cur >= min(self.cfg.recv_buffer >> 1, self.mss) and free >= 2 * cur
 
     def _ack_options(self) -> bytes:
@@ -256,8 +252,7 @@ class _Output(_Tcb):
         """An ACK for everything before the last segment received, ahead of the full ACK
         (``SPLIT_ACK_IDLE``). Its window reaches the right edge we advertised (RCV.ADV), to
         the window shift's unit below it, as every ACK's does while the edge stays put."""
-        wnd = self.rcv_adv - last
-        wndf = (min(wnd, self.cfg.relayed_window) if self.relayed else wnd) >> self.rcv_ws
+        wndf = min(self.rcv_adv - last, self.rcv_wnd_max) >> self.rcv_ws
         if wndf > 0xFFFF:  # cannot happen: RCV.ADV is at most a full window past an ACK we sent
             return
         self._tx(out, self.snd_max, ACK, b"", b"", wndf, ack=last)

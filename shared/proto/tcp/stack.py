@@ -92,8 +92,9 @@ class TcpStack:
         self.ports = PortChooser(random_bytes(32))
         self._now = 0.0
         """The latest ``now`` a caller gave: when a connection closes, for `ports`."""
-        self.relayed = False
-        """The packets being received came through a relay (``receive``'s ``relayed``)."""
+        self.rcv_wnd_max = self.cfg.recv_buffer
+        """What each connection the packets being received reach may advertise at most:
+        ``cfg.relayed_window`` when they came through a relay (``receive``'s ``relayed``)."""
         self.max_requests = max_requests
         self.counters: Counter[str] = Counter()
         self.last_drop: tuple[str, str] = ("", "")
@@ -130,7 +131,7 @@ class TcpStack:
         connection they reach advertises at most ``Config.relayed_window`` until one comes
         another way (see `output`)."""
         self._now = now
-        self.relayed = relayed
+        self.rcv_wnd_max = self.cfg.relayed_window if relayed else self.cfg.recv_buffer
         count = len(packets)
         self.counters["packets_in"] += count
         if count < BULK_MIN:
@@ -168,7 +169,7 @@ class TcpStack:
             return False
         run = bulk_check_entries(entries, length, conn.addr_sum)
         self._now = now
-        self.relayed = relayed
+        self.rcv_wnd_max = self.cfg.relayed_window if relayed else self.cfg.recv_buffer
         last = entries[-1]
         last_len = (len(last) % length or length) - 40
         if run is None or not conn.input_bulk(run.seqw, run.ackw, run.wnd, run.data, last_len, run.last_flags, now):

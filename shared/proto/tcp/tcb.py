@@ -126,7 +126,7 @@ class _Tcb:
         "sbuf", "sbuf_seq", "fin_seq", "want_writable", "mss",
         # receive side
         "irs", "rcv_nxt", "rcv_adv", "rcv_ws", "ws_ok", "rcv_buf", "ooo", "peer_fin", "sack_ok", "last_seg",
-        "acked_to", "acked_at", "relayed",
+        "acked_to", "acked_at", "rcv_wnd_max",
         # congestion control and loss recovery
         "cc", "dupacks", "recovery", "recover", "rexmit_una", "high_rxt", "sb", "rack", "cwnd_limited", "force",
         "tlp_out", "prior_cwnd", "prior_ssthresh", "undo_marker", "undo_retrans", "dsack",
@@ -178,9 +178,9 @@ class _Tcb:
         """IRS, RCV.NXT and RCV.ADV (the right edge we advertised; RCV.WND = RCV.ADV - RCV.NXT)."""
         self.rcv_ws = 0
         """Our window shift, once the peer agreed to window scaling."""
-        self.relayed = False
-        """The peer's latest segment came through a relay: the window we advertise is at
-        most ``cfg.relayed_window`` (`output`)."""
+        self.rcv_wnd_max = cfg.recv_buffer
+        """The most window we advertise: ``cfg.relayed_window`` while the peer's latest
+        segment came through a relay, else the receive buffer (`output`)."""
         self.ws_ok = False
         self.rcv_buf = bytearray()
         """In-order data the application has not read."""
